@@ -1,0 +1,1 @@
+"""Datasets: synthetic scenes, questions and their ground truth."""

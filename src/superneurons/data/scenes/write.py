@@ -1,0 +1,129 @@
+"""Deterministic scene streams, in memory or written to disk as images + scenes.json + JSONL.
+
+Scene i of (seed, split) draws from its own SeedSequence([seed, split code, i, stream]), so a
+dataset of N scenes is a prefix of one of N + k scenes and splits never share a stream.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from superneurons.data.scenes.questions import FAMILIES, Question, generate_questions
+from superneurons.data.scenes.render import RenderResult
+from superneurons.data.scenes.sample import Scene, sample_scene, scale_pixels
+
+SPLIT_CODE: dict[str, int] = {"train": 0, "val": 1, "test": 2}
+SCENE_STREAM, QUESTION_STREAM = 0, 1
+FORMAT_VERSION = 1
+
+
+def scene_rng(seed: int, split: str, index: int, stream: int = SCENE_STREAM) -> np.random.Generator:
+    """The random stream of one scene (``stream`` 0: layout, 1: questions)."""
+    if split not in SPLIT_CODE:
+        raise ValueError(f"unknown split {split!r}; known: {tuple(SPLIT_CODE)}")
+    return np.random.default_rng(np.random.SeedSequence([seed, SPLIT_CODE[split], index, stream]))
+
+
+def make_scene(
+    seed: int,
+    split: str,
+    index: int,
+    resolution: int = 64,
+    min_objects: int = 3,
+    max_objects: int = 6,
+) -> tuple[Scene, RenderResult]:
+    """Scene ``index`` of (seed, split), the same wherever it is generated."""
+    rng = scene_rng(seed, split, index)
+    return sample_scene(rng, index, split, resolution, min_objects, max_objects)
+
+
+def iter_scenes(
+    seed: int,
+    split: str = "train",
+    n: int = 1,
+    resolution: int = 64,
+    min_objects: int = 3,
+    max_objects: int = 6,
+    start: int = 0,
+) -> Iterator[tuple[Scene, RenderResult]]:
+    """Scenes ``start`` … ``start + n - 1`` of (seed, split) with their renderings."""
+    for index in range(start, start + n):
+        yield make_scene(seed, split, index, resolution, min_objects, max_objects)
+
+
+def scene_questions(
+    scene: Scene, seed: int, families: Iterable[str] | None = None, per_family: int = 1
+) -> list[Question]:
+    """The questions of a scene, from the scene's own question stream."""
+    rng = scene_rng(seed, scene.split, scene.index, QUESTION_STREAM)
+    return generate_questions(scene, rng, per_family=per_family, families=families)
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """PNG encoding of an RGB uint8 image (no timestamps, so the bytes are reproducible)."""
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file, so no half-written file remains."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_scene_dataset(
+    out_dir: str | os.PathLike[str],
+    n_scenes: int,
+    seed: int,
+    split: str = "train",
+    resolution: int = 64,
+    min_objects: int = 3,
+    max_objects: int = 6,
+    families: Iterable[str] | None = None,
+    per_family: int = 1,
+) -> Path:
+    """Write images/, scenes.json and questions.jsonl under ``out_dir``; return ``out_dir``.
+
+    Images are written first and the index files last, each atomically.
+    """
+    out = Path(out_dir)
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    families = list(FAMILIES if families is None else families)
+    scenes, questions = [], []
+    for scene, render in iter_scenes(seed, split, n_scenes, resolution, min_objects, max_objects):
+        write_atomic(out / "images" / scene.image_filename, png_bytes(render.image))
+        scenes.append(scene.to_json())
+        questions.extend(scene_questions(scene, seed, families, per_family))
+    info = {
+        "generator": "superneurons.data.scenes",
+        "version": FORMAT_VERSION,
+        "seed": seed,
+        "split": split,
+        "n_scenes": n_scenes,
+        "resolution": resolution,
+        "min_objects": min_objects,
+        "max_objects": max_objects,
+        "min_visible_pixels": scale_pixels(12, resolution),
+        "min_occluded_pixels": scale_pixels(3, resolution),
+        "families": families,
+        "per_family": per_family,
+    }
+    lines = "".join(json.dumps(q.to_json()) + "\n" for q in questions)
+    write_atomic(out / "questions.jsonl", lines.encode())
+    write_atomic(out / "scenes.json", json.dumps({"info": info, "scenes": scenes}).encode())
+    return out
