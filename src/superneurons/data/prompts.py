@@ -1,0 +1,58 @@
+"""Prompt templates: how a record's question (and choices) becomes the user text of a chat turn.
+
+Templates are data, keyed by name; a task names its template and a model may override it through
+``MODEL_OVERRIDES`` (keyed by a substring of the model id). The result always goes through the
+model's own chat template afterwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+LETTERS = "ABCDEFGHIJ"
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """``binary`` formats yes/no questions, ``choice`` multiple-choice ones ({question}, {options})."""
+
+    binary: str = "{question}"
+    choice: str = "{question}\n{options}\nAnswer with the option's letter from the given choices directly."
+    context: str = "Context: {context}\n"
+
+
+TEMPLATES: dict[str, PromptTemplate] = {
+    # The embedded default model was trained on the bare question.
+    "plain": PromptTemplate(),
+    # LLaVA-1.5's evaluation conventions.
+    "llava": PromptTemplate(binary="{question}\nAnswer the question using a single word or phrase."),
+}
+
+MODEL_OVERRIDES: dict[str, str] = {}
+
+
+def template_for(name: str) -> PromptTemplate:
+    if name not in TEMPLATES:
+        raise ValueError(f"unknown prompt template {name!r}; known: {sorted(TEMPLATES)}")
+    return TEMPLATES[name]
+
+
+def format_prompt(
+    question: str,
+    choices: list[str] | None = None,
+    template: str | PromptTemplate = "plain",
+    context: str | None = None,
+) -> str:
+    """The user text for one question: options listed as "A. …" lines for multiple choice."""
+    tpl = template_for(template) if isinstance(template, str) else template
+    if choices:
+        options = "\n".join(f"{LETTERS[i]}. {choice}" for i, choice in enumerate(choices))
+        text = tpl.choice.format(question=question, options=options)
+    else:
+        text = tpl.binary.format(question=question)
+    return (tpl.context.format(context=context) if context else "") + text
+
+
+def chat_messages(text: str) -> list[dict]:
+    """One user turn holding an image and ``text``, in the processor's chat format."""
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]

@@ -1,0 +1,375 @@
+"""Train the embedded default model on synthetic scenes (CPU, fp32, resumable).
+
+Stage 1 (vision): the vision tower and projector learn, per 8-px patch, the attributes of the
+object under it (from the renderer's object map) and to map each patch near the language model's
+embedding of that object's words ("large red metal cube", "floor"), as LLaVA's first stage aligns
+images with captions. No language-model forward is needed, so this takes minutes.
+
+Stage 2 (questions): LoRA on every linear layer of the language model, plus the vision tower and
+projector, on multi-turn conversations about one scene (the first turn holds the image). The loss
+is on the answer tokens only, and logits are computed only there (the 49K-word output layer is
+the costliest part otherwise).
+
+bf16 autocast is pathologically slow for this model's backward pass on the CPUs here (~20x), so
+training runs in fp32. Progress is checkpointed every few minutes; rerunning resumes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+from superneurons.data.prompts import LETTERS, chat_messages, format_prompt
+from superneurons.data.scenes import COLORS, MATERIALS, SHAPES, SIZES, iter_scenes, scene_questions
+from superneurons.data.scenes.write import scene_rng
+from superneurons.models.embedded.architecture import END_OF_TURN, NUM_IMAGE_TOKENS, PATCH_SIZE
+from superneurons.models.embedded.assemble import VISION_PROJECTOR_FILE, WEIGHTS_DIR, load_base
+
+LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+ATTRIBUTES = {"color": list(COLORS), "shape": list(SHAPES), "material": list(MATERIALS), "size": list(SIZES)}
+
+
+@dataclass
+class TrainConfig:
+    seed: int = 0
+    vision_scenes: int = 3000
+    vision_steps: int = 400
+    vision_batch: int = 64
+    vision_lr: float = 1e-3
+    qa_steps: int = 750
+    qa_batch: int = 4
+    turns: int = 6
+    lora_rank: int = 16
+    lora_lr: float = 4e-4
+    tower_lr: float = 1e-4
+    warmup: int = 50
+    eval_every: int = 200
+    eval_scenes: int = 30
+    checkpoint_every_s: float = 300.0
+    max_minutes: float | None = None
+
+
+def _vision_modules(model) -> list[torch.nn.Module]:
+    return [model.model.vision_tower, model.model.multi_modal_projector]
+
+
+def vision_projector_state(model) -> dict[str, torch.Tensor]:
+    """The vision tower's and projector's weights, under the LLaVA checkpoint's names."""
+    state = {}
+    for name, tensor in model.state_dict().items():
+        name = name.replace("base_model.model.", "")
+        if name.startswith(("model.vision_tower.", "model.multi_modal_projector.")):
+            state[name] = tensor.detach().clone().contiguous()
+    return state
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- stage 1: vision
+
+
+def patch_labels(object_map: np.ndarray, objects) -> dict[str, np.ndarray]:
+    """Per patch, the index of each attribute of the object covering most of it (last = ground)."""
+    n = object_map.shape[0] // PATCH_SIZE
+    patches = object_map.reshape(n, PATCH_SIZE, n, PATCH_SIZE).transpose(0, 2, 1, 3).reshape(n * n, -1)
+    owner = np.array([np.bincount(p + 1, minlength=len(objects) + 1).argmax() - 1 for p in patches])
+    labels = {}
+    for attr, values in ATTRIBUTES.items():
+        labels[attr] = np.array(
+            [len(values) if o < 0 else values.index(getattr(objects[o], attr)) for o in owner]
+        )
+    labels["owner"] = owner
+    return labels
+
+
+def _word_targets(model, tokenizer) -> dict[str, torch.Tensor]:
+    """Mean input embedding of each object description's words (and of " floor")."""
+    embed = model.get_input_embeddings().weight.detach()
+
+    def words(text: str) -> torch.Tensor:
+        return embed[tokenizer(text, add_special_tokens=False)["input_ids"]].mean(0)
+
+    targets = {"floor": words(" floor")}
+    for size in SIZES:
+        for color in COLORS:
+            for material in MATERIALS:
+                for shape in SHAPES:
+                    targets[(size, color, material, shape)] = words(f" {size} {color} {material} {shape}")
+    return targets
+
+
+def train_vision(model, processor, config: TrainConfig, log) -> None:
+    """Stage 1: per-patch attribute heads and word-embedding alignment of the projected patches."""
+    hidden = model.config.text_config.hidden_size
+    heads = torch.nn.ModuleDict({a: torch.nn.Linear(hidden, len(v) + 1) for a, v in ATTRIBUTES.items()})
+    targets = _word_targets(model, processor.tokenizer)
+    target_scale = torch.stack(list(targets.values())).pow(2).mean()
+    log(f"stage 1: rendering {config.vision_scenes} scenes")
+    pixels, labels, aligns = [], defaultdict(list), []
+    for scene, render in iter_scenes(config.seed, "train", config.vision_scenes, start=10_000_000):
+        pixels.append(processor.image_processor(render.image, return_tensors="pt")["pixel_values"][0])
+        lab = patch_labels(render.object_map, scene.objects)
+        for attr in ATTRIBUTES:
+            labels[attr].append(torch.from_numpy(lab[attr]))
+        aligns.append(torch.stack([
+            targets["floor"] if o < 0 else targets[(scene.objects[o].size, scene.objects[o].color,
+                                                   scene.objects[o].material, scene.objects[o].shape)]
+            for o in lab["owner"]
+        ]))
+    pixels = torch.stack(pixels)
+    labels = {a: torch.stack(v) for a, v in labels.items()}
+    aligns = torch.stack(aligns)
+    params = [p for m in _vision_modules(model) for p in m.parameters()] + list(heads.parameters())
+    for p in params:
+        p.requires_grad_(True)
+    optimizer = torch.optim.AdamW(params, lr=config.vision_lr, weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, config.vision_lr, config.vision_steps)
+    generator = torch.Generator().manual_seed(config.seed)
+    model.train()
+    start = time.time()
+    for step in range(config.vision_steps):
+        idx = torch.randint(len(pixels), (config.vision_batch,), generator=generator)
+        features = model.model.get_image_features(pixel_values=pixels[idx]).pooler_output
+        features = torch.stack(list(features)) if isinstance(features, (list, tuple)) else features
+        features = features.reshape(len(idx), NUM_IMAGE_TOKENS, hidden)
+        loss_attr = sum(
+            F.cross_entropy(heads[a](features).flatten(0, 1), labels[a][idx].flatten()) for a in ATTRIBUTES
+        )
+        loss_align = F.mse_loss(features, aligns[idx]) / target_scale
+        loss = loss_attr + loss_align
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        if step % 50 == 0 or step == config.vision_steps - 1:
+            with torch.no_grad():
+                acc = {a: (heads[a](features).argmax(-1) == labels[a][idx]).float().mean().item()
+                       for a in ATTRIBUTES}
+            log(f"stage 1 step {step}: attr loss {loss_attr.item():.3f} align {loss_align.item():.3f} "
+                f"acc {json.dumps({a: round(v, 3) for a, v in acc.items()})} ({time.time() - start:.0f}s)")
+    model.eval()
+
+
+# ---------------------------------------------------------------- stage 2: questions
+
+
+def _conversation(questions, rng: np.random.Generator, turns: int) -> list[dict]:
+    picked = [questions[i] for i in rng.permutation(len(questions))[:turns]]
+    messages = []
+    for k, q in enumerate(picked):
+        text = format_prompt(q.question, q.choices)
+        content = chat_messages(text)[0]["content"] if k == 0 else [{"type": "text", "text": text}]
+        messages.append({"role": "user", "content": content})
+        messages.append({"role": "assistant", "content": [{"type": "text", "text": q.label}]})
+    return messages
+
+
+def _answer_positions(ids: list[int], header: list[int], end_id: int) -> list[int]:
+    """Positions whose next token is an answer token (after each assistant header, up to <|im_end|>)."""
+    positions, n = [], len(header)
+    for i in range(len(ids) - n):
+        if ids[i : i + n] == header:
+            j = i + n
+            while True:
+                positions.append(j - 1)
+                if ids[j] == end_id:
+                    break
+                j += 1
+    return positions
+
+
+def qa_batch(processor, config: TrainConfig, step: int) -> dict[str, torch.Tensor]:
+    """Batch ``step`` of stage 2: right-padded conversations, the same for the same (seed, step)."""
+    tokenizer = processor.tokenizer
+    header = tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
+    end_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
+    rows, images, positions = [], [], []
+    for b in range(config.qa_batch):
+        index = step * config.qa_batch + b
+        scene, render = next(iter_scenes(config.seed, "train", 1, start=index))
+        questions = scene_questions(scene, config.seed)
+        rng = scene_rng(config.seed, "train", index, stream=7)
+        text = processor.apply_chat_template(_conversation(questions, rng, config.turns))
+        encoded = processor(images=render.image, text=text, return_tensors="pt")
+        ids = encoded["input_ids"][0].tolist()
+        rows.append(ids)
+        images.append(encoded["pixel_values"][0])
+        positions.append(_answer_positions(ids, header, end_id))
+    length = max(map(len, rows))
+    input_ids = torch.full((len(rows), length), tokenizer.pad_token_id)
+    attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for r, ids in enumerate(rows):
+        input_ids[r, : len(ids)] = torch.tensor(ids)
+        attention_mask[r, : len(ids)] = 1
+    batch_index = torch.tensor([r for r, pos in enumerate(positions) for _ in pos])
+    position = torch.tensor([p for pos in positions for p in pos])
+    return {
+        "input_ids": input_ids,
+        "attention_mask": attention_mask,
+        "pixel_values": torch.stack(images),
+        "batch_index": batch_index,
+        "position": position,
+        "targets": input_ids[batch_index, position + 1],
+    }
+
+
+def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    hidden = model.model(
+        input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"],
+        pixel_values=batch["pixel_values"],
+    ).last_hidden_state
+    logits = model.lm_head(hidden[batch["batch_index"], batch["position"]])
+    return F.cross_entropy(logits, batch["targets"])
+
+
+@torch.no_grad()
+def evaluate_first_token(model, processor, seed: int, n_scenes: int, batch_size: int = 16) -> dict:
+    """Held-out accuracy per family, from the first answer token: yes vs no, or the option letters.
+
+    Questions are prompted exactly as at inference (one turn, left padding, the model's template).
+    """
+    tokenizer = processor.tokenizer
+    yes_no = tokenizer.convert_tokens_to_ids(["yes", "no"])
+    letters = tokenizer.convert_tokens_to_ids(list(LETTERS[:4]))
+    items = []
+    for scene, render in iter_scenes(seed, "val", n_scenes):
+        items += [(render.image, q) for q in scene_questions(scene, seed)]
+    correct = defaultdict(list)
+    model.eval()
+    for start in range(0, len(items), batch_size):
+        chunk = items[start : start + batch_size]
+        texts = [processor.apply_chat_template(chat_messages(format_prompt(q.question, q.choices)),
+                                               add_generation_prompt=True) for _, q in chunk]
+        inputs = processor(images=[im for im, _ in chunk], text=texts, return_tensors="pt", padding=True)
+        last = model.model(**inputs).last_hidden_state[:, -1]
+        logits = model.lm_head(last)
+        for row, (_, q) in enumerate(chunk):
+            if q.choices:
+                guess = LETTERS[int(logits[row, letters[: len(q.choices)]].argmax())]
+            else:
+                guess = "yes" if logits[row, yes_no[0]] > logits[row, yes_no[1]] else "no"
+            correct[q.family].append(guess == q.label)
+    per_family = {f: float(np.mean(v)) for f, v in correct.items()}
+    binary = [c for f, v in correct.items() if f != "color_choice" for c in v]
+    return {"binary": float(np.mean(binary)), "n": len(items), "per_family": per_family}
+
+
+def _lr_factor(config: TrainConfig, step: int) -> float:
+    if step < config.warmup:
+        return (step + 1) / config.warmup
+    progress = (step - config.warmup) / max(1, config.qa_steps - config.warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path:
+    """Run both stages into ``out_dir`` (checkpoints, log, exported weights); resumable."""
+    from peft import LoraConfig, get_peft_model
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    started = time.time()
+    stage1 = out_dir / "stage1_vision_projector.safetensors"
+    model, processor = load_base(stage1 if stage1.is_file() else None)
+    if not stage1.is_file():
+        t0 = time.time()
+        train_vision(model, processor, config, log)
+        save_file(vision_projector_state(model), str(stage1))
+        (out_dir / "stage1.json").write_text(json.dumps({"seconds": time.time() - t0}) + "\n")
+
+    model = get_peft_model(model, LoraConfig(r=config.lora_rank, lora_alpha=2 * config.lora_rank,
+                                             lora_dropout=0.05, target_modules=LORA_TARGETS))
+    for module in _vision_modules(model.base_model.model):
+        module.requires_grad_(True)
+    lora = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
+    tower = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
+    optimizer = torch.optim.AdamW([{"params": lora, "lr": config.lora_lr},
+                                   {"params": tower, "lr": config.tower_lr}], weight_decay=0.0)
+    base_lrs = [config.lora_lr, config.tower_lr]
+    checkpoint = out_dir / "checkpoint.pt"
+    state = {"step": 0, "seconds": 0.0, "history": []}
+    if checkpoint.is_file():
+        saved = torch.load(checkpoint, weights_only=False)
+        model.load_state_dict(saved["trainable"], strict=False)
+        optimizer.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+        log(f"resumed at step {state['step']}")
+    inner = model.base_model.model
+    trainable_names = {n for n, p in model.named_parameters() if p.requires_grad}
+
+    def save_checkpoint() -> None:
+        trainable = {n: p.detach().clone() for n, p in model.named_parameters() if n in trainable_names}
+        _atomic_torch_save({"trainable": trainable, "optimizer": optimizer.state_dict(), "state": state},
+                           checkpoint)
+
+    session_start, last_save, losses = time.time(), time.time(), []
+    seconds_before = state["seconds"]
+    while state["step"] < config.qa_steps:
+        step = state["step"]
+        if step % config.eval_every == 0 and not any(h["step"] == step for h in state["history"]):
+            result = evaluate_first_token(inner, processor, config.seed, config.eval_scenes)
+            state["history"].append({"step": step, **result})
+            log(f"eval step {step}: {json.dumps(result)}")
+        for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
+            group["lr"] = lr * _lr_factor(config, step)
+        model.train()
+        loss = answer_loss(inner, qa_batch(processor, config, step))
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(lora + tower, 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+        state["step"] = step + 1
+        state["seconds"] = seconds_before + time.time() - session_start
+        if state["step"] % 25 == 0:
+            log(f"step {state['step']}: loss {np.mean(losses[-25:]):.4f} ({state['seconds']:.0f}s)")
+        if time.time() - last_save > config.checkpoint_every_s:
+            save_checkpoint()
+            last_save = time.time()
+        if config.max_minutes and time.time() - started > 60 * config.max_minutes:
+            log("time budget reached")
+            break
+    save_checkpoint()
+    final = evaluate_first_token(inner, processor, config.seed, config.eval_scenes)
+    state["history"].append({"step": state["step"], **final})
+    log(f"final eval: {json.dumps(final)}")
+    export(model, out_dir / "weights", config, state)
+    return out_dir / "weights"
+
+
+def export(peft_model, weights_dir: Path, config: TrainConfig, state: dict) -> None:
+    """Write the shippable parts in fp16: vision tower + projector, LoRA adapter, training record."""
+    from peft import get_peft_model_state_dict
+
+    weights_dir.mkdir(parents=True, exist_ok=True)
+    half = {k: v.half() for k, v in vision_projector_state(peft_model).items()}
+    save_file(half, str(weights_dir / VISION_PROJECTOR_FILE))
+    adapter = {k: v.half() for k, v in get_peft_model_state_dict(peft_model).items()}
+    peft_model.save_pretrained(weights_dir, state_dict=adapter)
+    record = {"config": asdict(config), "qa_steps_done": state["step"],
+              "qa_samples": state["step"] * config.qa_batch * config.turns,
+              "qa_seconds": round(state["seconds"]), "eval_history": state["history"]}
+    (weights_dir / "training.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def ship(weights_dir: Path) -> None:
+    """Copy exported weights into the package (what `default_model_dir` assembles from)."""
+    WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
+    for path in weights_dir.iterdir():
+        if path.is_file():
+            (WEIGHTS_DIR / path.name).write_bytes(path.read_bytes())
+    load_file(WEIGHTS_DIR / VISION_PROJECTOR_FILE)  # fails loudly on a broken copy
