@@ -14,10 +14,12 @@ LETTERS = "ABCDEFGHIJ"
 
 @dataclass(frozen=True)
 class PromptTemplate:
-    """``binary`` formats yes/no questions, ``choice`` multiple-choice ones ({question}, {options})."""
+    """``binary`` formats yes/no questions; ``choice`` multiple-choice ones."""
 
     binary: str = "{question}"
-    choice: str = "{question}\n{options}\nAnswer with the option's letter from the given choices directly."
+    choice: str = (
+        "{question}\n{options}\nAnswer with the option's letter from the given choices directly."
+    )
     context: str = "Context: {context}\n"
 
 
@@ -25,7 +27,9 @@ TEMPLATES: dict[str, PromptTemplate] = {
     # The embedded default model was trained on the bare question.
     "plain": PromptTemplate(),
     # LLaVA-1.5's evaluation conventions.
-    "llava": PromptTemplate(binary="{question}\nAnswer the question using a single word or phrase."),
+    "llava": PromptTemplate(
+        binary="{question}\nAnswer the question using a single word or phrase."
+    ),
 }
 
 MODEL_OVERRIDES: dict[str, str] = {}

@@ -77,7 +77,7 @@ def build_processor(tokenizer: PreTrainedTokenizerBase) -> LlavaProcessor:
 
 
 def build_config(text_config, tokenizer: PreTrainedTokenizerBase) -> LlavaConfig:
-    """LLaVA config around SmolLM2's text config, with the image token appended to the vocabulary."""
+    """LLaVA config around SmolLM2's text config, the image token appended to its vocabulary."""
     text_config = text_config.to_dict() if hasattr(text_config, "to_dict") else dict(text_config)
     text_config.pop("quantization_config", None)
     text_config.pop("_name_or_path", None)

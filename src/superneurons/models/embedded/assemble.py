@@ -52,7 +52,9 @@ def smollm2_gguf() -> Path:
     return path
 
 
-def load_base(vision_projector: Path | None = None) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
+def load_base(
+    vision_projector: Path | None = None,
+) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
     """The LLaVA model with SmolLM2's weights, and its processor.
 
     Vision tower and projector come from ``vision_projector`` (a safetensors file) when given,
@@ -67,15 +69,18 @@ def load_base(vision_projector: Path | None = None) -> tuple[LlavaForConditional
     config = build_config(language_model.config, tokenizer)
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration(config)
-    # Copy SmolLM2's weights; the appended image-token row is never read (image features replace it).
+    # Copy SmolLM2's weights; the image-token row is never read (image features replace it).
     embed = language_model.get_input_embeddings().weight.detach()
-    state = {f"model.language_model.{k[len('model.'):]}": v for k, v in language_model.state_dict().items()
-             if k.startswith("model.")}
+    state = {
+        f"model.language_model.{k[len('model.') :]}": v
+        for k, v in language_model.state_dict().items()
+        if k.startswith("model.")
+    }
     new_embed = model.model.language_model.embed_tokens.weight.detach().clone()
     new_embed[: embed.shape[0]] = embed
-    new_embed[embed.shape[0]:] = embed.mean(0)
+    new_embed[embed.shape[0] :] = embed.mean(0)
     state["model.language_model.embed_tokens.weight"] = new_embed
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    _, unexpected = model.load_state_dict(state, strict=False)
     assert not unexpected, unexpected
     if vision_projector is not None:
         model.load_state_dict(load_file(vision_projector), strict=False)

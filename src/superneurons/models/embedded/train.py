@@ -36,7 +36,12 @@ from superneurons.models.embedded.architecture import END_OF_TURN, NUM_IMAGE_TOK
 from superneurons.models.embedded.assemble import VISION_PROJECTOR_FILE, WEIGHTS_DIR, load_base
 
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-ATTRIBUTES = {"color": list(COLORS), "shape": list(SHAPES), "material": list(MATERIALS), "size": list(SIZES)}
+ATTRIBUTES = {
+    "color": list(COLORS),
+    "shape": list(SHAPES),
+    "material": list(MATERIALS),
+    "size": list(SIZES),
+}
 
 
 @dataclass
@@ -85,7 +90,9 @@ def _atomic_torch_save(obj, path: Path) -> None:
 def patch_labels(object_map: np.ndarray, objects) -> dict[str, np.ndarray]:
     """Per patch, the index of each attribute of the object covering most of it (last = ground)."""
     n = object_map.shape[0] // PATCH_SIZE
-    patches = object_map.reshape(n, PATCH_SIZE, n, PATCH_SIZE).transpose(0, 2, 1, 3).reshape(n * n, -1)
+    patches = (
+        object_map.reshape(n, PATCH_SIZE, n, PATCH_SIZE).transpose(0, 2, 1, 3).reshape(n * n, -1)
+    )
     owner = np.array([np.bincount(p + 1, minlength=len(objects) + 1).argmax() - 1 for p in patches])
     labels = {}
     for attr, values in ATTRIBUTES.items():
@@ -108,28 +115,46 @@ def _word_targets(model, tokenizer) -> dict[str, torch.Tensor]:
         for color in COLORS:
             for material in MATERIALS:
                 for shape in SHAPES:
-                    targets[(size, color, material, shape)] = words(f" {size} {color} {material} {shape}")
+                    targets[(size, color, material, shape)] = words(
+                        f" {size} {color} {material} {shape}"
+                    )
     return targets
 
 
 def train_vision(model, processor, config: TrainConfig, log) -> None:
     """Stage 1: per-patch attribute heads and word-embedding alignment of the projected patches."""
     hidden = model.config.text_config.hidden_size
-    heads = torch.nn.ModuleDict({a: torch.nn.Linear(hidden, len(v) + 1) for a, v in ATTRIBUTES.items()})
+    heads = torch.nn.ModuleDict(
+        {a: torch.nn.Linear(hidden, len(v) + 1) for a, v in ATTRIBUTES.items()}
+    )
     targets = _word_targets(model, processor.tokenizer)
     target_scale = torch.stack(list(targets.values())).pow(2).mean()
     log(f"stage 1: rendering {config.vision_scenes} scenes")
     pixels, labels, aligns = [], defaultdict(list), []
     for scene, render in iter_scenes(config.seed, "train", config.vision_scenes, start=10_000_000):
-        pixels.append(processor.image_processor(render.image, return_tensors="pt")["pixel_values"][0])
+        pixels.append(
+            processor.image_processor(render.image, return_tensors="pt")["pixel_values"][0]
+        )
         lab = patch_labels(render.object_map, scene.objects)
         for attr in ATTRIBUTES:
             labels[attr].append(torch.from_numpy(lab[attr]))
-        aligns.append(torch.stack([
-            targets["floor"] if o < 0 else targets[(scene.objects[o].size, scene.objects[o].color,
-                                                   scene.objects[o].material, scene.objects[o].shape)]
-            for o in lab["owner"]
-        ]))
+        aligns.append(
+            torch.stack(
+                [
+                    targets["floor"]
+                    if o < 0
+                    else targets[
+                        (
+                            scene.objects[o].size,
+                            scene.objects[o].color,
+                            scene.objects[o].material,
+                            scene.objects[o].shape,
+                        )
+                    ]
+                    for o in lab["owner"]
+                ]
+            )
+        )
     pixels = torch.stack(pixels)
     labels = {a: torch.stack(v) for a, v in labels.items()}
     aligns = torch.stack(aligns)
@@ -147,7 +172,8 @@ def train_vision(model, processor, config: TrainConfig, log) -> None:
         features = torch.stack(list(features)) if isinstance(features, (list, tuple)) else features
         features = features.reshape(len(idx), NUM_IMAGE_TOKENS, hidden)
         loss_attr = sum(
-            F.cross_entropy(heads[a](features).flatten(0, 1), labels[a][idx].flatten()) for a in ATTRIBUTES
+            F.cross_entropy(heads[a](features).flatten(0, 1), labels[a][idx].flatten())
+            for a in ATTRIBUTES
         )
         loss_align = F.mse_loss(features, aligns[idx]) / target_scale
         loss = loss_attr + loss_align
@@ -157,10 +183,16 @@ def train_vision(model, processor, config: TrainConfig, log) -> None:
         schedule.step()
         if step % 50 == 0 or step == config.vision_steps - 1:
             with torch.no_grad():
-                acc = {a: (heads[a](features).argmax(-1) == labels[a][idx]).float().mean().item()
-                       for a in ATTRIBUTES}
-            log(f"stage 1 step {step}: attr loss {loss_attr.item():.3f} align {loss_align.item():.3f} "
-                f"acc {json.dumps({a: round(v, 3) for a, v in acc.items()})} ({time.time() - start:.0f}s)")
+                acc = {
+                    a: round(
+                        (heads[a](features).argmax(-1) == labels[a][idx]).float().mean().item(), 3
+                    )
+                    for a in ATTRIBUTES
+                }
+            log(
+                f"stage 1 step {step}: attr loss {loss_attr.item():.3f} "
+                f"align {loss_align.item():.3f} acc {json.dumps(acc)} ({time.time() - start:.0f}s)"
+            )
     model.eval()
 
 
@@ -179,7 +211,7 @@ def _conversation(questions, rng: np.random.Generator, turns: int) -> list[dict]
 
 
 def _answer_positions(ids: list[int], header: list[int], end_id: int) -> list[int]:
-    """Positions whose next token is an answer token (after each assistant header, up to <|im_end|>)."""
+    """Positions whose next token is an answer token (after each assistant header)."""
     positions, n = [], len(header)
     for i in range(len(ids) - n):
         if ids[i : i + n] == header:
@@ -253,9 +285,15 @@ def evaluate_first_token(model, processor, seed: int, n_scenes: int, batch_size:
     model.eval()
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        texts = [processor.apply_chat_template(chat_messages(format_prompt(q.question, q.choices)),
-                                               add_generation_prompt=True) for _, q in chunk]
-        inputs = processor(images=[im for im, _ in chunk], text=texts, return_tensors="pt", padding=True)
+        texts = [
+            processor.apply_chat_template(
+                chat_messages(format_prompt(q.question, q.choices)), add_generation_prompt=True
+            )
+            for _, q in chunk
+        ]
+        inputs = processor(
+            images=[im for im, _ in chunk], text=texts, return_tensors="pt", padding=True
+        )
         last = model.model(**inputs).last_hidden_state[:, -1]
         logits = model.lm_head(last)
         for row, (_, q) in enumerate(chunk):
@@ -291,14 +329,23 @@ def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path:
         save_file(vision_projector_state(model), str(stage1))
         (out_dir / "stage1.json").write_text(json.dumps({"seconds": time.time() - t0}) + "\n")
 
-    model = get_peft_model(model, LoraConfig(r=config.lora_rank, lora_alpha=2 * config.lora_rank,
-                                             lora_dropout=0.05, target_modules=LORA_TARGETS))
+    model = get_peft_model(
+        model,
+        LoraConfig(
+            r=config.lora_rank,
+            lora_alpha=2 * config.lora_rank,
+            lora_dropout=0.05,
+            target_modules=LORA_TARGETS,
+        ),
+    )
     for module in _vision_modules(model.base_model.model):
         module.requires_grad_(True)
     lora = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
     tower = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
-    optimizer = torch.optim.AdamW([{"params": lora, "lr": config.lora_lr},
-                                   {"params": tower, "lr": config.tower_lr}], weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        [{"params": lora, "lr": config.lora_lr}, {"params": tower, "lr": config.tower_lr}],
+        weight_decay=0.0,
+    )
     base_lrs = [config.lora_lr, config.tower_lr]
     checkpoint = out_dir / "checkpoint.pt"
     state = {"step": 0, "seconds": 0.0, "history": []}
@@ -312,9 +359,13 @@ def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path:
     trainable_names = {n for n, p in model.named_parameters() if p.requires_grad}
 
     def save_checkpoint() -> None:
-        trainable = {n: p.detach().clone() for n, p in model.named_parameters() if n in trainable_names}
-        _atomic_torch_save({"trainable": trainable, "optimizer": optimizer.state_dict(), "state": state},
-                           checkpoint)
+        trainable = {
+            n: p.detach().clone() for n, p in model.named_parameters() if n in trainable_names
+        }
+        _atomic_torch_save(
+            {"trainable": trainable, "optimizer": optimizer.state_dict(), "state": state},
+            checkpoint,
+        )
 
     session_start, last_save, losses = time.time(), time.time(), []
     seconds_before = state["seconds"]
@@ -352,7 +403,7 @@ def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path:
 
 
 def export(peft_model, weights_dir: Path, config: TrainConfig, state: dict) -> None:
-    """Write the shippable parts in fp16: vision tower + projector, LoRA adapter, training record."""
+    """Write the shippable parts in fp16 (vision tower + projector, LoRA adapter) and the record."""
     from peft import get_peft_model_state_dict
 
     weights_dir.mkdir(parents=True, exist_ok=True)
@@ -360,9 +411,13 @@ def export(peft_model, weights_dir: Path, config: TrainConfig, state: dict) -> N
     save_file(half, str(weights_dir / VISION_PROJECTOR_FILE))
     adapter = {k: v.half() for k, v in get_peft_model_state_dict(peft_model).items()}
     peft_model.save_pretrained(weights_dir, state_dict=adapter)
-    record = {"config": asdict(config), "qa_steps_done": state["step"],
-              "qa_samples": state["step"] * config.qa_batch * config.turns,
-              "qa_seconds": round(state["seconds"]), "eval_history": state["history"]}
+    record = {
+        "config": asdict(config),
+        "qa_steps_done": state["step"],
+        "qa_samples": state["step"] * config.qa_batch * config.turns,
+        "qa_seconds": round(state["seconds"]),
+        "eval_history": state["history"],
+    }
     (weights_dir / "training.json").write_text(json.dumps(record, indent=1) + "\n")
 
 

@@ -1,0 +1,86 @@
+"""Load a supported VLM and its processor offline: embedded default, local path or HF cache."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+EMBEDDED = "embedded"
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class ModelNotFoundError(FileNotFoundError):
+    """The model is neither a local directory nor in the Hugging Face cache."""
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    processor: object
+    model_id: str
+    path: Path
+    revision: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+
+def resolve_model_path(model_id: str | None) -> tuple[str, Path]:
+    """(id, local directory) for ``model_id``; never downloads."""
+    if model_id in (None, EMBEDDED):
+        from superneurons.models.embedded import default_model_dir
+
+        return EMBEDDED, default_model_dir()
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ModelNotFoundError(f"{path} has no config.json: not a transformers checkpoint")
+        return model_id, path
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return model_id, Path(snapshot_download(model_id, local_files_only=True))
+    except (LocalEntryNotFoundError, OSError, ValueError):
+        raise ModelNotFoundError(
+            f"model {model_id!r} is not a local directory and not in the Hugging Face cache "
+            f"({constants.HF_HUB_CACHE}). Download it where there is network, e.g. "
+            f"`hf download {model_id}`, then copy the cache here or pass its directory."
+        ) from None
+
+
+def _revision(path: Path) -> str:
+    """The snapshot's commit hash when loaded from the HF cache, else the embedded weights' hash."""
+    if path.parent.name == "snapshots":
+        return path.name
+    marker = path / "superneurons.json"
+    if marker.is_file():
+        return json.loads(marker.read_text()).get("weights", "local")
+    return "local"
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def load_model(
+    model_id: str | None = None, dtype: str = "fp32", device: str = "auto"
+) -> LoadedModel:
+    """Processor and model (eval mode) for ``model_id``; the embedded default when None."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    model_id, path = resolve_model_path(model_id)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    processor = AutoProcessor.from_pretrained(path)
+    model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[dtype])
+    model = model.to(pick_device(device)).eval()
+    return LoadedModel(model, processor, model_id, path, _revision(path))

@@ -1,0 +1,109 @@
+"""The shipped embedded model: assembled offline, loaded through the Auto classes, answering."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from superneurons.models.embedded.assemble import VISION_PROJECTOR_FILE, WEIGHTS_DIR
+
+pytestmark = pytest.mark.skipif(
+    not (WEIGHTS_DIR / VISION_PROJECTOR_FILE).is_file(), reason="no trained weights shipped yet"
+)
+
+ANSWER_SCRIPT = """
+import json, sys
+import numpy as np
+from transformers import AutoModelForImageTextToText, AutoProcessor
+from superneurons.data.prompts import chat_messages, format_prompt
+from superneurons.data.scenes import iter_scenes, scene_questions
+from superneurons.models import default_model_dir
+
+path = default_model_dir()
+processor = AutoProcessor.from_pretrained(path)
+model = AutoModelForImageTextToText.from_pretrained(path)
+rows = []
+for scene, render in iter_scenes(seed=123, split="val", n=4):
+    for q in scene_questions(scene, seed=123, families=["existence", "attribute"]):
+        messages = chat_messages(q.question)
+        prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+        inputs = processor(images=render.image, text=prompt, return_tensors="pt")
+        out = model.generate(**inputs, do_sample=False, max_new_tokens=8)
+        answer = processor.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        rows.append({"answer": answer, "label": q.label})
+print(json.dumps(rows))
+"""
+
+
+@pytest.fixture(scope="module")
+def model_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("superneurons-cache")
+
+
+def test_shipped_model_answers_offline_through_auto_classes(model_cache):
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "SUPERNEURONS_CACHE": str(model_cache),
+    }
+    done = subprocess.run(
+        [sys.executable, "-c", ANSWER_SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = json.loads(done.stdout.strip().splitlines()[-1])
+    answers = [r["answer"].strip().lower() for r in rows]
+    assert len(rows) >= 12
+    assert all(a.startswith(("yes", "no")) for a in answers), answers
+    # Balanced questions: a model that ignored the image would give one answer to all of them.
+    assert len({a[:2] for a in answers}) == 2
+    correct = sum(a.startswith(r["label"]) for a, r in zip(answers, rows, strict=True))
+    assert correct / len(rows) > 0.5
+
+
+def test_processor_builds_the_training_prompt(model_cache, monkeypatch):
+    from transformers import AutoProcessor
+
+    from superneurons.data.prompts import chat_messages
+    from superneurons.data.scenes import iter_scenes
+    from superneurons.models import default_model_dir
+    from superneurons.models.embedded.architecture import IMAGE_TOKEN, NUM_IMAGE_TOKENS
+    from superneurons.models.embedded.train import TrainConfig, qa_batch
+
+    monkeypatch.setenv("SUPERNEURONS_CACHE", str(model_cache))
+    processor = AutoProcessor.from_pretrained(default_model_dir())
+    prompt = processor.apply_chat_template(
+        chat_messages("Is there a cube?"), add_generation_prompt=True
+    )
+    assert (
+        prompt == "<|im_start|>user\n<image>\nIs there a cube?<|im_end|>\n<|im_start|>assistant\n"
+    )
+    _, render = next(iter_scenes(seed=0, split="train", n=1))
+    ids = processor(images=render.image, text=prompt, return_tensors="pt")["input_ids"][0]
+    image_id = processor.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    assert int((ids == image_id).sum()) == NUM_IMAGE_TOKENS
+    # A one-turn training conversation starts with exactly the inference prompt's tokens.
+    batch = qa_batch(processor, TrainConfig(qa_batch=1, turns=1), step=0)
+    trained = batch["input_ids"][0]
+    prompt_ids = processor(
+        images=render.image,
+        text=processor.apply_chat_template(
+            chat_messages(_first_training_question(processor)), add_generation_prompt=True
+        ),
+        return_tensors="pt",
+    )["input_ids"][0]
+    assert trained[: len(prompt_ids)].tolist() == prompt_ids.tolist()
+    assert batch["position"].tolist()[0] == len(prompt_ids) - 1
+
+
+def _first_training_question(processor) -> str:
+    """The user text of training batch 0's single turn, read back from its tokens."""
+    from superneurons.models.embedded.train import TrainConfig, qa_batch
+
+    ids = qa_batch(processor, TrainConfig(qa_batch=1, turns=1), step=0)["input_ids"][0]
+    text = processor.tokenizer.decode(ids)
+    return text.split("<image>\n", 1)[1].split("<|im_end|>", 1)[0]
