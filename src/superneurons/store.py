@@ -1,0 +1,471 @@
+"""On-disk activation store: streamed in chunks, resumable, read back memory-mapped.
+
+Layout of a store directory ``DIR``:
+
+- ``DIR/{site}.npy``: one ``.npy`` per site, shape ``(n_layers, n_samples, width)``. Layer-major,
+  so one layer for all samples (what a classifier scores) is one contiguous read. Values are
+  float16, or for a model run in bfloat16 the raw bf16 bits as uint16 (lossless; widened to
+  float32 on read).
+- ``DIR/progress.json``: only while writing: the arguments, ``n_done`` and the committed records.
+- ``DIR/manifest.json``: only once complete: meta, sites, dtype and the per-sample records.
+
+Commit protocol: a chunk's rows are written and flushed, then ``progress.json`` is replaced
+atomically. Rows at or past ``n_done`` are never trusted: a resumed run writes them again, and as
+every row ends up written with the same values, the finished files are byte-identical to those of
+an uninterrupted run. A store is complete only once ``manifest.json`` exists, and it is written
+last, atomically. Memory is bounded by one chunk: rows go straight to the memory-mapped files.
+"""
+
+from __future__ import annotations
+
+import json
+import operator
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+PROGRESS = "progress.json"
+LAYOUT = "{site}.npy: (n_layers, n_samples, width), layer-major"
+# Storage dtype per declared dtype: numpy has no bfloat16, so its bits are kept as uint16.
+STORAGE = {"float16": np.dtype(np.float16), "bfloat16": np.dtype(np.uint16)}
+_SITE_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a site name becomes a file name
+_RESUME_FIELDS = ("format_version", "meta", "sites", "dtype", "n_samples")
+
+
+class IncompleteStoreError(RuntimeError):
+    """The store exists but its extraction did not finish."""
+
+
+def is_complete(path: str | os.PathLike) -> bool:
+    """Whether ``path`` holds a finished store (its manifest is written last)."""
+    return (Path(path) / MANIFEST).is_file()
+
+
+class ActivationWriter:
+    """Writes a store chunk by chunk; continues a partial store written with the same arguments.
+
+    ``n_done`` is the resume point: the caller skips that many samples and appends the rest.
+    On a store that is already complete ``n_done == n_samples`` and ``finish`` just reopens it.
+    As a context manager, exit closes the files but does not finish the store.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        sites: dict[str, tuple[int, int]],
+        n_samples: int,
+        dtype: str = "float16",
+        meta: dict | None = None,
+    ) -> None:
+        if dtype not in STORAGE:
+            raise ValueError(f"dtype must be one of {sorted(STORAGE)}, got {dtype!r}")
+        if int(n_samples) < 1:
+            raise ValueError(f"n_samples must be at least 1, got {n_samples}")
+        self.path = Path(path)
+        self.sites = _check_sites(sites)
+        self.n_samples = int(n_samples)
+        self.dtype = dtype
+        self.meta: dict = _jsonable(meta or {}, "meta")
+        self.records: list[dict] = []
+        self._arrays: dict[str, np.memmap] = {}
+        self._closed = False
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        for name in (MANIFEST, PROGRESS):  # left over by a kill during an atomic write
+            _tmp_path(self.path / name).unlink(missing_ok=True)
+        if is_complete(self.path):
+            state = _read_json(self.path / MANIFEST)
+            self._check_resumable(state)
+            self.records = state["records"]
+        elif (self.path / PROGRESS).is_file():
+            state = _read_json(self.path / PROGRESS)
+            self._check_resumable(state)
+            self.records = state["records"]
+            self._arrays = {site: self._open_existing(site) for site in self.sites}
+        else:
+            # Files first, progress second: files without progress are simply created again.
+            self._arrays = {
+                site: np.lib.format.open_memmap(
+                    self._file(site), mode="w+", dtype=STORAGE[dtype], shape=self._shape(site)
+                )
+                for site in self.sites
+            }
+            self._commit(self.records)
+
+    @property
+    def n_done(self) -> int:
+        """Samples already committed: where a resumed run continues."""
+        return len(self.records)
+
+    def append(self, activations: dict[str, Any], records: list[dict]) -> None:
+        """Write one chunk: ``activations[site]`` is ``(B, n_layers, width)``, B = len(records).
+
+        Everything is validated and converted before any byte is written; the chunk counts as
+        done only once its rows are flushed and the progress file is replaced.
+        """
+        if self._closed:
+            raise RuntimeError("the writer is closed")
+        records = _jsonable(list(records), "records")
+        if not all(isinstance(r, dict) for r in records):
+            raise TypeError("records must be dicts")
+        b = len(records)
+        if b == 0:
+            raise ValueError("append needs at least one sample")
+        if self.n_done + b > self.n_samples:
+            raise ValueError(
+                f"{b} more samples exceed n_samples={self.n_samples} "
+                f"({self.n_done} already written)"
+            )
+        missing, extra = self.sites.keys() - activations.keys(), activations.keys() - self.sites
+        if missing or extra:
+            raise ValueError(
+                f"activations must have exactly the sites {sorted(self.sites)}; "
+                f"missing {sorted(missing)}, unexpected {sorted(extra)}"
+            )
+        chunk = {site: self._convert(site, activations[site], b) for site in self.sites}
+
+        start = self.n_done
+        for site, rows in chunk.items():
+            array = self._arrays[site]
+            array[:, start : start + b] = rows.transpose(1, 0, 2)
+            array.flush()
+        self._commit(self.records + records)
+        self.records = self.records + records
+
+    def finish(self) -> ActivationStore:
+        """Mark the store complete (manifest written atomically) and open it for reading."""
+        if self.n_done != self.n_samples:
+            raise RuntimeError(
+                f"cannot finish: {self.n_done}/{self.n_samples} samples written to {self.path}"
+            )
+        for array in self._arrays.values():
+            array.flush()
+        _write_json_atomic(self.path / MANIFEST, {**self._header(), "records": self.records})
+        (self.path / PROGRESS).unlink(missing_ok=True)
+        self.close()
+        return ActivationStore.open(self.path)
+
+    def close(self) -> None:
+        """Flush and release the files; committed samples stay resumable."""
+        for array in self._arrays.values():
+            array.flush()
+        self._arrays = {}
+        self._closed = True
+
+    def __enter__(self) -> ActivationWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- internals ------------------------------------------------------------------------------
+
+    def _file(self, site: str) -> Path:
+        return self.path / f"{site}.npy"
+
+    def _shape(self, site: str) -> tuple[int, int, int]:
+        n_layers, width = self.sites[site]
+        return (n_layers, self.n_samples, width)
+
+    def _header(self) -> dict:
+        return {
+            "format_version": FORMAT_VERSION,
+            "layout": LAYOUT,
+            "meta": self.meta,
+            "sites": {site: list(shape) for site, shape in self.sites.items()},
+            "dtype": self.dtype,
+            "storage_dtype": STORAGE[self.dtype].name,
+            "n_samples": self.n_samples,
+        }
+
+    def _commit(self, records: list[dict]) -> None:
+        _write_json_atomic(
+            self.path / PROGRESS, {**self._header(), "n_done": len(records), "records": records}
+        )
+
+    def _check_resumable(self, stored: dict) -> None:
+        given = self._header()
+        for key in _RESUME_FIELDS:
+            if stored.get(key) == given[key]:
+                continue
+            old, new = stored.get(key), given[key]
+            if key == "meta" and isinstance(old, dict):
+                keys = sorted(k for k in old | new if old.get(k, ...) != new.get(k, ...))
+                detail = "; ".join(
+                    f"{k!r}: stored {old.get(k, '<absent>')!r}, given {new.get(k, '<absent>')!r}"
+                    for k in keys
+                )
+            else:
+                detail = f"stored {old!r}, given {new!r}"
+            raise ValueError(
+                f"{self.path} holds a store written with a different {key} ({detail}); "
+                "rerun with the original arguments to resume, or write to another directory"
+            )
+
+    def _open_existing(self, site: str) -> np.memmap:
+        file = self._file(site)
+        if not file.is_file():
+            raise FileNotFoundError(
+                f"partial store {self.path} lacks {file.name}; delete the directory and start again"
+            )
+        array = np.load(file, mmap_mode="r+")
+        if array.shape != self._shape(site) or array.dtype != STORAGE[self.dtype]:
+            raise ValueError(
+                f"{file} holds {array.dtype} {array.shape}, "
+                f"expected {STORAGE[self.dtype]} {self._shape(site)}"
+            )
+        return array
+
+    def _convert(self, site: str, x: Any, batch: int) -> np.ndarray:
+        rows = _to_storage(x, self.dtype, site)
+        expected = (batch, *self.sites[site])
+        if rows.shape != expected:
+            raise ValueError(
+                f"site {site!r}: expected shape {expected} (batch, n_layers, width), "
+                f"got {tuple(rows.shape)}"
+            )
+        return rows
+
+
+@dataclass
+class ActivationStore:
+    """A finished store, read through read-only memory maps; ``open`` it, don't construct it."""
+
+    path: Path
+    manifest: dict
+    _arrays: dict[str, np.memmap] = field(default_factory=dict, repr=False)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike) -> ActivationStore:
+        """Open a complete store; refuse a missing or unfinished one with a clear error."""
+        path = Path(path)
+        if not is_complete(path):
+            if (path / PROGRESS).is_file():
+                progress = _read_json(path / PROGRESS)
+                raise IncompleteStoreError(
+                    f"{path}: extraction did not finish: "
+                    f"{progress['n_done']}/{progress['n_samples']} samples; "
+                    "rerun the same command to resume"
+                )
+            raise FileNotFoundError(f"no activation store at {path} (no {MANIFEST})")
+        manifest = _read_json(path / MANIFEST)
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{path}: store format {manifest.get('format_version')!r} is not supported "
+                f"(expected {FORMAT_VERSION})"
+            )
+        store = cls(path, manifest)
+        for site in store.sites:  # fail now, not halfway through an analysis
+            store.array(site)
+        return store
+
+    @property
+    def meta(self) -> dict:
+        return self.manifest["meta"]
+
+    @property
+    def records(self) -> list[dict]:
+        return self.manifest["records"]
+
+    @property
+    def n(self) -> int:
+        return len(self.records)
+
+    @property
+    def dtype(self) -> str:
+        """The model's dtype as declared: "float16" or "bfloat16"."""
+        return self.manifest["dtype"]
+
+    @property
+    def sites(self) -> dict[str, tuple[int, int]]:
+        """site -> (n_layers, width)."""
+        return {site: (shape[0], shape[1]) for site, shape in self.manifest["sites"].items()}
+
+    @property
+    def labels(self) -> list:
+        return self.field("label")
+
+    @property
+    def ids(self) -> list:
+        return self.field("id")
+
+    def field(self, name: str) -> list:
+        """One record field for every sample, in store order."""
+        missing = [i for i, record in enumerate(self.records) if name not in record]
+        if missing:
+            raise KeyError(
+                f"record field {name!r} is missing in {len(missing)} of {self.n} samples "
+                f"(first: sample {missing[0]})"
+            )
+        return [record[name] for record in self.records]
+
+    def array(self, site: str) -> np.memmap:
+        """The raw read-only memory map ``(n_layers, n, width)`` in its storage dtype."""
+        if site not in self._arrays:
+            shape = self._site_shape(site)
+            array = np.load(self.path / f"{site}.npy", mmap_mode="r")
+            expected = (shape[0], self.n, shape[1])
+            storage = STORAGE[self.dtype]
+            if array.shape != expected or array.dtype != storage:
+                raise ValueError(
+                    f"{self.path / f'{site}.npy'} holds {array.dtype} {array.shape}, "
+                    f"expected {storage} {expected}"
+                )
+            self._arrays[site] = array
+        return self._arrays[site]
+
+    def layer(self, site: str, layer: int, rows: Any = None) -> np.ndarray:
+        """float32 ``(n, width)``, or ``(len(rows), width)``: one layer of a site.
+
+        ``rows`` is anything numpy indexes a first axis with (slice, indices, boolean mask).
+        """
+        raw = self.array(site)[self._layer_index(site, layer)]
+        return self._float32(raw if rows is None else raw[rows])
+
+    def column(self, site: str, layer: int, index: int, rows: Any = None) -> np.ndarray:
+        """float32 ``(n,)`` (or ``(len(rows),)``): one scalar of one layer for every sample."""
+        width = self._site_shape(site)[1]
+        index = operator.index(index)
+        if not 0 <= index < width:
+            raise IndexError(f"site {site!r} has width {width}; index {index} is out of range")
+        raw = self.array(site)[self._layer_index(site, layer), :, index]
+        return self._float32(raw if rows is None else raw[rows])
+
+    def _site_shape(self, site: str) -> tuple[int, int]:
+        if site not in self.manifest["sites"]:
+            known = sorted(self.manifest["sites"])
+            raise KeyError(f"unknown site {site!r}; this store has {known}")
+        return self.sites[site]
+
+    def _layer_index(self, site: str, layer: int) -> int:
+        n_layers = self._site_shape(site)[0]
+        layer = operator.index(layer)
+        if not 0 <= layer < n_layers:
+            raise IndexError(f"site {site!r} has layers 0..{n_layers - 1}; got {layer}")
+        return layer
+
+    def _float32(self, raw: np.ndarray) -> np.ndarray:
+        # np.array (not astype) so the result is a plain in-memory array, not a memmap subclass.
+        if self.dtype == "bfloat16":
+            bits = np.array(raw, dtype=np.uint32)
+            bits <<= 16  # bf16 is the upper half of a float32
+            return bits.view(np.float32)
+        return np.array(raw, dtype=np.float32)
+
+
+# -- conversion -----------------------------------------------------------------------------------
+
+
+def _to_storage(x: Any, dtype: str, site: str) -> np.ndarray:
+    """Activations (numpy or torch) in the storage dtype of a ``dtype`` store."""
+    if _is_tensor(x):
+        import torch  # already imported by the caller, see _is_tensor
+
+        t = x.detach().cpu()
+        if not t.is_floating_point():
+            raise TypeError(f"site {site!r}: expected floating-point activations, got {t.dtype}")
+        if dtype == "bfloat16":
+            if t.dtype != torch.bfloat16:
+                raise TypeError(
+                    f"site {site!r}: a bfloat16 store takes bfloat16 tensors, got {t.dtype}; "
+                    "declare the store's dtype as the model's"
+                )
+            return t.contiguous().view(torch.int16).numpy().view(np.uint16)
+        x = t.float().numpy() if t.dtype == torch.bfloat16 else t.numpy()  # numpy lacks bf16
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        raise TypeError(f"site {site!r}: expected floating-point activations, got {x.dtype}")
+    if dtype == "bfloat16":
+        return _round_to_bfloat16(x)
+    return _to_float16(x, site)
+
+
+def _is_tensor(x: Any) -> bool:
+    # A tensor can only exist if its caller imported torch: readers never pay for importing it.
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+def _to_float16(x: np.ndarray, site: str) -> np.ndarray:
+    """Cast to float16, refusing values it cannot hold: overflow to inf would corrupt silently."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = x.astype(np.float16)
+    if not np.isfinite(out).all():
+        if np.isnan(x).any():
+            raise ValueError(f"site {site!r}: activations contain NaN")
+        peak = float(np.abs(x.astype(np.float64)).max())
+        raise ValueError(
+            f"site {site!r}: values outside the float16 range (max |value| = {peak:.6g}, "
+            f"float16 max = {float(np.finfo(np.float16).max):g}); store as dtype='bfloat16'"
+        )
+    return out
+
+
+def _round_to_bfloat16(x: np.ndarray) -> np.ndarray:
+    """bf16 bits (uint16) of float values, rounded to nearest-even like ``tensor.to(bfloat16)``."""
+    with np.errstate(over="ignore"):
+        bits = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+    # Adding 0x7FFF plus the lowest kept bit, then truncating, rounds half to even.
+    out = ((bits + np.uint32(0x7FFF) + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = (bits & 0x7FFFFFFF) > 0x7F800000
+    out[nan] = 0x7FC0  # rounding could carry a NaN's payload into inf
+    return out
+
+
+# -- files ----------------------------------------------------------------------------------------
+
+
+def _check_sites(sites: dict[str, tuple[int, int]]) -> dict[str, tuple[int, int]]:
+    if not sites:
+        raise ValueError("a store needs at least one site")
+    checked = {}
+    for site, shape in sites.items():
+        if not isinstance(site, str) or not _SITE_NAME.fullmatch(site):
+            raise ValueError(f"site names must match {_SITE_NAME.pattern}, got {site!r}")
+        dims = tuple(int(d) for d in shape)
+        if len(dims) != 2 or min(dims) < 1:
+            raise ValueError(f"site {site!r}: shape must be (n_layers, width) >= 1, got {shape}")
+        checked[site] = dims
+    return checked
+
+
+def _json_default(obj: Any) -> Any:
+    # numpy scalars and arrays are common in records (labels, parsed answers); store them plainly.
+    if isinstance(obj, np.generic | np.ndarray):
+        return obj.tolist()
+    raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
+
+
+def _jsonable(obj: Any, what: str) -> Any:
+    """``obj`` as it will read back from JSON, so memory and disk agree byte for byte."""
+    try:
+        return json.loads(json.dumps(obj, default=_json_default, allow_nan=False))
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{what} must be JSON-serialisable: {err}") from err
+
+
+def _tmp_path(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp")
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    """Readers see the old file or the new one, never a torn one."""
+    tmp = _tmp_path(path)
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(obj, f, indent=1, ensure_ascii=False, allow_nan=False)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _read_json(path: Path) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
