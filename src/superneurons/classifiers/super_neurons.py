@@ -1,0 +1,510 @@
+"""Super-neuron classifier: every scalar activation is a yes/no rule; keep the best rules.
+
+A neuron's rule is ``a > alpha`` means "yes" (polarity +1) or, optionally, ``a < alpha``
+(polarity -1). Every neuron of every site and layer is scored on a probing set; the neurons
+scoring at least a threshold t are the super neurons (SNs); their votes are aggregated.
+
+Activations come from an *activation source*: an object with ``sites`` (site -> (n_layers,
+width)) and ``layer(site, l) -> (N, width)``. An on-disk store provides one; a mapping of arrays
+``site -> (N, L, W)`` is wrapped in ``ArrayActivations``. Fitting reads one (site, layer) slab at a
+time, so memory-mapped activations much larger than RAM are fine.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import numpy as np
+
+from superneurons.metrics import METRICS, binary_metrics, confusion_counts, metric_from_counts
+
+SELECTIONS: tuple[str, ...] = ("heldout", "fixed", "top_k")
+AGGREGATES: tuple[str, ...] = ("mean", "majority")
+POLARITIES: dict[str, tuple[int, ...]] = {"positive": (1,), "negative": (-1,), "both": (1, -1)}
+# Thresholds like t = best - delta are computed in floating point; a neuron scoring exactly t
+# must not be lost to rounding. Distinct scores (ratios of counts) differ by far more than this.
+_TOLERANCE = 1e-12
+
+
+class ActivationSource(Protocol):
+    """What the classifier reads: per-site shapes and one (N, width) layer slab at a time."""
+
+    sites: dict[str, tuple[int, int]]
+
+    def layer(self, site: str, layer: int) -> np.ndarray: ...
+
+
+class NotFittedError(ValueError, AttributeError):
+    """Raised when a classifier is used before ``fit`` (or ``from_dict``)."""
+
+
+@dataclass(frozen=True)
+class SelectedNeuron:
+    """One super neuron and its score on the probing set."""
+
+    site: str
+    layer: int
+    index: int
+    polarity: int  # +1: a > alpha means yes; -1: a < alpha means yes
+    score: float
+
+
+class ArrayActivations:
+    """An activation source over arrays ``site -> (N, L, W)``; np.memmap arrays are read lazily."""
+
+    def __init__(self, arrays: Mapping[str, np.ndarray]) -> None:
+        if not arrays:
+            raise ValueError("no activation sites given")
+        self._arrays: dict[str, np.ndarray] = {}
+        self.sites: dict[str, tuple[int, int]] = {}
+        sizes = {}
+        for site, array in arrays.items():
+            if np.ndim(array) != 3:
+                raise ValueError(f"site {site!r} must be an (N, L, W) array, got {np.shape(array)}")
+            self._arrays[site] = array
+            self.sites[site] = (int(array.shape[1]), int(array.shape[2]))
+            sizes[site] = int(array.shape[0])
+        if len(set(sizes.values())) > 1:
+            raise ValueError(f"sites disagree on the number of samples: {sizes}")
+        self.n_samples = next(iter(sizes.values()))
+
+    def layer(self, site: str, layer: int) -> np.ndarray:
+        """The (N, W) float32 slab of one site and layer."""
+        if site not in self._arrays:
+            raise KeyError(f"unknown site {site!r}; available: {list(self._arrays)}")
+        return np.ascontiguousarray(self._arrays[site][:, layer, :], dtype=np.float32)
+
+
+def as_activation_source(activations: Any) -> ActivationSource:
+    """The activation source itself, or a mapping of arrays wrapped in ``ArrayActivations``."""
+    if hasattr(activations, "sites") and callable(getattr(activations, "layer", None)):
+        return activations
+    if isinstance(activations, Mapping):
+        return ArrayActivations(activations)
+    raise TypeError(
+        "activations must be a mapping site -> (N, L, W) array or provide `sites` and "
+        f"`layer(site, l)`; got {type(activations).__name__}"
+    )
+
+
+class SuperNeuronClassifier:
+    """Answers yes/no from the votes of the neurons that best separate yes from no.
+
+    ``selection``: "heldout" picks t = best - delta by sweeping delta over 0, t_step, ... <=
+    t_range on a stratified held-out part of the probing set; "fixed" keeps scores >= threshold;
+    "top_k" keeps the top_k best. ``max_neurons`` caps the SNs in every rule. ``aggregate``:
+    "mean" says yes when at least half the SNs do; "majority" when more than half do, an exact tie
+    going to the best SN. String labels are "yes"/"no", with ``pos_label`` the positive class.
+    """
+
+    def __init__(
+        self,
+        alpha: float = 0.0,
+        metric: str = "accuracy",
+        sites: Sequence[str] | None = None,
+        selection: str = "heldout",
+        threshold: float | None = None,
+        top_k: int | None = None,
+        t_step: float = 0.01,
+        t_range: float = 0.03,
+        heldout_fraction: float = 0.2,
+        aggregate: str = "mean",
+        polarity: str = "positive",
+        max_neurons: int | None = None,
+        random_state: int | None = 0,
+        pos_label: str = "yes",
+    ) -> None:
+        self.alpha = alpha
+        self.metric = metric
+        self.sites = sites
+        self.selection = selection
+        self.threshold = threshold
+        self.top_k = top_k
+        self.t_step = t_step
+        self.t_range = t_range
+        self.heldout_fraction = heldout_fraction
+        self.aggregate = aggregate
+        self.polarity = polarity
+        self.max_neurons = max_neurons
+        self.random_state = random_state
+        self.pos_label = pos_label
+
+    # -- parameters ---------------------------------------------------------------------------
+
+    def get_params(self) -> dict[str, Any]:
+        """The hyper-parameters, by name."""
+        names = inspect.signature(type(self).__init__).parameters
+        return {name: getattr(self, name) for name in names if name != "self"}
+
+    def set_params(self, **params: Any) -> SuperNeuronClassifier:
+        """Set hyper-parameters by name; returns self."""
+        known = self.get_params()
+        for name, value in params.items():
+            if name not in known:
+                raise ValueError(f"unknown parameter {name!r}; known: {sorted(known)}")
+            setattr(self, name, value)
+        return self
+
+    def _check_params(self) -> None:
+        for name, value, allowed in (
+            ("metric", self.metric, METRICS),
+            ("selection", self.selection, SELECTIONS),
+            ("aggregate", self.aggregate, AGGREGATES),
+            ("polarity", self.polarity, tuple(POLARITIES)),
+            ("pos_label", self.pos_label, ("yes", "no")),
+        ):
+            if value not in allowed:
+                raise ValueError(f"{name}={value!r} is not one of {allowed}")
+        if self.selection == "fixed" and self.threshold is None:
+            raise ValueError("selection='fixed' needs a threshold")
+        if self.selection == "top_k" and (self.top_k is None or self.top_k < 1):
+            raise ValueError(f"selection='top_k' needs top_k >= 1, got {self.top_k}")
+        if self.selection == "heldout":
+            if self.t_step <= 0 or self.t_range < 0:
+                raise ValueError(
+                    f"need t_step > 0 and t_range >= 0, got {self.t_step} and {self.t_range}"
+                )
+            if not 0.0 < self.heldout_fraction < 1.0:
+                raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+        if self.max_neurons is not None and self.max_neurons < 1:
+            raise ValueError(f"max_neurons must be None or >= 1, got {self.max_neurons}")
+
+    # -- fitting ------------------------------------------------------------------------------
+
+    def fit(self, activations: Any, labels: Any) -> SuperNeuronClassifier:
+        """Score every neuron on the probing set and select the super neurons; returns self."""
+        self._check_params()
+        source = as_activation_source(activations)
+        sites = self._fit_sites(source)
+        y = _encode_labels(labels, self.pos_label)
+        n_samples = _n_samples(source)
+        if n_samples != y.size:
+            raise ValueError(f"activations hold {n_samples} samples but labels has {y.size}")
+        polarities = POLARITIES[self.polarity]
+
+        if self.selection == "heldout":
+            scores, delta, self.heldout_scores_ = self._sweep_heldout(source, sites, y, polarities)
+            self.threshold_ = _best(scores) - delta
+        else:
+            scores, _ = _score_pass(source, sites, y, self.alpha, self.metric, polarities)
+            self.heldout_scores_ = {}
+            self.threshold_ = float(self.threshold) if self.selection == "fixed" else None
+
+        top_k = self.top_k if self.selection == "top_k" else None
+        self.selected_ = _rank(scores, polarities, self.threshold_, top_k, self.max_neurons)
+        if not self.selected_:
+            raise ValueError(
+                f"no neuron scores >= threshold {self.threshold_}; the best scores {_best(scores)}"
+            )
+        self.scores_ = {
+            site: array[0] if len(polarities) == 1 else array for site, array in scores.items()
+        }
+        self.sites_ = sites
+        self.n_features_in_ = sum(n_layers * width for n_layers, width in sites.values())
+        return self
+
+    def _fit_sites(self, source: ActivationSource) -> dict[str, tuple[int, int]]:
+        available = dict(source.sites)
+        if self.sites is None:
+            names = list(available)
+        elif isinstance(self.sites, str):
+            names = [self.sites]
+        else:
+            names = list(self.sites)
+        unknown = [name for name in names if name not in available]
+        if unknown or not names:
+            raise ValueError(f"sites {names} not available; the activations hold {list(available)}")
+        return {name: (int(available[name][0]), int(available[name][1])) for name in names}
+
+    def _sweep_heldout(
+        self,
+        source: ActivationSource,
+        sites: dict[str, tuple[int, int]],
+        y: np.ndarray,
+        polarities: tuple[int, ...],
+    ) -> tuple[dict[str, np.ndarray], float, dict[float, float]]:
+        """Full-set scores, the offset delta that did best on the held-out part, all results."""
+        held = _stratified_heldout(y, self.heldout_fraction, self.random_state)
+        full, fit = _score_pass(source, sites, y, self.alpha, self.metric, polarities, held)
+        best_fit = _best(fit)
+        # Only neurons within t_range of the best can be SNs for any offset: read just those.
+        candidates = _rank(fit, polarities, best_fit - self.t_range, None, self.max_neurons)
+        candidate_scores = np.array([neuron.score for neuron in candidates])
+        held_votes = _votes(source, candidates, self.alpha, rows=held)
+        results = {}
+        for delta in _offsets(self.t_step, self.t_range):
+            # candidates are sorted best first, so the SNs of every offset are a prefix
+            k = int(np.count_nonzero(candidate_scores >= best_fit - delta - _TOLERANCE))
+            pred = _aggregate(held_votes[:, :k], self.aggregate)
+            results[delta] = binary_metrics(pred, y[held])[self.metric]
+        best_delta = max(results, key=lambda d: (results[d], -d))  # ties: the smaller offset
+        return full, best_delta, results
+
+    # -- prediction ---------------------------------------------------------------------------
+
+    def votes(self, activations: Any) -> np.ndarray:
+        """Each SN's yes/no vote, (N, K) bool, columns in ``selected_`` order."""
+        selected = self._fitted_selection()
+        source = as_activation_source(activations)
+        _check_source(source, selected)
+        return _votes(source, selected, self.alpha)
+
+    def vote_score(self, activations: Any) -> np.ndarray:
+        """The fraction of SNs voting yes, (N,) float."""
+        return self.votes(activations).mean(axis=1)
+
+    def decision_function(self, activations: Any) -> np.ndarray:
+        """Same as ``vote_score``: higher means yes."""
+        return self.vote_score(activations)
+
+    def predict(self, activations: Any) -> np.ndarray:
+        """The aggregated answer, (N,) bool: True is the positive class."""
+        return _aggregate(self.votes(activations), self.aggregate)
+
+    @property
+    def exit_layer_(self) -> int:
+        """The deepest layer holding an SN: a forward pass may stop after it."""
+        return max(neuron.layer for neuron in self._fitted_selection())
+
+    def _fitted_selection(self) -> list[SelectedNeuron]:
+        if not hasattr(self, "selected_"):
+            raise NotFittedError("this SuperNeuronClassifier is not fitted; call fit first")
+        return self.selected_
+
+    # -- serialisation ------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Hyper-parameters and the learned selection as a JSON-able dict (no ``scores_``)."""
+        selected = self._fitted_selection()
+        params = {name: _plain(value) for name, value in self.get_params().items()}
+        if params["sites"] is not None and not isinstance(params["sites"], str):
+            params["sites"] = list(params["sites"])
+        return {
+            "estimator": type(self).__name__,
+            "params": params,
+            "selected": [asdict(neuron) for neuron in selected],
+            "threshold": self.threshold_,
+            "sites": {site: list(shape) for site, shape in self.sites_.items()},
+            "n_features_in": self.n_features_in_,
+            # JSON keys are strings; repr of a float reads back exactly
+            "heldout_scores": {repr(delta): value for delta, value in self.heldout_scores_.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SuperNeuronClassifier:
+        """A fitted classifier from ``to_dict``'s output; it predicts as the original did."""
+        name = data.get("estimator", cls.__name__)
+        if name != cls.__name__:
+            raise ValueError(f"this dict describes a {name}, not a {cls.__name__}")
+        estimator = cls(**data["params"])
+        estimator.selected_ = [SelectedNeuron(**neuron) for neuron in data["selected"]]
+        threshold = data["threshold"]
+        estimator.threshold_ = None if threshold is None else float(threshold)
+        estimator.sites_ = {site: (int(s[0]), int(s[1])) for site, s in data["sites"].items()}
+        estimator.n_features_in_ = int(data["n_features_in"])
+        estimator.heldout_scores_ = {
+            float(delta): float(value) for delta, value in data["heldout_scores"].items()
+        }
+        return estimator
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def _plain(value: Any) -> Any:
+    """Numpy scalars as Python ones, so that the value is JSON-able."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _encode_labels(labels: Any, pos_label: str) -> np.ndarray:
+    """Labels as a bool vector (True = positive class), checked for the two classes."""
+    array = np.asarray(labels)
+    if array.ndim != 1:
+        raise ValueError(f"labels must be one-dimensional, got shape {array.shape}")
+    if array.size == 0:
+        raise ValueError("the probing set is empty: no labels")
+    if array.dtype == bool:
+        y = array
+    elif array.dtype.kind in "iuf":
+        found = sorted(set(np.unique(array).tolist()))
+        if not set(found) <= {0, 1}:
+            raise ValueError(f"numeric labels must be 0 or 1; found {found[:10]}")
+        y = array == 1
+    else:
+        text = np.char.lower(np.char.strip(array.astype(str)))
+        found = sorted(set(np.unique(text).tolist()))
+        if not set(found) <= {"yes", "no"}:
+            raise ValueError(f"string labels must be 'yes' or 'no'; found {found[:10]}")
+        y = text == pos_label
+    if y.all() or not y.any():
+        only = "positive" if y.all() else "negative"
+        raise ValueError(f"all {y.size} labels are {only}; the probing set needs both classes")
+    return y
+
+
+def _n_samples(source: ActivationSource) -> int:
+    """N, from the source's ``n_samples`` when it has one, else from its first slab."""
+    n_samples = getattr(source, "n_samples", None)
+    if n_samples is None:
+        site = next(iter(source.sites))
+        n_samples = _read(source, site, 0).shape[0]
+    return int(n_samples)
+
+
+def _read(source: ActivationSource, site: str, layer: int) -> np.ndarray:
+    return np.asarray(source.layer(site, layer), dtype=np.float32)
+
+
+def _stratified_heldout(y: np.ndarray, fraction: float, seed: int | None) -> np.ndarray:
+    """A mask of held-out rows: ``fraction`` of each class, at least one in and one out."""
+    rng = np.random.default_rng(seed)
+    held = np.zeros(y.size, dtype=bool)
+    for cls in (False, True):
+        rows = np.flatnonzero(y == cls)
+        if rows.size < 2:
+            raise ValueError(
+                f"selection='heldout' needs at least 2 samples per class; class {cls} has "
+                f"{rows.size}"
+            )
+        k = min(rows.size - 1, max(1, round(fraction * rows.size)))
+        held[rng.permutation(rows)[:k]] = True
+    return held
+
+
+def _score_pass(
+    source: ActivationSource,
+    sites: dict[str, tuple[int, int]],
+    y: np.ndarray,
+    alpha: float,
+    metric: str,
+    polarities: tuple[int, ...],
+    held: np.ndarray | None = None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """Scores (P, L, W) per site on all rows, and on the rows outside ``held`` when given.
+
+    Each slab is read once. Confusion counts add up over rows, so the fit part's counts are the
+    full set's minus the (smaller) held-out part's.
+    """
+    full: dict[str, np.ndarray] = {}
+    fit: dict[str, np.ndarray] = {}
+    for site, (n_layers, width) in sites.items():
+        full[site] = np.empty((len(polarities), n_layers, width))
+        if held is not None:
+            fit[site] = np.empty((len(polarities), n_layers, width))
+        for layer in range(n_layers):
+            slab = _read(source, site, layer)
+            if slab.shape != (y.size, width):
+                raise ValueError(
+                    f"{site} layer {layer}: expected a ({y.size}, {width}) slab, got {slab.shape}"
+                )
+            held_slab = slab[held] if held is not None else None
+            for p, polarity in enumerate(polarities):
+                counts = np.stack(confusion_counts(slab, y, alpha, polarity))
+                full[site][p, layer] = metric_from_counts(*counts, metric)
+                if held is not None:
+                    held_counts = np.stack(confusion_counts(held_slab, y[held], alpha, polarity))
+                    fit[site][p, layer] = metric_from_counts(*(counts - held_counts), metric)
+    return full, fit
+
+
+def _best(scores: dict[str, np.ndarray]) -> float:
+    return float(max(array.max() for array in scores.values()))
+
+
+def _offsets(step: float, span: float) -> list[float]:
+    """0, step, 2 step, ... up to span (inclusive, despite floating-point division)."""
+    count = int(np.floor(span / step + 1e-9))
+    return [round(i * step, 12) for i in range(count + 1)]
+
+
+def _rank(
+    scores: dict[str, np.ndarray],
+    polarities: tuple[int, ...],
+    threshold: float | None,
+    top_k: int | None = None,
+    cap: int | None = None,
+) -> list[SelectedNeuron]:
+    """Neurons scoring >= threshold (or the top_k best), best first, at most ``cap`` of them.
+
+    ``scores`` holds (P, L, W) arrays, P indexing ``polarities``. Equal scores keep a fixed
+    order: site, polarity, layer, index.
+    """
+    if top_k is not None:
+        flat = np.concatenate([array.ravel() for array in scores.values()])
+        k = min(top_k, flat.size)
+        threshold = float(np.partition(flat, flat.size - k)[flat.size - k])
+    names = list(scores)
+    found = [np.nonzero(array >= threshold - _TOLERANCE) for array in scores.values()]
+    site_id = np.concatenate([np.full(f[0].size, s) for s, f in enumerate(found)])
+    pol_id = np.concatenate([f[0] for f in found])
+    layer = np.concatenate([f[1] for f in found])
+    index = np.concatenate([f[2] for f in found])
+    value = np.concatenate([array[f] for array, f in zip(scores.values(), found, strict=True)])
+    order = np.lexsort((index, layer, pol_id, site_id, -value))  # last key sorts first
+    limits = [limit for limit in (top_k, cap) if limit is not None]
+    if limits:
+        order = order[: min(limits)]
+    return [
+        SelectedNeuron(
+            site=names[site_id[i]],
+            layer=int(layer[i]),
+            index=int(index[i]),
+            polarity=polarities[pol_id[i]],
+            score=float(value[i]),
+        )
+        for i in order
+    ]
+
+
+def _check_source(source: ActivationSource, selected: list[SelectedNeuron]) -> None:
+    """The source must reach every SN; it may hold fewer layers (e.g. an early-exit run)."""
+    for neuron in selected:
+        if neuron.site not in source.sites:
+            raise ValueError(f"activations lack site {neuron.site!r}, which holds selected SNs")
+        n_layers, width = source.sites[neuron.site]
+        if neuron.layer >= n_layers or neuron.index >= width:
+            raise ValueError(
+                f"activations for {neuron.site!r} are ({n_layers}, {width}) layers x width; "
+                f"an SN sits at layer {neuron.layer}, index {neuron.index}"
+            )
+
+
+def _votes(
+    source: ActivationSource,
+    neurons: list[SelectedNeuron],
+    alpha: float,
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """(N, K) bool votes of ``neurons`` (on ``rows`` only, when given); each slab read once."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for k, neuron in enumerate(neurons):
+        groups.setdefault((neuron.site, neuron.layer), []).append(k)
+    out: np.ndarray | None = None
+    for (site, layer), members in groups.items():
+        columns = _read(source, site, layer)[:, [neurons[k].index for k in members]]
+        if rows is not None:
+            columns = columns[rows]
+        if out is None:
+            out = np.empty((columns.shape[0], len(neurons)), dtype=bool)
+        elif columns.shape[0] != out.shape[0]:
+            raise ValueError(f"{site} layer {layer}: {columns.shape[0]} rows, not {out.shape[0]}")
+        positive = np.array([neurons[k].polarity > 0 for k in members])
+        out[:, members] = np.where(positive, columns > alpha, columns < alpha)
+    if out is None:
+        raise ValueError("no neurons to read")
+    return out
+
+
+def _aggregate(votes: np.ndarray, rule: str) -> np.ndarray:
+    """Combine (N, K) votes into (N,) answers by the "mean" or "majority" rule."""
+    k = votes.shape[1]
+    twice_yes = 2 * np.count_nonzero(votes, axis=1)
+    if rule == "mean":
+        return twice_yes >= k  # vote share >= 0.5
+    answer = twice_yes > k
+    tie = twice_yes == k
+    answer[tie] = votes[tie, 0]  # the best SN decides an exact tie
+    return answer
