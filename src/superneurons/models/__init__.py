@@ -1,5 +1,19 @@
 """Model loading and per-architecture adapters."""
 
+from superneurons.models.adapters import (
+    ADAPTERS,
+    SITES,
+    Adapter,
+    UnsupportedModelError,
+    adapter_for,
+)
 from superneurons.models.embedded import default_model_dir
 
-__all__ = ["default_model_dir"]
+__all__ = [
+    "ADAPTERS",
+    "SITES",
+    "Adapter",
+    "UnsupportedModelError",
+    "adapter_for",
+    "default_model_dir",
+]
