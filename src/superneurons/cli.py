@@ -66,6 +66,161 @@ def train_default(
         console.print(f"shipped {weights} into {train.WEIGHTS_DIR}")
 
 
+def _sites(value: str) -> list[str]:
+    return [s.strip() for s in value.split(",") if s.strip()]
+
+
+MODEL_HELP = "Local checkpoint directory or Hugging Face id (from the cache); default: embedded."
+
+
+@app.command()
+def extract(
+    out: Path = typer.Option(..., help="Activation store directory (resumes if interrupted)."),
+    model: str = typer.Option(None, help=MODEL_HELP),
+    jsonl: Path = typer.Option(None, help="JSON-lines questions; default: generated scenes."),
+    split: str = typer.Option("train", help="Scene split when no --jsonl is given."),
+    n: int = typer.Option(1000, help="Number of samples (balanced yes/no)."),
+    seed: int = typer.Option(0),
+    sites: str = typer.Option("resid,mlp,attn", help="Comma-separated sites."),
+    template: str = typer.Option("plain", help="Prompt template name."),
+    batch_size: int = typer.Option(16, min=1),
+    max_new_tokens: int = typer.Option(128, min=1),
+    dtype: str = typer.Option("fp32", help="fp32, bf16 or fp16."),
+    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+) -> None:
+    """Record activations at the first generated token, and the model's answers."""
+    from superneurons.data.probing import balanced_sample
+    from superneurons.data.records import load_jsonl
+    from superneurons.data.tasks import scene_records
+    from superneurons.extract import extract as run_extract
+    from superneurons.models.loading import load_model
+
+    if jsonl is not None:
+        records = load_jsonl(jsonl)
+    else:
+        records = scene_records(out.parent / "data", split, int(n * 1.2), seed)
+    records = balanced_sample(records, n, seed, "sample set")
+    loaded = load_model(model, dtype, device)
+    store = run_extract(loaded, records, out, _sites(sites), template, batch_size, max_new_tokens)
+    console.print(f"{store.n} samples in {out}")
+
+
+@app.command()
+def discover(
+    store: Path = typer.Option(..., help="Activation store of the probing set."),
+    out: Path = typer.Option(..., help="Directory for the fitted classifier."),
+    alpha: float = typer.Option(0.0, help="Binarisation threshold: a > alpha means yes."),
+    metric: str = typer.Option("accuracy", help="accuracy, precision, recall or f1."),
+    sites: str = typer.Option("resid,mlp,attn"),
+    selection: str = typer.Option("heldout", help="heldout, fixed (--threshold) or top_k."),
+    threshold: float = typer.Option(None),
+    top_k: int = typer.Option(None),
+    aggregate: str = typer.Option("mean", help="mean or majority."),
+    polarity: str = typer.Option("positive", help="positive, negative or both."),
+    seed: int = typer.Option(0, help="Seed of the held-out split."),
+) -> None:
+    """Score every neuron on the probing set and keep the super neurons."""
+    from superneurons.classifiers import SuperNeuronClassifier
+    from superneurons.classifiers.artifact import save_classifier
+    from superneurons.store import ActivationStore
+
+    probe = ActivationStore.open(store)
+    classifier = SuperNeuronClassifier(
+        alpha=alpha,
+        metric=metric,
+        sites=_sites(sites),
+        selection=selection,
+        threshold=threshold,
+        top_k=top_k,
+        aggregate=aggregate,
+        polarity=polarity,
+        random_state=seed,
+    ).fit(probe, probe.labels)
+    save_classifier(out, classifier, probe.meta)
+    best = classifier.selected_[0]
+    console.print(
+        f"{len(classifier.selected_)} super neurons (t = {classifier.threshold_}); best: "
+        f"{best.site} layer {best.layer} #{best.index} ({best.score:.3f}) → {out}"
+    )
+
+
+@app.command()
+def evaluate(
+    classifier: Path = typer.Option(..., help="Directory written by `discover`."),
+    store: Path = typer.Option(..., help="Activation store of the validation set."),
+    out: Path = typer.Option(None, help="Write the results JSON here."),
+    seed: int = typer.Option(0, help="Bootstrap seed."),
+) -> None:
+    """Compare super neurons with the model's own answers on validation data."""
+    import json
+
+    from superneurons.classifiers.artifact import load_classifier
+    from superneurons.data.scenes.write import write_atomic
+    from superneurons.evaluate import describe_selection
+    from superneurons.evaluate import evaluate as run_evaluate
+    from superneurons.report import print_results
+    from superneurons.store import ActivationStore
+
+    fitted, document = load_classifier(classifier)
+    val = ActivationStore.open(store)
+    provenance = document["provenance"]
+    results = {
+        "model": provenance.get("model"),
+        "dataset": str(store),
+        **describe_selection(fitted),
+        **run_evaluate(fitted, val, seed=seed),
+    }
+    if out is not None:
+        write_atomic(out, (json.dumps(results, indent=1) + "\n").encode())
+    print_results(results, Console())
+
+
+@app.command()
+def run(
+    out: Path = typer.Option(Path("runs/default"), help="Everything the run produces."),
+    model: str = typer.Option(None, help=MODEL_HELP),
+    task: str = typer.Option("scenes"),
+    seed: int = typer.Option(0, help="Picks the generated scenes and the samples."),
+    n_probe: int = typer.Option(1000, help="Probing-set size (balanced)."),
+    n_val: int = typer.Option(600, help="Validation-set size (balanced)."),
+    sites: str = typer.Option("resid,mlp,attn"),
+    alpha: float = typer.Option(0.0),
+    metric: str = typer.Option("accuracy"),
+    aggregate: str = typer.Option("mean"),
+    polarity: str = typer.Option("positive"),
+    template: str = typer.Option("plain"),
+    batch_size: int = typer.Option(16, min=1),
+    max_new_tokens: int = typer.Option(128, min=1),
+    dtype: str = typer.Option("fp32"),
+    device: str = typer.Option("auto"),
+) -> None:
+    """The whole method: probing set → extract → discover → evaluate (resumable)."""
+    from superneurons.pipeline import RunConfig
+    from superneurons.pipeline import run as run_pipeline
+    from superneurons.report import print_results
+
+    config = RunConfig(
+        model=model,
+        task=task,
+        seed=seed,
+        n_probe=n_probe,
+        n_val=n_val,
+        sites=_sites(sites),
+        alpha=alpha,
+        metric=metric,
+        aggregate=aggregate,
+        polarity=polarity,
+        template=template,
+        batch_size=batch_size,
+        max_new_tokens=max_new_tokens,
+        dtype=dtype,
+        device=device,
+    )
+    results = run_pipeline(config, out, log=console.print)
+    print_results(results, Console())
+    console.print(f"results: {out / 'results.json'}")
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit status 1."""
     try:

@@ -89,8 +89,15 @@ def test_inverted_neuron_needs_polarity_both():
     assert both.votes(arrays)[:, 0].tolist() == (arrays["mlp"][:, 2, 3] < 0).tolist()
 
 
-EXPERTS = [("resid", 0, 1), ("resid", 2, 0), ("mlp", 1, 4), ("mlp", 2, 7), ("resid", 1, 3),
-           ("mlp", 0, 0), ("mlp", 2, 11)]
+EXPERTS = [
+    ("resid", 0, 1),
+    ("resid", 2, 0),
+    ("mlp", 1, 4),
+    ("mlp", 2, 7),
+    ("resid", 1, 3),
+    ("mlp", 0, 0),
+    ("mlp", 2, 11),
+]
 
 
 def noisy_experts(seed=0):

@@ -27,7 +27,7 @@ Site = Literal["resid", "mlp", "attn"]
 HookPoint = Literal["input", "output"]
 
 
-class UnsupportedModelError(TypeError):
+class UnsupportedModelError(ValueError):
     """The model's class has no adapter."""
 
 

@@ -64,6 +64,18 @@ def _revision(path: Path) -> str:
     return "local"
 
 
+def check_supported(path: Path) -> None:
+    """Refuse, before loading anything, a checkpoint whose architecture has no adapter."""
+    from superneurons.models.adapters import UnsupportedModelError, supported_classes
+
+    architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
+    if not set(architectures) & set(supported_classes()):
+        raise UnsupportedModelError(
+            f"{path}: architecture {architectures or 'unknown'} has no superneurons adapter; "
+            f"supported: {', '.join(supported_classes())}"
+        )
+
+
 def pick_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -79,6 +91,7 @@ def load_model(
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     model_id, path = resolve_model_path(model_id)
+    check_supported(path)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     processor = AutoProcessor.from_pretrained(path)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[dtype])

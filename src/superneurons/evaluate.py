@@ -1,0 +1,94 @@
+"""Evaluation on validation data: super neurons beside the model's own answers.
+
+Results schema (``results.json``)::
+
+    {"model", "dataset", "n_probe", "n_val", "alpha", "metric", "threshold", "aggregate",
+     "selected": [{"site", "layer", "index", "polarity", "score"}],
+     "sn": METRICS, "model_answers": METRICS, "agreement_rate",
+     "model_unparseable": int, "sn_layers": {layer: count},
+     "per_family": {family: {"n", "sn": METRICS, "model_answers": METRICS, "agreement_rate"}}}
+
+where METRICS = {"accuracy", "precision", "recall", "f1", "ci95": {metric: [low, high]}}. The
+positive class is "yes". An unparseable model answer counts as wrong (the opposite of the label)
+and is excluded from the agreement rate (null when no answer parses).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+
+from superneurons.classifiers import SuperNeuronClassifier
+from superneurons.metrics import METRICS, agreement_rate, binary_metrics, bootstrap_ci
+from superneurons.store import ActivationStore
+
+
+def _rounded(value: float) -> float | None:
+    """JSON has no NaN: an undefined rate (no parseable answer) is null."""
+    return None if np.isnan(value) else round(float(value), 4)
+
+
+def _scored(pred: np.ndarray, labels: np.ndarray, n_boot: int, seed: int) -> dict:
+    result = {k: round(float(v), 4) for k, v in binary_metrics(pred, labels).items()}
+    result["ci95"] = {
+        m: [round(float(x), 4) for x in bootstrap_ci(pred, labels, m, n_boot=n_boot, seed=seed)]
+        for m in METRICS
+    }
+    return result
+
+
+def describe_selection(classifier: SuperNeuronClassifier) -> dict:
+    """The settings and super neurons of a fitted classifier, as in ``results.json``."""
+    return {
+        "alpha": classifier.alpha,
+        "metric": classifier.metric,
+        "aggregate": classifier.aggregate,
+        "threshold": classifier.threshold_,
+        "selected": [
+            {
+                "site": s.site,
+                "layer": s.layer,
+                "index": s.index,
+                "polarity": s.polarity,
+                "score": round(s.score, 4),
+            }
+            for s in classifier.selected_
+        ],
+    }
+
+
+def evaluate(
+    classifier: SuperNeuronClassifier, store: ActivationStore, n_boot: int = 1000, seed: int = 0
+) -> dict:
+    """Metrics of the SN vote and of the model's answers on ``store``, overall and per family."""
+    records = store.records
+    labels = np.array([r["label"] == "yes" for r in records])
+    parsed = [r["parsed"] for r in records]
+    valid = np.array([p is not None for p in parsed])
+    # An unparseable answer is wrong whatever the label.
+    model_pred = np.array(
+        [p == "yes" if p is not None else not y for p, y in zip(parsed, labels, strict=True)]
+    )
+    votes = classifier.votes(store)
+    sn_pred = classifier.predict(store)
+    families = np.array([r.get("family") or "all" for r in records], dtype=object)
+
+    def block(rows: np.ndarray) -> dict:
+        return {
+            "n": int(rows.sum()),
+            "sn": _scored(sn_pred[rows], labels[rows], n_boot, seed),
+            "model_answers": _scored(model_pred[rows], labels[rows], n_boot, seed),
+            "agreement_rate": _rounded(agreement_rate(votes[rows], model_pred[rows], valid[rows])),
+        }
+
+    everything = block(np.ones(len(records), dtype=bool))
+    return {
+        "n_val": len(records),
+        "sn": everything["sn"],
+        "model_answers": everything["model_answers"],
+        "agreement_rate": everything["agreement_rate"],
+        "model_unparseable": int((~valid).sum()),
+        "sn_layers": dict(sorted(Counter(s.layer for s in classifier.selected_).items())),
+        "per_family": {f: block(families == f) for f in sorted(set(families))},
+    }

@@ -1,0 +1,128 @@
+"""The whole method end to end on a tiny random-weight LLaVA saved as a real checkpoint."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.tiny import tiny_llava
+from superneurons.classifiers.artifact import load_classifier
+from superneurons.pipeline import RunConfig, run
+from superneurons.store import ActivationStore
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tiny-llava")
+    tiny = tiny_llava()
+    tiny.model.save_pretrained(path)
+    tiny.processor.save_pretrained(path)
+    return path
+
+
+def small_config(checkpoint: Path, **overrides) -> RunConfig:
+    settings = dict(model=str(checkpoint), n_probe=24, n_val=16, batch_size=8, max_new_tokens=3)
+    return RunConfig(**{**settings, **overrides})
+
+
+def test_run_writes_results_with_the_documented_keys(checkpoint, tmp_path):
+    results = run(small_config(checkpoint), tmp_path, log=lambda *_: None)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk == json.loads(json.dumps(results))
+    for key in (
+        "model",
+        "dataset",
+        "n_probe",
+        "n_val",
+        "alpha",
+        "metric",
+        "threshold",
+        "selected",
+        "sn",
+        "model_answers",
+        "agreement_rate",
+        "per_family",
+        "sn_layers",
+    ):
+        assert key in results, key
+    assert results["n_probe"] == 24 and results["n_val"] == 16
+    assert results["selected"], "a fitted classifier selects at least one neuron"
+    for block in ("sn", "model_answers"):
+        assert set(results[block]) >= {"accuracy", "precision", "recall", "f1", "ci95"}
+        low, high = results[block]["ci95"]["accuracy"]
+        assert low <= results[block]["accuracy"] <= high
+    probe = ActivationStore.open(tmp_path / "activations" / "probe")
+    labels = [r["label"] for r in probe.records]
+    assert labels.count("yes") == labels.count("no") == 12
+    # The saved classifier predicts what the results say, from the validation store.
+    classifier, document = load_classifier(tmp_path / "classifier")
+    assert document["provenance"]["model"] == str(checkpoint)
+    val = ActivationStore.open(tmp_path / "activations" / "val")
+    truth = np.array([r["label"] == "yes" for r in val.records])
+    accuracy = float((classifier.predict(val) == truth).mean())
+    assert accuracy == pytest.approx(results["sn"]["accuracy"], abs=1e-4)
+
+
+def test_results_print_as_a_table(checkpoint, tmp_path):
+    from rich.console import Console
+
+    from superneurons.report import print_results
+
+    results = run(small_config(checkpoint), tmp_path, log=lambda *_: None)
+    console = Console(record=True, width=150)
+    print_results(results, console)
+    text = console.export_text()
+    assert "all" in text and all(family in text for family in results["per_family"])
+
+
+def test_rerun_reuses_finished_steps_and_gives_the_same_results(checkpoint, tmp_path):
+    first = run(small_config(checkpoint), tmp_path, log=lambda *_: None)
+    store_file = tmp_path / "activations" / "probe" / "resid.npy"
+    stamp = store_file.stat().st_mtime_ns
+    second = run(small_config(checkpoint), tmp_path, log=lambda *_: None)
+    assert store_file.stat().st_mtime_ns == stamp
+    first.pop("seconds"), second.pop("seconds")
+    assert json.dumps(first) == json.dumps(second)
+
+
+def test_run_command_reports_an_unsupported_model_clearly(tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path / "llama"
+    LlamaForCausalLM(
+        LlamaConfig(
+            hidden_size=16,
+            intermediate_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            vocab_size=64,
+        )
+    ).save_pretrained(path)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "superneurons",
+            "run",
+            "--out",
+            str(tmp_path / "run"),
+            "--model",
+            str(path),
+            "--n-probe",
+            "8",
+            "--n-val",
+            "8",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1
+    assert "Traceback" not in done.stderr
+    assert "LlamaForCausalLM" in done.stderr and "no superneurons adapter" in done.stderr
+    assert not (tmp_path / "run" / "results.json").exists()
