@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from models.tiny import BUILDERS
 
+from models.tiny import BUILDERS
 from superneurons.capture import capture_forward
 from superneurons.early_exit import early_exit_activations
 from superneurons.models.adapters import SITES, adapter_for

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import torch
@@ -73,7 +73,7 @@ def _exit_layer(layer: nn.Module, sites: Sequence[str], records: dict[str, torch
         head, last = _split_last(normed)
         (cos_head, cos_last), (sin_head, sin_last) = map(_split_last, cos_sin)
         cache = _PrefixCache()
-        try:
+        with suppress(_KeysValuesReady):
             attention(
                 head,
                 position_embeddings=(cos_head, sin_head),
@@ -81,8 +81,6 @@ def _exit_layer(layer: nn.Module, sites: Sequence[str], records: dict[str, torch
                 **{cache_keyword: cache},
                 **kwargs,
             )
-        except _KeysValuesReady:
-            pass
         last_mask = None if mask is None else mask[..., -1:, :]
         with trace_last_position({"attn": (attention.o_proj, "input")}) as seen:
             attended, _ = attention(
@@ -137,15 +135,11 @@ def early_exit_activations(
         torch.inference_mode(),
         _replaced_forward(layer, _exit_layer(layer, at_exit, exit_records)),
         trace_last_position(earlier) as records,
+        suppress(StopForward),
     ):
-        try:
-            # generate builds position ids from the attention mask exactly as extraction did;
-            # the exit layer aborts it before any logits exist.
-            model.generate(
-                **inputs, do_sample=False, num_beams=1, max_new_tokens=1, use_cache=False
-            )
-        except StopForward:
-            pass
+        # generate builds position ids from the attention mask exactly as extraction did; the
+        # exit layer aborts it before any logits exist.
+        model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=1, use_cache=False)
     if not exit_records:
         raise RuntimeError(
             f"the forward never reached layer {exit_layer} of {type(model).__name__}"
