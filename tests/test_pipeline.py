@@ -10,19 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.tiny import tiny_llava
 from superneurons.classifiers.artifact import load_classifier
 from superneurons.pipeline import RunConfig, run
 from superneurons.store import ActivationStore
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("tiny-llava")
-    tiny = tiny_llava()
-    tiny.model.save_pretrained(path)
-    tiny.processor.save_pretrained(path)
-    return path
+@pytest.fixture
+def checkpoint(tiny_llava_checkpoint) -> Path:
+    return tiny_llava_checkpoint
 
 
 def small_config(checkpoint: Path, **overrides) -> RunConfig:
@@ -30,8 +25,8 @@ def small_config(checkpoint: Path, **overrides) -> RunConfig:
     return RunConfig(**{**settings, **overrides})
 
 
-def test_run_writes_results_with_the_documented_keys(checkpoint, tmp_path):
-    results = run(small_config(checkpoint), tmp_path, log=lambda *_: None)
+def test_run_writes_results_with_the_documented_keys(checkpoint, tiny_run):
+    tmp_path, results = tiny_run
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(results))
     for key in (
@@ -68,12 +63,12 @@ def test_run_writes_results_with_the_documented_keys(checkpoint, tmp_path):
     assert accuracy == pytest.approx(results["sn"]["accuracy"], abs=1e-4)
 
 
-def test_results_print_as_a_table(checkpoint, tmp_path):
+def test_results_print_as_a_table(tiny_run):
     from rich.console import Console
 
     from superneurons.report import print_results
 
-    results = run(small_config(checkpoint), tmp_path, log=lambda *_: None)
+    _, results = tiny_run
     console = Console(record=True, width=150)
     print_results(results, console)
     text = console.export_text()

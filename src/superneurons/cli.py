@@ -221,6 +221,43 @@ def run(
     console.print(f"results: {out / 'results.json'}")
 
 
+@app.command()
+def predict(
+    classifier: Path = typer.Option(..., help="Directory written by `discover` or `run`."),
+    image: Path = typer.Argument(None, help="Image file (omit with --batch)."),
+    question: str = typer.Argument(None, help="A yes/no question about the image."),
+    batch: Path = typer.Option(
+        None, help="JSON lines {image, question[, choices]}; image paths relative to the file."
+    ),
+    model: str = typer.Option(None, help="Default: the model the classifier was fitted on."),
+    fallback_margin: float = typer.Option(
+        None, help="Cascade: run the full model when |score - 0.5| is below this."
+    ),
+    dtype: str = typer.Option("fp32"),
+    device: str = typer.Option("auto"),
+) -> None:
+    """Answer from super neurons, stopping after their deepest layer: one JSON object per line."""
+    import json
+
+    from superneurons.data.records import load_jsonl
+    from superneurons.predictor import SuperNeuronPredictor
+
+    if batch is None and (image is None or question is None):
+        raise typer.BadParameter("give IMAGE and QUESTION, or --batch FILE")
+    predictor = SuperNeuronPredictor.from_pretrained(
+        classifier, model, dtype=dtype, device=device, fallback_margin=fallback_margin
+    )
+    if batch is not None:
+        records = load_jsonl(batch, require_label=False)
+        images = [r.load_image() for r in records]
+        questions = [r.question for r in records]
+        choices = [r.choices for r in records]
+    else:
+        images, questions, choices = [image], [question], None
+    for prediction in predictor.predict(images, questions, choices):
+        print(json.dumps(prediction.to_json()))
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit status 1."""
     try:

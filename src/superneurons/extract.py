@@ -16,6 +16,7 @@ from superneurons.data.prompts import chat_messages, format_prompt
 from superneurons.data.records import Record
 from superneurons.metrics import parse_choice, parse_yes_no
 from superneurons.models.adapters import SITES, adapter_for
+from superneurons.models.fingerprint import model_fingerprint
 from superneurons.models.loading import LoadedModel
 from superneurons.store import ActivationStore, ActivationWriter, is_complete
 
@@ -81,6 +82,7 @@ def extract(
     meta = {
         "model": loaded.model_id,
         "revision": loaded.revision,
+        "weights_fingerprint": model_fingerprint(model),
         "architecture": adapter.name,
         "model_class": type(model).__name__,
         "dataset_fingerprint": dataset_fingerprint(records),

@@ -262,7 +262,11 @@ class SuperNeuronClassifier:
 
     def predict(self, activations: Any) -> np.ndarray:
         """The aggregated answer, (N,) bool: True is the positive class."""
-        return _aggregate(self.votes(activations), self.aggregate)
+        return self.aggregate_votes(self.votes(activations))
+
+    def aggregate_votes(self, votes: np.ndarray) -> np.ndarray:
+        """The aggregated answer from ``votes`` (N, K) already computed."""
+        return _aggregate(votes, self.aggregate)
 
     @property
     def exit_layer_(self) -> int:

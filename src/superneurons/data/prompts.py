@@ -1,7 +1,6 @@
 """Prompt templates: how a record's question (and choices) becomes the user text of a chat turn.
 
-Templates are data, keyed by name; a task names its template and a model may override it through
-``MODEL_OVERRIDES`` (keyed by a substring of the model id). The result always goes through the
+Templates are data, keyed by name; a task names its template. The result always goes through the
 model's own chat template afterwards.
 """
 
@@ -32,7 +31,13 @@ TEMPLATES: dict[str, PromptTemplate] = {
     ),
 }
 
-MODEL_OVERRIDES: dict[str, str] = {}
+# Multiple choice → binary: one yes/no question per choice (DESIGN §5).
+CHOICE_AS_BINARY = '{question} Is the answer "{choice}"?'
+
+
+def binary_choice_question(question: str, choice: str) -> str:
+    """The yes/no question asking whether ``choice`` answers ``question``."""
+    return CHOICE_AS_BINARY.format(question=question, choice=choice)
 
 
 def template_for(name: str) -> PromptTemplate:

@@ -59,8 +59,11 @@ def check_label(record: Record, where: str) -> None:
         raise DataError(f"{where}: label {record.label!r} is not one of {list(allowed)}")
 
 
-def load_jsonl(path: str | Path) -> list[Record]:
-    """Records of a JSON-lines file; errors name the file, the line and what is wrong."""
+def load_jsonl(path: str | Path, require_label: bool = True) -> list[Record]:
+    """Records of a JSON-lines file; errors name the file, the line and what is wrong.
+
+    Without ``require_label`` (questions to answer), a missing label is allowed and left empty.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
@@ -74,7 +77,8 @@ def load_jsonl(path: str | Path) -> list[Record]:
                 raw = json.loads(line)
             except json.JSONDecodeError as error:
                 raise DataError(f"{where}: not valid JSON ({error.msg})") from None
-            missing = [key for key in ("image", "question", "label") if key not in raw]
+            required = ("image", "question", "label") if require_label else ("image", "question")
+            missing = [key for key in required if key not in raw]
             if missing:
                 raise DataError(f"{where}: missing key(s) {missing}")
             known = {"id", "image", "question", "label", "choices", "family", "context"}
@@ -82,12 +86,13 @@ def load_jsonl(path: str | Path) -> list[Record]:
                 id=str(raw.get("id", f"{path.stem}-{number}")),
                 image=path.parent / raw["image"],
                 question=raw["question"],
-                label=str(raw["label"]),
+                label=str(raw.get("label", "")),
                 choices=raw.get("choices"),
                 family=raw.get("family", ""),
                 context=raw.get("context"),
                 extra={k: v for k, v in raw.items() if k not in known},
             )
-            check_label(record, where)
+            if require_label:
+                check_label(record, where)
             records.append(record)
     return records

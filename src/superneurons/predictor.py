@@ -1,0 +1,195 @@
+"""The deployable predictor: a saved classifier + its model, answering after layer k.
+
+    predictor = SuperNeuronPredictor.from_pretrained("runs/default/classifier")
+    predictor.predict([image], ["Is there a red cube?"])  # [Prediction(label="yes", ...)]
+
+Multiple-choice questions are answered by asking one binary question per choice and picking the
+choice with the highest vote score. With ``fallback_margin`` set, a sample whose vote is not
+decisive (|score − 0.5| < margin) is answered by the full model instead (a cascade).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from superneurons.capture import capture, prepare_inputs
+from superneurons.classifiers import SuperNeuronClassifier
+from superneurons.classifiers.artifact import load_classifier
+from superneurons.data.prompts import LETTERS, binary_choice_question, chat_messages, format_prompt
+from superneurons.early_exit import early_exit_activations
+from superneurons.metrics import parse_yes_no
+from superneurons.models.adapters import adapter_for
+from superneurons.models.fingerprint import model_fingerprint
+from superneurons.models.loading import LoadedModel, load_model
+
+
+class ModelMismatchError(ValueError):
+    """The classifier was fitted on another model's activations."""
+
+
+@dataclass
+class Prediction:
+    label: str
+    score: float  # vote score of the chosen answer: fraction of super neurons voting yes
+    exit_layer: int  # the last decoder layer that ran
+    fallback: bool = False  # answered by the full model (cascade)
+
+    def to_json(self) -> dict:
+        return {
+            "label": self.label,
+            "score": round(self.score, 4),
+            "exit_layer": self.exit_layer,
+            **({"fallback": True} if self.fallback else {}),
+        }
+
+
+class _ExitActivations:
+    """The activation-source interface over early-exit values (only the needed layers exist)."""
+
+    def __init__(
+        self, values: dict[tuple[str, int], np.ndarray], sites: dict[str, tuple[int, int]]
+    ):
+        self.values, self.sites = values, sites
+        self.n_samples = len(next(iter(values.values())))
+
+    def layer(self, site: str, layer: int) -> np.ndarray:
+        return self.values[(site, layer)]
+
+
+class SuperNeuronPredictor:
+    """Answers categorical questions from super neurons, running the model to layer k only."""
+
+    def __init__(
+        self,
+        classifier: SuperNeuronClassifier,
+        loaded: LoadedModel,
+        template: str = "plain",
+        fallback_margin: float | None = None,
+        batch_size: int = 16,
+    ):
+        self.classifier, self.loaded, self.template = classifier, loaded, template
+        self.fallback_margin, self.batch_size = fallback_margin, batch_size
+        self.needed: dict[str, list[int]] = defaultdict(list)
+        for neuron in classifier.selected_:
+            if neuron.layer not in self.needed[neuron.site]:
+                self.needed[neuron.site].append(neuron.layer)
+        self.exit_layer = classifier.exit_layer_
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        classifier_dir: str | Path,
+        model: str | LoadedModel | None = None,
+        dtype: str = "fp32",
+        device: str = "auto",
+        **kwargs,
+    ) -> SuperNeuronPredictor:
+        """Load a classifier saved by ``discover``/``run`` and the model it was fitted on.
+
+        ``model`` defaults to the model recorded with the classifier; any other model is refused
+        unless its weights fingerprint matches.
+        """
+        classifier, document = load_classifier(classifier_dir)
+        provenance = document["provenance"]
+        if not isinstance(model, LoadedModel):
+            model = load_model(model or provenance["model"], dtype, device)
+        expected, found = provenance.get("weights_fingerprint"), model_fingerprint(model.model)
+        if expected != found:
+            raise ModelMismatchError(
+                f"{classifier_dir} was fitted on {provenance.get('model')!r} (weights "
+                f"fingerprint {expected}); {model.model_id!r} has fingerprint {found}: refusing "
+                f"to read super neurons from a different model"
+            )
+        return cls(classifier, model, provenance.get("template", "plain"), **kwargs)
+
+    def _prompts(self, questions: Sequence[str]) -> list[str]:
+        texts = (format_prompt(q, template=self.template) for q in questions)
+        return [
+            self.loaded.processor.apply_chat_template(chat_messages(t), add_generation_prompt=True)
+            for t in texts
+        ]
+
+    def votes(self, images: Sequence[Image.Image], questions: Sequence[str]) -> np.ndarray:
+        """Every super neuron's yes/no vote (N, K) per (image, binary question), from layer k."""
+        votes = []
+        for start in range(0, len(questions), self.batch_size):
+            chunk = slice(start, start + self.batch_size)
+            inputs = prepare_inputs(
+                self.loaded.processor, list(images[chunk]), self._prompts(questions[chunk])
+            )
+            values = early_exit_activations(self.loaded.model, inputs, self.needed)
+            values = {key: v.float().cpu().numpy() for key, v in values.items()}
+            votes.append(self.classifier.votes(_ExitActivations(values, self.classifier.sites_)))
+        return np.concatenate(votes)
+
+    def _full_model_answers(self, images, questions) -> list[str | None]:
+        result = capture(
+            self.loaded.model,
+            self.loaded.processor,
+            list(images),
+            self._prompts(questions),
+            sites=(),
+            max_new_tokens=128,
+        )
+        return [parse_yes_no(answer) for answer in result.answers]
+
+    def predict(
+        self,
+        images: Sequence[Image.Image | str | Path],
+        questions: Sequence[str],
+        choices: Sequence[Sequence[str] | None] | None = None,
+    ) -> list[Prediction]:
+        """One prediction per (image, question); ``choices[i]`` makes question i multiple choice."""
+        if len(images) != len(questions):
+            raise ValueError(f"{len(images)} images for {len(questions)} questions")
+        images = [Image.open(i).convert("RGB") if isinstance(i, (str, Path)) else i for i in images]
+        choices = list(choices) if choices is not None else [None] * len(questions)
+        # Expand every multiple-choice question into one binary question per choice.
+        flat_images, flat_questions, owner = [], [], []
+        for i, (image, question, options) in enumerate(
+            zip(images, questions, choices, strict=True)
+        ):
+            for text in (
+                [binary_choice_question(question, c) for c in options] if options else [question]
+            ):
+                flat_images.append(image)
+                flat_questions.append(text)
+                owner.append(i)
+        votes = self.votes(flat_images, flat_questions)
+        scores, answers = votes.mean(axis=1), self.classifier.aggregate_votes(votes)
+        owner = np.array(owner)
+        predictions = []
+        for i, options in enumerate(choices):
+            mine = np.flatnonzero(owner == i)
+            if options:
+                best = int(np.argmax(scores[mine]))
+                label, score = LETTERS[best], scores[mine[best]]
+            else:
+                label, score = ("yes" if answers[mine[0]] else "no"), scores[mine[0]]
+            predictions.append(Prediction(label, float(score), self.exit_layer))
+        if self.fallback_margin is not None:
+            self._cascade(images, questions, choices, predictions)
+        return predictions
+
+    def _cascade(self, images, questions, choices, predictions: list[Prediction]) -> None:
+        """Answer undecided binary questions with the full model (its parsed answer)."""
+        undecided = [
+            i
+            for i, p in enumerate(predictions)
+            if not choices[i] and abs(p.score - 0.5) < self.fallback_margin
+        ]
+        if not undecided:
+            return
+        answers = self._full_model_answers(
+            [images[i] for i in undecided], [questions[i] for i in undecided]
+        )
+        last_layer = adapter_for(self.loaded.model).n_layers(self.loaded.model) - 1
+        for i, answer in zip(undecided, answers, strict=True):
+            if answer is not None:
+                predictions[i] = Prediction(answer, predictions[i].score, last_layer, fallback=True)

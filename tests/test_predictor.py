@@ -1,0 +1,98 @@
+"""The deployable predictor: early exit from a saved classifier, refusal of other models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from models.tiny import tiny_llava
+from superneurons.data.records import load_jsonl
+from superneurons.models.loading import LoadedModel
+from superneurons.predictor import ModelMismatchError, SuperNeuronPredictor
+from superneurons.store import ActivationStore
+
+
+def val_inputs(out):
+    """Validation images and questions, in the store's order, and the store itself."""
+    store = ActivationStore.open(out / "activations" / "val")
+    files = list((out / "data").glob("val-*/questions.jsonl"))
+    by_id = {r.id: r for r in load_jsonl(files[0])}
+    records = [by_id[i] for i in store.ids]
+    return [r.load_image() for r in records], [r.question for r in records], store
+
+
+def test_predictions_match_the_classifier_on_the_full_forward(tiny_run, tiny_llava_checkpoint):
+    out, results = tiny_run
+    predictor = SuperNeuronPredictor.from_pretrained(out / "classifier", batch_size=8)
+    images, questions, store = val_inputs(out)
+    predictions = predictor.predict(images, questions)
+    classifier = predictor.classifier
+    expected = classifier.predict(store)
+    scores = classifier.vote_score(store)
+    # A vote can only flip where an activation sits within rounding of alpha.
+    near = np.zeros(store.n, dtype=bool)
+    for s in classifier.selected_:
+        near |= np.abs(store.column(s.site, s.layer, s.index) - classifier.alpha) < 1e-3
+    got = np.array([p.label == "yes" for p in predictions])
+    assert (got == expected)[~near].all()
+    assert np.allclose(np.array([p.score for p in predictions])[~near], scores[~near])
+    assert (~near).sum() >= store.n // 2
+    assert {p.exit_layer for p in predictions} == {max(s["layer"] for s in results["selected"])}
+
+
+def test_multiple_choice_picks_the_choice_with_the_highest_score(tiny_run):
+    out, _ = tiny_run
+    predictor = SuperNeuronPredictor.from_pretrained(out / "classifier")
+    images, _, _ = val_inputs(out)
+    options = ["red", "blue", "green"]
+    [prediction] = predictor.predict(images[:1], ["What color is the cube?"], [options])
+    votes = predictor.votes(
+        images[:1] * 3, [f'What color is the cube? Is the answer "{c}"?' for c in options]
+    )
+    scores = votes.mean(axis=1)
+    assert prediction.label == "ABC"[int(np.argmax(scores))]
+    assert prediction.score == pytest.approx(scores.max())
+
+
+def test_a_different_model_is_refused(tiny_run, tiny_llava_checkpoint):
+    import torch
+
+    out, _ = tiny_run
+    other = tiny_llava()
+    with torch.no_grad():
+        for p in other.model.parameters():
+            p.mul_(1.5)
+    loaded = LoadedModel(other.model, other.processor, "other", tiny_llava_checkpoint, "local")
+    with pytest.raises(ModelMismatchError, match="fitted on"):
+        SuperNeuronPredictor.from_pretrained(out / "classifier", model=loaded)
+
+
+def test_predict_command_prints_one_json_object_per_question(tiny_run, tmp_path):
+    out, _ = tiny_run
+    images, questions, _ = val_inputs(out)
+    images[0].save(tmp_path / "a.png")
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text(
+        json.dumps({"image": "a.png", "question": questions[0]})
+        + "\n"
+        + json.dumps({"image": "a.png", "question": "What color?", "choices": ["red", "blue"]})
+        + "\n"
+    )
+    run = [sys.executable, "-m", "superneurons", "predict", "--classifier", str(out / "classifier")]
+    single = subprocess.run(
+        [*run, str(tmp_path / "a.png"), questions[0]], capture_output=True, text=True, timeout=300
+    )
+    assert single.returncode == 0, single.stderr
+    [line] = single.stdout.strip().splitlines()
+    assert set(json.loads(line)) == {"label", "score", "exit_layer"}
+    many = subprocess.run(
+        [*run, "--batch", str(batch)], capture_output=True, text=True, timeout=300
+    )
+    assert many.returncode == 0, many.stderr
+    rows = [json.loads(x) for x in many.stdout.strip().splitlines()]
+    assert rows[0] == json.loads(line)
+    assert rows[1]["label"] in {"A", "B"}
