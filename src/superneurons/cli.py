@@ -258,6 +258,42 @@ def predict(
         print(json.dumps(prediction.to_json()))
 
 
+bench_app = typer.Typer(no_args_is_help=True, help="Speed benchmarks (JSON results).")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("early-exit")
+def bench_early_exit(
+    out: Path = typer.Option(Path("runs/bench-early-exit.json"), help="Results JSON."),
+    models: str = typer.Option(
+        "embedded", help="Comma-separated: embedded, llava-1.5-7b, qwen3-vl-4b (random weights)."
+    ),
+    classifier: Path = typer.Option(
+        Path("runs/default/classifier"), help="Classifier of the embedded model (from `run`)."
+    ),
+    batch_sizes: str = typer.Option("1,16", help="Comma-separated batch sizes."),
+    repeats: int = typer.Option(5, min=1, help="Timed rounds (median reported)."),
+    warmup: int = typer.Option(1, min=0, help="Untimed rounds first."),
+) -> None:
+    """Time the full model against early exit at the classifier's layer and at k = 0, 1."""
+    from superneurons.bench import rows_table, run_early_exit_bench
+
+    if not (classifier / "classifier.json").is_file():
+        console.print(f"no classifier at {classifier}: timing k = 0 and 1 only")
+        classifier = None
+    result = run_early_exit_bench(
+        out,
+        _sites(models),
+        classifier,
+        [int(b) for b in _sites(batch_sizes)],
+        repeats,
+        warmup,
+        log=console.print,
+    )
+    Console().print(rows_table(result["rows"]))
+    console.print(f"results: {out}")
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit status 1."""
     try:

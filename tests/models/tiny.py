@@ -482,3 +482,5 @@ BUILDERS: dict[str, Callable[[], Tiny]] = {
     "idefics3": tiny_idefics3,
     "smolvlm": tiny_smolvlm,
 }
+
+QUESTIONS_FOR_BENCH = ["is there a red cube in the image ?", "how many ?"]

@@ -1,0 +1,112 @@
+"""Benchmarks: speed measured side by side in one process, written as JSON."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+
+from rich.table import Table
+
+from superneurons.bench.early_exit import BenchTarget, bench_target
+from superneurons.data.scenes.write import write_atomic
+
+EXIT_LAYERS = {"k=0": {"resid": [0]}, "k=1": {"resid": [1]}}
+
+
+def embedded_target(classifier_dir: Path | None, seed: int = 99, n: int = 16) -> BenchTarget:
+    """The embedded default on held-out scenes, with its fitted classifier when one is given."""
+    from superneurons.capture import prepare_inputs
+    from superneurons.data.prompts import chat_messages
+    from superneurons.data.scenes import iter_scenes, scene_questions
+    from superneurons.models.loading import load_model
+    from superneurons.predictor import SuperNeuronPredictor, _ExitActivations
+
+    loaded = load_model(None, "fp32", "cpu")
+    images, prompts = [], []
+    for scene, render in iter_scenes(seed, "val", n):
+        question = scene_questions(scene, seed, families=["existence"])[0].question
+        images.append(render.image)
+        prompts.append(
+            loaded.processor.apply_chat_template(
+                chat_messages(question), add_generation_prompt=True
+            )
+        )
+    exits = dict(EXIT_LAYERS)
+    finish = None
+    if classifier_dir is not None:
+        predictor = SuperNeuronPredictor.from_pretrained(classifier_dir, model=loaded)
+        exits = {"classifier": dict(predictor.needed), **exits}
+        classifier = predictor.classifier
+
+        def finish(variant: str, values: dict) -> object:
+            if variant != "classifier":
+                return values
+            arrays = {key: v.float().numpy() for key, v in values.items()}
+            return classifier.predict(_ExitActivations(arrays, classifier.sites_))
+
+    def make_batch(batch_size: int) -> dict:
+        # The processor is part of answering, so it is timed on both paths.
+        return prepare_inputs(loaded.processor, images[:batch_size], prompts[:batch_size])
+
+    return BenchTarget("embedded", loaded.model, make_batch, {"max_new_tokens": 128}, exits, finish)
+
+
+def shape_target(name: str) -> BenchTarget:
+    """A real architecture's shapes with random weights; the full model answers in 2 tokens."""
+    from superneurons.bench.shapes import SHAPES
+
+    shape = SHAPES[name]()
+    make_batch = functools.lru_cache(maxsize=None)(shape.make_inputs)
+    return BenchTarget(
+        shape.name,
+        shape.model,
+        make_batch,
+        {"min_new_tokens": 2, "max_new_tokens": 2},
+        dict(EXIT_LAYERS),
+    )
+
+
+def run_early_exit_bench(
+    out: Path,
+    models: list[str],
+    classifier_dir: Path | None,
+    batch_sizes: list[int],
+    repeats: int,
+    warmup: int,
+    log=print,
+) -> dict:
+    """Benchmark every model in ``models``, writing ``out`` after each (atomically)."""
+    rows: list[dict] = []
+    result = {"rows": rows, "repeats": repeats, "warmup": warmup, "statistic": "median"}
+    for name in models:
+        target = embedded_target(classifier_dir) if name == "embedded" else shape_target(name)
+        rows += bench_target(target, batch_sizes, repeats, warmup, log=log)
+        del target
+        write_atomic(out, (json.dumps(result, indent=1) + "\n").encode())
+    return result
+
+
+def rows_table(rows: list[dict]) -> Table:
+    table = Table(title="early exit vs full model (medians)")
+    columns = [
+        "model",
+        "batch_size",
+        "exit",
+        "k",
+        "full_s",
+        "early_s",
+        "speedup",
+        "ceiling",
+        "fraction_of_ceiling",
+    ]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("model", "exit") else "right")
+    for row in rows:
+        table.add_row(
+            *(str(row[c]) if not isinstance(row[c], float) else f"{row[c]:g}" for c in columns)
+        )
+    return table
+
+
+__all__ = ["embedded_target", "rows_table", "run_early_exit_bench", "shape_target"]

@@ -1,0 +1,41 @@
+"""The early-exit benchmark's rows, on a tiny model (speed itself is not asserted)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from models.tiny import QUESTIONS_FOR_BENCH, tiny_llava
+from superneurons.bench import rows_table
+from superneurons.bench.early_exit import BenchTarget, bench_target
+
+
+def test_rows_report_medians_speedups_and_flop_ceilings():
+    tiny = tiny_llava()
+    target = BenchTarget(
+        "tiny-llava",
+        tiny.model,
+        lambda b: tiny.inputs(QUESTIONS_FOR_BENCH[:b]),
+        {"min_new_tokens": 2, "max_new_tokens": 2},
+        {"k=0": {"resid": [0]}, "k=1": {"mlp": [1]}},
+    )
+    rows = bench_target(target, [1, 2], repeats=2, warmup=1, log=lambda *_: None)
+    assert [(r["batch_size"], r["exit"]) for r in rows] == [
+        (1, "k=0"),
+        (1, "k=1"),
+        (2, "k=0"),
+        (2, "k=1"),
+    ]
+    for row in rows:
+        assert row["speedup"] == pytest.approx(row["full_s"] / row["early_s"], rel=1e-2)
+        assert row["fraction_of_ceiling"] == pytest.approx(
+            row["speedup"] / row["ceiling"], rel=1e-2
+        )
+        # Fewer layers, no decoding: the early path always does less arithmetic.
+        assert row["early_gflops"] < row["full_gflops"] and row["ceiling"] > 1
+    deeper = {r["batch_size"]: r for r in rows if r["exit"] == "k=1"}
+    shallow = {r["batch_size"]: r for r in rows if r["exit"] == "k=0"}
+    assert all(deeper[b]["ceiling"] < shallow[b]["ceiling"] for b in (1, 2))
+    json.dumps(rows)
+    assert rows_table(rows).row_count == 4
