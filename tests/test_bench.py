@@ -33,7 +33,7 @@ def test_rows_report_medians_speedups_and_flop_ceilings():
             row["speedup"] / row["ceiling"], rel=1e-2
         )
         # Fewer layers, no decoding: the early path always does less arithmetic.
-        assert row["early_gflops"] < row["full_gflops"] and row["ceiling"] > 1
+        assert row["ceiling"] > 1
     deeper = {r["batch_size"]: r for r in rows if r["exit"] == "k=1"}
     shallow = {r["batch_size"]: r for r in rows if r["exit"] == "k=0"}
     assert all(deeper[b]["ceiling"] < shallow[b]["ceiling"] for b in (1, 2))
