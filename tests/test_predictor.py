@@ -96,3 +96,19 @@ def test_predict_command_prints_one_json_object_per_question(tiny_run, tmp_path)
     rows = [json.loads(x) for x in many.stdout.strip().splitlines()]
     assert rows[0] == json.loads(line)
     assert rows[1]["label"] in {"A", "B"}
+
+
+def test_cascade_curve_runs_from_always_early_to_always_full(tiny_run):
+    from superneurons.bench.cascade import cascade_curve
+
+    out, _ = tiny_run
+    predictor = SuperNeuronPredictor.from_pretrained(out / "classifier", batch_size=8)
+    files = list((out / "data").glob("val-*/questions.jsonl"))
+    records = load_jsonl(files[0])[:12]
+    result = cascade_curve(predictor, records, margins=(0.0, 0.25, 0.51))
+    first, _, last = result["curve"]
+    assert first["fallback_fraction"] == 0.0
+    assert first["accuracy"] == result["early_exit"]["accuracy"]
+    assert last["fallback_fraction"] == 1.0
+    fractions = [p["fallback_fraction"] for p in result["curve"]]
+    assert fractions == sorted(fractions)

@@ -294,6 +294,31 @@ def bench_early_exit(
     console.print(f"results: {out}")
 
 
+@bench_app.command("cascade")
+def bench_cascade(
+    classifier: Path = typer.Option(Path("runs/default/classifier"), help="From `run`/`discover`."),
+    out: Path = typer.Option(Path("runs/bench-cascade.json"), help="Results JSON."),
+    n: int = typer.Option(200, help="Validation questions (balanced)."),
+    seed: int = typer.Option(7, help="Picks the validation scenes."),
+) -> None:
+    """Accuracy and time of the super-neuron → full-model cascade as its margin varies."""
+    import json
+
+    from superneurons.bench.cascade import cascade_curve
+    from superneurons.data.probing import balanced_sample
+    from superneurons.data.scenes.write import write_atomic
+    from superneurons.data.tasks import scene_records
+    from superneurons.predictor import SuperNeuronPredictor
+
+    predictor = SuperNeuronPredictor.from_pretrained(classifier)
+    records = scene_records(out.parent / "data", "val", int(n * 1.2), seed)
+    result = cascade_curve(predictor, balanced_sample(records, n, seed, "validation set"))
+    write_atomic(out, (json.dumps(result, indent=1) + "\n").encode())
+    for point in result["curve"]:
+        console.print(point)
+    console.print(f"results: {out}")
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit status 1."""
     try:

@@ -128,7 +128,7 @@ class SuperNeuronPredictor:
             votes.append(self.classifier.votes(_ExitActivations(values, self.classifier.sites_)))
         return np.concatenate(votes)
 
-    def _full_model_answers(self, images, questions) -> list[str | None]:
+    def full_model_answers(self, images, questions) -> list[str | None]:
         result = capture(
             self.loaded.model,
             self.loaded.processor,
@@ -186,7 +186,7 @@ class SuperNeuronPredictor:
         ]
         if not undecided:
             return
-        answers = self._full_model_answers(
+        answers = self.full_model_answers(
             [images[i] for i in undecided], [questions[i] for i in undecided]
         )
         last_layer = adapter_for(self.loaded.model).n_layers(self.loaded.model) - 1
