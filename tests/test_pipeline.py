@@ -121,3 +121,19 @@ def test_run_command_reports_an_unsupported_model_clearly(tmp_path):
     assert "Traceback" not in done.stderr
     assert "LlamaForCausalLM" in done.stderr and "no superneurons adapter" in done.stderr
     assert not (tmp_path / "run" / "results.json").exists()
+
+
+def test_sharded_extraction_merges_into_the_unsharded_order(checkpoint, tiny_run, tmp_path):
+    reference_dir, reference = tiny_run
+    for i in range(2):
+        part = run(small_config(checkpoint, shard=(i, 2)), tmp_path, log=lambda *_: None)
+        assert part["shard"] == [i, 2]
+    assert not (tmp_path / "results.json").exists()
+    merged = run(small_config(checkpoint), tmp_path, log=lambda *_: None)
+    for part in ("probe", "val"):
+        ours = ActivationStore.open(tmp_path / "activations" / part)
+        theirs = ActivationStore.open(reference_dir / "activations" / part)
+        assert ours.ids == theirs.ids
+        assert ours.meta == theirs.meta
+        np.testing.assert_allclose(ours.layer("resid", 0), theirs.layer("resid", 0), atol=1e-3)
+    assert merged["n_probe"] == reference["n_probe"]

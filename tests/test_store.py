@@ -272,3 +272,41 @@ def test_killed_process_resumes_to_identical_store(tmp_path):
     writer.append({s: a[writer.n_done :] for s, a in data.items()}, _records()[writer.n_done :])
     writer.finish()
     assert _files(tmp_path / "run") == _files(tmp_path / "ref")
+
+
+def test_merge_shards_restores_the_original_order_exactly(tmp_path):
+    from superneurons.store import merge_shards
+
+    rng = np.random.default_rng(3)
+    sites = {"resid": (2, 5), "mlp": (2, 7)}
+    full = {site: rng.normal(size=(10, *shape)).astype(np.float16) for site, shape in sites.items()}
+    records = [{"id": f"s{j}", "label": "yes" if j % 2 else "no"} for j in range(10)]
+    shards = []
+    for k in range(3):
+        path = tmp_path / f"shard{k}"
+        rows = list(range(k, 10, 3))
+        writer = ActivationWriter(path, sites, len(rows), meta={"model": "m", "shard": [k, 3]})
+        writer.append({s: a[rows] for s, a in full.items()}, [records[j] for j in rows])
+        writer.finish()
+        shards.append(path)
+    merged = merge_shards(shards[::-1], tmp_path / "merged", chunk=4)
+    assert merged.records == records
+    assert merged.meta == {"model": "m"}
+    for site in sites:
+        for layer in range(2):
+            np.testing.assert_array_equal(merged.layer(site, layer), full[site][:, layer])
+
+
+def test_merge_refuses_shards_of_different_extractions(tmp_path):
+    from superneurons.store import merge_shards
+
+    paths = []
+    for k, model in enumerate(["a", "b"]):
+        writer = ActivationWriter(
+            tmp_path / str(k), {"resid": (1, 2)}, 1, meta={"model": model, "shard": [k, 2]}
+        )
+        writer.append({"resid": np.zeros((1, 1, 2))}, [{"id": str(k)}])
+        writer.finish()
+        paths.append(tmp_path / str(k))
+    with pytest.raises(ValueError, match="not a shard of the same extraction"):
+        merge_shards(paths, tmp_path / "merged")

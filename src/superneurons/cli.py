@@ -70,6 +70,16 @@ def _sites(value: str) -> list[str]:
     return [s.strip() for s in value.split(",") if s.strip()]
 
 
+def _shard(value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    try:
+        index, count = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise typer.BadParameter(f"--shard must look like 0/4, got {value!r}") from None
+    return index, count
+
+
 MODEL_HELP = "Local checkpoint directory or Hugging Face id (from the cache); default: embedded."
 
 
@@ -179,20 +189,30 @@ def evaluate(
 def run(
     out: Path = typer.Option(Path("runs/default"), help="Everything the run produces."),
     model: str = typer.Option(None, help=MODEL_HELP),
-    task: str = typer.Option("scenes"),
+    task: str = typer.Option(
+        "scenes", help="scenes (generated) or a dataset, see docs/datasets.md."
+    ),
+    data_dir: str = typer.Option(None, help="The dataset's directory (not for scenes)."),
     seed: int = typer.Option(0, help="Picks the generated scenes and the samples."),
-    n_probe: int = typer.Option(1000, help="Probing-set size (balanced)."),
-    n_val: int = typer.Option(600, help="Validation-set size (balanced)."),
+    n_probe: int = typer.Option(
+        None, help="Probing-set size, balanced (default 1000 for scenes, 3000 for datasets)."
+    ),
+    n_val: int = typer.Option(
+        None, help="Validation-set size, balanced (default 600 for scenes, the whole split else)."
+    ),
     sites: str = typer.Option("resid,mlp,attn"),
     alpha: float = typer.Option(0.0),
     metric: str = typer.Option("accuracy"),
     aggregate: str = typer.Option("mean"),
     polarity: str = typer.Option("positive"),
-    template: str = typer.Option("plain"),
+    template: str = typer.Option(None, help="Prompt template (default: the task's)."),
     batch_size: int = typer.Option(16, min=1),
     max_new_tokens: int = typer.Option(128, min=1),
     dtype: str = typer.Option("fp32"),
     device: str = typer.Option("auto"),
+    shard: str = typer.Option(
+        None, help="i/n: extract only shard i of n (0-based); a run without it merges them."
+    ),
 ) -> None:
     """The whole method: probing set → extract → discover → evaluate (resumable)."""
     from superneurons.pipeline import RunConfig
@@ -202,6 +222,7 @@ def run(
     config = RunConfig(
         model=model,
         task=task,
+        data_dir=data_dir,
         seed=seed,
         n_probe=n_probe,
         n_val=n_val,
@@ -215,8 +236,11 @@ def run(
         max_new_tokens=max_new_tokens,
         dtype=dtype,
         device=device,
+        shard=_shard(shard),
     )
     results = run_pipeline(config, out, log=console.print)
+    if config.shard is not None:
+        return
     print_results(results, Console())
     console.print(f"results: {out / 'results.json'}")
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -12,7 +13,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from superneurons.capture import capture
-from superneurons.data.prompts import chat_messages, format_prompt
+from superneurons.data.prompts import PromptTemplate, chat_prompt, format_prompt, template_for
 from superneurons.data.records import Record
 from superneurons.metrics import parse_choice, parse_yes_no
 from superneurons.models.adapters import SITES, adapter_for
@@ -31,9 +32,10 @@ def dataset_fingerprint(records: Sequence[Record]) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_prompt(processor, record: Record, template: str) -> str:
-    text = format_prompt(record.question, record.choices, template, record.context)
-    return processor.apply_chat_template(chat_messages(text), add_generation_prompt=True)
+def build_prompt(processor, record: Record, template: PromptTemplate) -> str:
+    return chat_prompt(
+        processor, format_prompt(record.question, record.choices, template, record.context)
+    )
 
 
 def parse_answer(record: Record, answer: str) -> str | None:
@@ -62,34 +64,46 @@ def extract(
     batch_size: int = 8,
     max_new_tokens: int = 128,
     description: str = "extract",
+    shard: tuple[int, int] | None = None,
 ) -> ActivationStore:
     """Capture every site's activations at the first generated token, and the model's answers.
 
     Resumable: rerunning with the same arguments continues after the last committed batch; a
-    finished store is returned as is.
+    finished store is returned as is. ``shard=(i, n)`` extracts only samples ``i, i + n, …``
+    (for splitting the work across machines; ``store.merge_shards`` joins the parts).
     """
     out_dir = Path(out_dir)
     if is_complete(out_dir):
         return ActivationStore.open(out_dir)
     if not records:
         raise ValueError(f"{out_dir}: no records to extract")
+    fingerprint = dataset_fingerprint(records)
+    if shard is not None:
+        index, count = shard
+        if not 0 <= index < count:
+            raise ValueError(f"shard {index}/{count}: the index must be in 0..{count - 1}")
+        records = records[index::count]
     unknown = [s for s in sites if s not in SITES]
     if unknown:
         raise ValueError(f"unknown site(s) {unknown}; known: {list(SITES)}")
     model, processor = loaded.model, loaded.processor
     adapter = adapter_for(model)
     shapes = {s: (adapter.n_layers(model), adapter.site_width(model, s)) for s in sites}
+    prompt = template_for(template, adapter.name)
     meta = {
         "model": loaded.model_id,
         "revision": loaded.revision,
         "weights_fingerprint": model_fingerprint(model),
         "architecture": adapter.name,
         "model_class": type(model).__name__,
-        "dataset_fingerprint": dataset_fingerprint(records),
+        "dataset_fingerprint": fingerprint,
         "template": template,
+        "prompt": asdict(prompt),
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,
     }
+    if shard is not None:
+        meta["shard"] = list(shard)
     dtype = "bfloat16" if model.dtype == torch.bfloat16 else "float16"
     with (
         ActivationWriter(out_dir, shapes, len(records), dtype, meta) as writer,
@@ -99,7 +113,7 @@ def extract(
         for start in range(writer.n_done, len(records), batch_size):
             batch = records[start : start + batch_size]
             images = [r.load_image() for r in batch]
-            prompts = [build_prompt(processor, r, template) for r in batch]
+            prompts = [build_prompt(processor, r, prompt) for r in batch]
             result = capture(model, processor, images, prompts, sites, max_new_tokens)
             rows = [
                 {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from superneurons.classifiers import SuperNeuronClassifier
@@ -18,6 +18,7 @@ from superneurons.evaluate import describe_selection, evaluate
 from superneurons.extract import extract
 from superneurons.models.adapters import SITES
 from superneurons.models.loading import load_model
+from superneurons.store import is_complete, merge_shards
 
 
 @dataclass
@@ -26,30 +27,53 @@ class RunConfig:
 
     model: str | None = None
     task: str = "scenes"
+    data_dir: str | None = None  # where a real task's files are (not needed for scenes)
     seed: int = 0
-    n_probe: int = 1000
-    n_val: int = 600
+    n_probe: int | None = None  # default: 1000 for scenes (≈10 min on 2 CPU cores), 3000 else
+    n_val: int | None = None  # default: 600 for scenes, the whole validation split else
     sites: Sequence[str] = SITES
     alpha: float = 0.0
     metric: str = "accuracy"
     aggregate: str = "mean"
     polarity: str = "positive"
-    template: str = "plain"
+    template: str | None = None  # default: the task's template
     batch_size: int = 16
     max_new_tokens: int = 128
     dtype: str = "fp32"
     device: str = "auto"
-    extra: dict = field(default_factory=dict)
+    shard: tuple[int, int] | None = None
 
 
-def task_records(config: RunConfig, out: Path) -> tuple[list[Record], list[Record]]:
-    """(probing set, validation set): balanced, seeded, from the train and validation splits."""
-    if config.task != "scenes":
-        raise ValueError(f"unknown task {config.task!r}; known: ['scenes']")
-    train = scene_records(out / "data", "train", int(config.n_probe * 1.2), config.seed)
-    val = scene_records(out / "data", "val", config.n_val, config.seed)
-    probe = balanced_sample(train, config.n_probe, config.seed, "probing set")
-    return probe, balanced_sample(val, config.n_val, config.seed, "validation set")
+def task_records(config: RunConfig, out: Path) -> tuple[list[Record], list[Record], str]:
+    """(probing set, validation set, prompt template): balanced, seeded, from the train and
+    validation splits, which never share an image."""
+    if config.task == "scenes":
+        n_probe, n_val = config.n_probe or 1000, config.n_val or 600
+        train = scene_records(out / "data", "train", int(n_probe * 1.2), config.seed)
+        val = scene_records(out / "data", "val", int(n_val * 1.2), config.seed)
+        template = "plain"
+    else:
+        from superneurons.data.loaders import TASKS, load_task
+
+        if config.data_dir is None:
+            raise ValueError(f"task {config.task!r} needs --data-dir (see docs/datasets.md)")
+        n_probe, n_val = config.n_probe or 3000, config.n_val
+        train = load_task(config.task, config.data_dir, "train", config.seed)
+        val = load_task(config.task, config.data_dir, "val", config.seed)
+        template = TASKS[config.task].template
+    probe = balanced_sample(train, n_probe, config.seed, "probing set")
+    if n_val is not None:
+        val = balanced_sample(val, n_val, config.seed, "validation set")
+    return probe, val, config.template or template
+
+
+def _complete_shards(path: Path) -> list[Path]:
+    """The shard stores of ``path`` when all n of them are complete, else []."""
+    shards = sorted(path.parent.glob(f"{path.name}.shard-*-of-*"))
+    counts = {p.name.rsplit("-of-", 1)[1] for p in shards}
+    if len(counts) != 1 or len(shards) != int(counts.pop()):
+        return []
+    return shards if all(is_complete(p) for p in shards) else []
 
 
 def run(config: RunConfig, out: str | Path, log=print) -> dict:
@@ -60,21 +84,31 @@ def run(config: RunConfig, out: str | Path, log=print) -> dict:
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    probe, val = task_records(config, out)
+    probe, val, template = task_records(config, out)
     loaded = load_model(config.model, config.dtype, config.device)
     log(f"model {loaded.model_id} ({type(loaded.model).__name__}) on {loaded.device}")
     common = dict(
         sites=config.sites,
-        template=config.template,
+        template=template,
         batch_size=config.batch_size,
         max_new_tokens=config.max_new_tokens,
     )
-    probe_store = extract(
-        loaded, probe, out / "activations" / "probe", **common, description="probing set"
-    )
-    val_store = extract(
-        loaded, val, out / "activations" / "val", **common, description="validation set"
-    )
+    stores = {}
+    for part, records in (("probe", probe), ("val", val)):
+        path = out / "activations" / part
+        if config.shard is not None:
+            i, n = config.shard
+            path = path.with_name(f"{part}.shard-{i}-of-{n}")
+        elif not is_complete(path) and (shards := _complete_shards(path)):
+            log(f"merging {len(shards)} shards into {path}")
+            merge_shards(shards, path)
+        stores[part] = extract(
+            loaded, records, path, **common, description=part, shard=config.shard
+        )
+    if config.shard is not None:
+        log(f"shard {config.shard[0]}/{config.shard[1]} extracted; run without --shard to merge")
+        return {"shard": list(config.shard), "n": {k: v.n for k, v in stores.items()}}
+    probe_store, val_store = stores["probe"], stores["val"]
     classifier = SuperNeuronClassifier(
         alpha=config.alpha,
         metric=config.metric,
@@ -90,6 +124,7 @@ def run(config: RunConfig, out: str | Path, log=print) -> dict:
         "dataset": config.task,
         "seed": config.seed,
         "n_probe": len(probe),
+        "template": template,
         **describe_selection(classifier),
         **evaluate(classifier, val_store, seed=config.seed),
         "seconds": round(time.time() - started, 1),

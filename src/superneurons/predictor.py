@@ -21,7 +21,13 @@ from PIL import Image
 from superneurons.capture import capture, prepare_inputs
 from superneurons.classifiers import SuperNeuronClassifier
 from superneurons.classifiers.artifact import load_classifier
-from superneurons.data.prompts import LETTERS, binary_choice_question, chat_messages, format_prompt
+from superneurons.data.prompts import (
+    LETTERS,
+    binary_choice_question,
+    chat_prompt,
+    format_prompt,
+    template_for,
+)
 from superneurons.early_exit import early_exit_activations
 from superneurons.metrics import parse_yes_no
 from superneurons.models.adapters import adapter_for
@@ -73,7 +79,8 @@ class SuperNeuronPredictor:
         fallback_margin: float | None = None,
         batch_size: int = 16,
     ):
-        self.classifier, self.loaded, self.template = classifier, loaded, template
+        self.classifier, self.loaded = classifier, loaded
+        self.template = template_for(template, adapter_for(loaded.model).name)
         self.fallback_margin, self.batch_size = fallback_margin, batch_size
         self.needed: dict[str, list[int]] = defaultdict(list)
         for neuron in classifier.selected_:
@@ -109,11 +116,8 @@ class SuperNeuronPredictor:
         return cls(classifier, model, provenance.get("template", "plain"), **kwargs)
 
     def _prompts(self, questions: Sequence[str]) -> list[str]:
-        texts = (format_prompt(q, template=self.template) for q in questions)
-        return [
-            self.loaded.processor.apply_chat_template(chat_messages(t), add_generation_prompt=True)
-            for t in texts
-        ]
+        processor = self.loaded.processor
+        return [chat_prompt(processor, format_prompt(q, template=self.template)) for q in questions]
 
     def votes(self, images: Sequence[Image.Image], questions: Sequence[str]) -> np.ndarray:
         """Every super neuron's yes/no vote (N, K) per (image, binary question), from layer k."""

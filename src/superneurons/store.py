@@ -469,3 +469,43 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 def _read_json(path: Path) -> dict:
     with open(path, encoding="utf-8") as f:
         return json.load(f)
+
+
+def merge_shards(shards: list[str | os.PathLike], out: str | os.PathLike, chunk: int = 256):
+    """Interleave complete shard stores back into one store in the original sample order.
+
+    Shard ``k`` of ``n`` holds samples ``k, k + n, k + 2n, …`` (see ``extract(shard=...)``); every
+    shard must have the same sites, dtype and meta apart from ``meta["shard"]``. Memory stays
+    bounded by ``chunk`` samples. Returns the merged :class:`ActivationStore`.
+    """
+    stores = [ActivationStore.open(path) for path in shards]
+    n_shards = len(stores)
+    metas = [{k: v for k, v in s.meta.items() if k != "shard"} for s in stores]
+    for path, store, meta in zip(shards, stores, metas, strict=True):
+        if meta != metas[0] or store.sites != stores[0].sites or store.dtype != stores[0].dtype:
+            raise ValueError(f"{path}: not a shard of the same extraction as {shards[0]}")
+        if store.meta.get("shard", [None, n_shards])[1] != n_shards:
+            raise ValueError(f"{path}: shard {store.meta.get('shard')} is not one of {n_shards}")
+    order = sorted(range(n_shards), key=lambda i: stores[i].meta.get("shard", [i])[0])
+    stores = [stores[i] for i in order]
+    total = sum(s.n for s in stores)
+    writer = ActivationWriter(out, stores[0].sites, total, stores[0].dtype, metas[0])
+    with writer:
+        for start in range(writer.n_done, total, chunk):
+            # Original sample j lives in shard j % n at row j // n.
+            index = np.arange(start, min(total, start + chunk))
+            shard_of, row_of = index % n_shards, index // n_shards
+            activations = {}
+            for site, (n_layers, width) in stores[0].sites.items():
+                values = np.empty((len(index), n_layers, width), dtype=np.float32)
+                for k, store in enumerate(stores):
+                    mine = shard_of == k
+                    if mine.any():
+                        rows = slice(int(row_of[mine][0]), int(row_of[mine][-1]) + 1)
+                        for layer in range(n_layers):
+                            values[mine, layer] = store.layer(site, layer, rows)
+                activations[site] = values
+            writer.append(
+                activations, [stores[k].records[r] for k, r in zip(shard_of, row_of, strict=True)]
+            )
+        return writer.finish()

@@ -1,7 +1,8 @@
 """Prompt templates: how a record's question (and choices) becomes the user text of a chat turn.
 
-Templates are data, keyed by name; a task names its template. The result always goes through the
-model's own chat template afterwards.
+Templates are data, keyed by name; a task names its template, and ``MODEL_OVERRIDES`` replaces a
+template for one architecture (keyed by adapter name), as lmms-eval's per-model prompt kwargs do.
+The result always goes through the model's own chat template afterwards.
 """
 
 from __future__ import annotations
@@ -31,6 +32,12 @@ TEMPLATES: dict[str, PromptTemplate] = {
     ),
 }
 
+# (architecture, template) -> the template that architecture is evaluated with instead.
+MODEL_OVERRIDES: dict[tuple[str, str], PromptTemplate] = {
+    # Qwen3-VL's own evaluation prompt for yes/no benchmarks.
+    ("qwen3_vl", "llava"): PromptTemplate(binary="{question}\nPlease answer yes or no."),
+}
+
 # Multiple choice → binary: one yes/no question per choice (DESIGN §5).
 CHOICE_AS_BINARY = '{question} Is the answer "{choice}"?'
 
@@ -40,10 +47,11 @@ def binary_choice_question(question: str, choice: str) -> str:
     return CHOICE_AS_BINARY.format(question=question, choice=choice)
 
 
-def template_for(name: str) -> PromptTemplate:
+def template_for(name: str, architecture: str | None = None) -> PromptTemplate:
+    """The template ``name``, or its override for ``architecture`` when one is declared."""
     if name not in TEMPLATES:
         raise ValueError(f"unknown prompt template {name!r}; known: {sorted(TEMPLATES)}")
-    return TEMPLATES[name]
+    return MODEL_OVERRIDES.get((architecture, name), TEMPLATES[name])
 
 
 def format_prompt(
@@ -65,3 +73,8 @@ def format_prompt(
 def chat_messages(text: str) -> list[dict]:
     """One user turn holding an image and ``text``, in the processor's chat format."""
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": text}]}]
+
+
+def chat_prompt(processor, text: str) -> str:
+    """``text`` (with the image) through the processor's chat template, ready to generate."""
+    return processor.apply_chat_template(chat_messages(text), add_generation_prompt=True)
