@@ -39,3 +39,15 @@ def test_rows_report_medians_speedups_and_flop_ceilings():
     assert all(deeper[b]["ceiling"] < shallow[b]["ceiling"] for b in (1, 2))
     json.dumps(rows)
     assert rows_table(rows).row_count == 4
+
+
+def test_flop_split_adds_up_and_grows_with_depth_evenly():
+    from superneurons.bench.flops import prefill_flop_split
+
+    tiny = tiny_llava()
+    split = prefill_flop_split(tiny.model, tiny.inputs(QUESTIONS_FOR_BENCH[:1]))
+    assert split["vision"] > 0 and split["lm_head"] > 0
+    assert split["vision"] + sum(split["layers"]) + split["lm_head"] <= split["total"]
+    # Identical decoder layers over the same tokens cost the same.
+    assert len(set(split["layers"])) == 1 and split["layers"][0] > 0
+    assert 0 < split["vision_share"] < 1

@@ -343,6 +343,33 @@ def bench_cascade(
     console.print(f"results: {out}")
 
 
+@bench_app.command("flops")
+def bench_flops(
+    model: str = typer.Option(None, help=MODEL_HELP),
+    out: Path = typer.Option(None, help="Write the split as JSON here."),
+) -> None:
+    """Prefill FLOPs of one scene question, split into vision side, decoder layers and lm_head."""
+    import json
+
+    from superneurons.bench.flops import prefill_flop_split
+    from superneurons.capture import prepare_inputs
+    from superneurons.data.prompts import chat_prompt
+    from superneurons.data.scenes import iter_scenes
+    from superneurons.data.scenes.write import write_atomic
+    from superneurons.models.loading import load_model
+
+    loaded = load_model(model, "fp32", "cpu")
+    _, render = next(iter_scenes(seed=0, split="val", n=1))
+    prompt = chat_prompt(loaded.processor, "Is there a large red metal cube?")
+    split = prefill_flop_split(
+        loaded.model, prepare_inputs(loaded.processor, [render.image], [prompt])
+    )
+    split = {"model": loaded.model_id, **split}
+    if out is not None:
+        write_atomic(out, (json.dumps(split, indent=1) + "\n").encode())
+    print(json.dumps(split))
+
+
 def main() -> None:
     """Console entry point: user errors become one line on stderr and exit status 1."""
     try:

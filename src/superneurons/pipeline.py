@@ -17,7 +17,7 @@ from superneurons.data.tasks import scene_records
 from superneurons.evaluate import describe_selection, evaluate
 from superneurons.extract import extract
 from superneurons.models.adapters import SITES
-from superneurons.models.loading import load_model
+from superneurons.models.loading import LoadedModel, load_model
 from superneurons.store import is_complete, merge_shards
 
 
@@ -76,16 +76,17 @@ def _complete_shards(path: Path) -> list[Path]:
     return shards if all(is_complete(p) for p in shards) else []
 
 
-def run(config: RunConfig, out: str | Path, log=print) -> dict:
+def run(config: RunConfig, out: str | Path, log=print, loaded: LoadedModel | None = None) -> dict:
     """Run the method into ``out`` and return the results (also in ``out/results.json``).
 
     Each step's output is kept, so a rerun skips finished steps and resumes an interrupted one.
+    ``loaded`` passes a model already in memory instead of loading ``config.model``.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     probe, val, template = task_records(config, out)
-    loaded = load_model(config.model, config.dtype, config.device)
+    loaded = loaded or load_model(config.model, config.dtype, config.device)
     log(f"model {loaded.model_id} ({type(loaded.model).__name__}) on {loaded.device}")
     common = dict(
         sites=config.sites,
