@@ -1,0 +1,146 @@
+"""The dataset tasks by name: where a task's records come from and how they are prompted.
+
+Typical use::
+
+    from superneurons.data.loaders import TASKS, load_task, label_counts
+
+    train = load_task("pope-adversarial", "data/coco", "train", seed=0)
+    label_counts(train)          # {"no": 3000, "yes": 3000}
+    TASKS["pope-adversarial"].template   # "llava"
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from superneurons.data.loaders.aokvqa import load_aokvqa
+from superneurons.data.loaders.clevr import load_clevr
+from superneurons.data.loaders.instaorder import load_instaorder
+from superneurons.data.loaders.pope import load_pope
+from superneurons.data.loaders.scienceqa import load_scienceqa
+from superneurons.data.loaders.vizwiz import load_vizwiz
+from superneurons.data.records import DataError, Record, load_jsonl
+
+Loader = Callable[[Path, str, int], list[Record]]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A dataset task: ``loader(data_dir, split, seed)`` gives its records; ``splits`` are the
+    split names it accepts (empty: any name); ``template`` names the prompt template."""
+
+    name: str
+    loader: Loader
+    template: str
+    splits: tuple[str, ...]
+    description: str
+
+
+def load_jsonl_task(data_dir: Path, split: str, seed: int = 0) -> list[Record]:
+    """The generic JSON-lines format: ``data_dir`` is the .jsonl file, or a folder holding
+    ``{split}.jsonl``."""
+    del seed  # nothing is drawn
+    path = data_dir if data_dir.is_file() else data_dir / f"{split}.jsonl"
+    if not path.is_file():
+        raise DataError(f"jsonl {split}: expected {path} (or pass the .jsonl file itself)")
+    return load_jsonl(path)
+
+
+_POPE = (
+    "POPE, {variant} negatives: COCO val2014 questions (coco_pope_{variant}.json + val2014/, or "
+    "lmms-lab/POPE parquet); train built from annotations/instances_train2014.json + train2014/"
+)
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in [
+        *(
+            TaskSpec(
+                f"pope-{variant}",
+                partial(load_pope, variant=variant),
+                "llava",
+                ("train", "val"),
+                _POPE.format(variant=variant),
+            )
+            for variant in ("random", "popular", "adversarial")
+        ),
+        TaskSpec(
+            "vizwiz",
+            load_vizwiz,
+            "llava",
+            ("train", "val"),
+            "VizWiz yes/no questions, majority answer: {train,val}.json + {train,val}/ images "
+            "(or lmms-lab/VizWiz-VQA parquet)",
+        ),
+        TaskSpec(
+            "clevr",
+            load_clevr,
+            "llava",
+            ("train", "val"),
+            "CLEVR v1.0 yes/no questions: questions/CLEVR_{split}_questions.json + images/{split}/",
+        ),
+        TaskSpec(
+            "aokvqa",
+            load_aokvqa,
+            "llava",
+            ("train", "val"),
+            "A-OKVQA multiple choice as balanced yes/no: aokvqa_v1p0_{split}.json + "
+            "{split}2017/ COCO images (or HuggingFaceM4/A-OKVQA parquet)",
+        ),
+        TaskSpec(
+            "scienceqa",
+            load_scienceqa,
+            "llava",
+            ("train", "val", "test"),
+            "ScienceQA image problems as balanced yes/no: problems.json + "
+            "images/{split}/<pid>/image.png (or derek-thomas/ScienceQA or lmms-lab/ScienceQA "
+            "parquet)",
+        ),
+        *(
+            TaskSpec(
+                f"instaorder-{relation}",
+                partial(load_instaorder, relation=relation),
+                "llava",
+                ("train", "val"),
+                f"InstaOrder {relation} of instance pairs: "
+                "annotations/InstaOrder_{split}2017.json + annotations/instances_{split}2017.json "
+                "+ {split}2017/ COCO images",
+            )
+            for relation in ("occlusion", "depth")
+        ),
+        TaskSpec(
+            "jsonl",
+            load_jsonl_task,
+            "plain",
+            (),
+            "generic JSON lines (see superneurons.data.records): a .jsonl file, or a folder "
+            "with {split}.jsonl",
+        ),
+    ]
+}
+
+
+def load_task(name: str, data_dir: str | Path, split: str, seed: int = 0) -> list[Record]:
+    """The records of ``split`` of task ``name`` read from ``data_dir``; ids are unique.
+
+    An unknown task or split is a ValueError listing the known ones; a missing directory or file
+    is a DataError saying what was expected where.
+    """
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+    spec = TASKS[name]
+    if spec.splits and split not in spec.splits:
+        raise ValueError(f"task {name!r} has splits {list(spec.splits)}; got {split!r}")
+    data_dir = Path(data_dir)
+    if not data_dir.exists():
+        raise DataError(f"task {name!r}: {data_dir} does not exist; expected {spec.description}")
+    return spec.loader(data_dir, split, seed)
+
+
+def label_counts(records: list[Record]) -> dict[str, int]:
+    """How many records carry each label, labels sorted."""
+    return dict(sorted(Counter(r.label for r in records).items()))
