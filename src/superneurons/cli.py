@@ -205,6 +205,9 @@ def run(
     metric: str = typer.Option("accuracy"),
     aggregate: str = typer.Option("mean"),
     polarity: str = typer.Option("positive"),
+    selection: str = typer.Option("heldout", help="heldout, fixed (--threshold) or top_k."),
+    threshold: float = typer.Option(None),
+    top_k: int = typer.Option(None),
     template: str = typer.Option(None, help="Prompt template (default: the task's)."),
     batch_size: int = typer.Option(16, min=1),
     max_new_tokens: int = typer.Option(128, min=1),
@@ -231,6 +234,9 @@ def run(
         metric=metric,
         aggregate=aggregate,
         polarity=polarity,
+        selection=selection,
+        threshold=threshold,
+        top_k=top_k,
         template=template,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
@@ -368,6 +374,30 @@ def bench_flops(
     if out is not None:
         write_atomic(out, (json.dumps(split, indent=1) + "\n").encode())
     print(json.dumps(split))
+
+
+data_app = typer.Typer(no_args_is_help=True, help="Datasets: inspect what a task loads.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("inspect")
+def data_inspect(
+    task: str = typer.Option(..., help="Task name, see docs/datasets.md."),
+    data_dir: Path = typer.Option(..., help="The dataset's directory (or .jsonl file)."),
+    split: str = typer.Option("val"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Print the number of questions per label as JSON."""
+    import json
+
+    from superneurons.data.loaders import label_counts, load_task
+
+    records = load_task(task, data_dir, split, seed)
+    print(
+        json.dumps(
+            {"task": task, "split": split, "n": len(records), "labels": label_counts(records)}
+        )
+    )
 
 
 def main() -> None:

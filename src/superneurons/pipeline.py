@@ -36,6 +36,9 @@ class RunConfig:
     metric: str = "accuracy"
     aggregate: str = "mean"
     polarity: str = "positive"
+    selection: str = "heldout"  # or "fixed" (with threshold) or "top_k" (with top_k)
+    threshold: float | None = None
+    top_k: int | None = None
     template: str | None = None  # default: the task's template
     batch_size: int = 16
     max_new_tokens: int = 128
@@ -116,6 +119,9 @@ def run(config: RunConfig, out: str | Path, log=print, loaded: LoadedModel | Non
         sites=list(config.sites),
         aggregate=config.aggregate,
         polarity=config.polarity,
+        selection=config.selection,
+        threshold=config.threshold,
+        top_k=config.top_k,
         random_state=config.seed,
     ).fit(probe_store, [r["label"] for r in probe_store.records])
     save_classifier(out / "classifier", classifier, probe_store.meta)
