@@ -162,10 +162,9 @@ def evaluate(
     seed: int = typer.Option(0, help="Bootstrap seed."),
 ) -> None:
     """Compare super neurons with the model's own answers on validation data."""
-    import json
 
+    from superneurons import atomic
     from superneurons.classifiers.artifact import load_classifier
-    from superneurons.data.scenes.write import write_atomic
     from superneurons.evaluate import describe_selection
     from superneurons.evaluate import evaluate as run_evaluate
     from superneurons.report import print_results
@@ -181,7 +180,7 @@ def evaluate(
         **run_evaluate(fitted, val, seed=seed),
     }
     if out is not None:
-        write_atomic(out, (json.dumps(results, indent=1) + "\n").encode())
+        atomic.write_json(out, results)
     print_results(results, Console())
 
 
@@ -332,18 +331,17 @@ def bench_cascade(
     seed: int = typer.Option(7, help="Picks the validation scenes."),
 ) -> None:
     """Accuracy and time of the super-neuron → full-model cascade as its margin varies."""
-    import json
 
+    from superneurons import atomic
     from superneurons.bench.cascade import cascade_curve
     from superneurons.data.probing import balanced_sample
-    from superneurons.data.scenes.write import write_atomic
     from superneurons.data.tasks import scene_records
     from superneurons.predictor import SuperNeuronPredictor
 
     predictor = SuperNeuronPredictor.from_pretrained(classifier)
     records = scene_records(out.parent / "data", "val", int(n * 1.2), seed)
     result = cascade_curve(predictor, balanced_sample(records, n, seed, "validation set"))
-    write_atomic(out, (json.dumps(result, indent=1) + "\n").encode())
+    atomic.write_json(out, result)
     for point in result["curve"]:
         console.print(point)
     console.print(f"results: {out}")
@@ -357,11 +355,11 @@ def bench_flops(
     """Prefill FLOPs of one scene question, split into vision side, decoder layers and lm_head."""
     import json
 
+    from superneurons import atomic
     from superneurons.bench.flops import prefill_flop_split
     from superneurons.capture import prepare_inputs
     from superneurons.data.prompts import chat_prompt
     from superneurons.data.scenes import iter_scenes
-    from superneurons.data.scenes.write import write_atomic
     from superneurons.models.loading import load_model
 
     loaded = load_model(model, "fp32", "cpu")
@@ -372,7 +370,7 @@ def bench_flops(
     )
     split = {"model": loaded.model_id, **split}
     if out is not None:
-        write_atomic(out, (json.dumps(split, indent=1) + "\n").encode())
+        atomic.write_json(out, split)
     print(json.dumps(split))
 
 

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from superneurons import atomic
 from superneurons.classifiers import SuperNeuronClassifier
 from superneurons.classifiers.artifact import save_classifier
 from superneurons.data.probing import balanced_sample
 from superneurons.data.records import Record
-from superneurons.data.scenes.write import write_atomic
 from superneurons.data.tasks import scene_records
 from superneurons.evaluate import describe_selection, evaluate
 from superneurons.extract import extract
@@ -136,5 +135,5 @@ def run(config: RunConfig, out: str | Path, log=print, loaded: LoadedModel | Non
         **evaluate(classifier, val_store, seed=config.seed),
         "seconds": round(time.time() - started, 1),
     }
-    write_atomic(out / "results.json", (json.dumps(results, indent=1) + "\n").encode())
+    atomic.write_json(out / "results.json", results)
     return results

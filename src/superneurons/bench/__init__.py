@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import functools
-import json
 from pathlib import Path
 
 from rich.table import Table
 
+from superneurons import atomic
 from superneurons.bench.early_exit import BenchTarget, bench_target
-from superneurons.data.scenes.write import write_atomic
 
 EXIT_LAYERS = {"k=0": {"resid": [0]}, "k=1": {"resid": [1]}}
 
@@ -83,7 +82,7 @@ def run_early_exit_bench(
         target = embedded_target(classifier_dir) if name == "embedded" else shape_target(name)
         rows += bench_target(target, batch_sizes, repeats, warmup, log=log)
         del target
-        write_atomic(out, (json.dumps(result, indent=1) + "\n").encode())
+        atomic.write_json(out, result)
     return result
 
 

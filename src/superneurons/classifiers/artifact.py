@@ -9,15 +9,13 @@ layer, index, polarity, score) and every neuron's probe score (``scores.<site>``
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
+from superneurons import atomic
 from superneurons.classifiers.super_neurons import SelectedNeuron, SuperNeuronClassifier
 
 FORMAT = "superneurons-classifier/1"
@@ -52,17 +50,9 @@ def save_classifier(
         "provenance": provenance,
         **(extra or {}),
     }
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with atomic.directory(out_dir) as tmp:
         save_file(tensors, str(tmp / TENSOR_FILE))
         (tmp / JSON_FILE).write_text(json.dumps(document, indent=1) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from superneurons import atomic
 from superneurons.data.scenes.questions import FAMILIES, Question, generate_questions
 from superneurons.data.scenes.render import RenderResult
 from superneurons.data.scenes.sample import Scene, sample_scene, scale_pixels
@@ -74,18 +74,6 @@ def png_bytes(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file, so no half-written file remains."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_scene_dataset(
     out_dir: str | os.PathLike[str],
     n_scenes: int,
@@ -106,7 +94,7 @@ def write_scene_dataset(
     families = list(FAMILIES if families is None else families)
     scenes, questions = [], []
     for scene, render in iter_scenes(seed, split, n_scenes, resolution, min_objects, max_objects):
-        write_atomic(out / "images" / scene.image_filename, png_bytes(render.image))
+        atomic.write_bytes(out / "images" / scene.image_filename, png_bytes(render.image))
         scenes.append(scene.to_json())
         questions.extend(scene_questions(scene, seed, families, per_family))
     info = {
@@ -124,6 +112,6 @@ def write_scene_dataset(
         "per_family": per_family,
     }
     lines = "".join(json.dumps(q.to_json()) + "\n" for q in questions)
-    write_atomic(out / "questions.jsonl", lines.encode())
-    write_atomic(out / "scenes.json", json.dumps({"info": info, "scenes": scenes}).encode())
+    atomic.write_bytes(out / "questions.jsonl", lines.encode())
+    atomic.write_bytes(out / "scenes.json", json.dumps({"info": info, "scenes": scenes}).encode())
     return out

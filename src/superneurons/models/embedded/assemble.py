@@ -13,7 +13,6 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
@@ -26,6 +25,7 @@ from transformers import (
     LlavaProcessor,
 )
 
+from superneurons import atomic
 from superneurons.models.embedded.architecture import END_OF_TURN, build_config, build_processor
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
@@ -124,21 +124,14 @@ def assemble(out_dir: Path) -> Path:
     model, processor = load_base(WEIGHTS_DIR / VISION_PROJECTOR_FILE)
     if (WEIGHTS_DIR / "adapter_config.json").is_file():
         model = PeftModel.from_pretrained(model, WEIGHTS_DIR).merge_and_unload()
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}-", dir=out_dir.parent))
-    try:
+    with atomic.directory(out_dir) as tmp:
         model.save_pretrained(tmp)
         processor.save_pretrained(tmp)
         card = WEIGHTS_DIR / "training.json"
         if card.is_file():
             shutil.copy(card, tmp / "training.json")
-        (tmp / "superneurons.json").write_text(
-            json.dumps({"model": "superneurons-embedded", "weights": weights_fingerprint()}) + "\n"
-        )
-        os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        marker = {"model": "superneurons-embedded", "weights": weights_fingerprint()}
+        (tmp / "superneurons.json").write_text(json.dumps(marker) + "\n")
     return out_dir
 
 

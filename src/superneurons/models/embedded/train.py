@@ -16,9 +16,9 @@ training runs in fp32. Progress is checkpointed every few minutes; rerunning res
 
 from __future__ import annotations
 
+import io
 import json
 import math
-import os
 import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
+from superneurons import atomic
 from superneurons.data.prompts import LETTERS, chat_messages, format_prompt
 from superneurons.data.scenes import COLORS, MATERIALS, SHAPES, SIZES, iter_scenes, scene_questions
 from superneurons.data.scenes.write import scene_rng
@@ -79,9 +80,9 @@ def vision_projector_state(model) -> dict[str, torch.Tensor]:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    atomic.write_bytes(path, buffer.getvalue())
 
 
 # ---------------------------------------------------------------- stage 1: vision
