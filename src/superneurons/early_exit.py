@@ -102,6 +102,13 @@ def _exit_layer(layer: nn.Module, sites: Sequence[str], records: dict[str, torch
     return forward
 
 
+def generation_position_ids(model: nn.Module, inputs: Mapping[str, Any]) -> torch.Tensor:
+    """The position ids ``generate`` gives the prefill (from the attention mask with left
+    padding; Qwen's M-RoPE indices), built by the model's own method for it, so that a plain
+    forward matches the extraction that ran through ``generate``."""
+    return model._prepare_position_ids_for_generation(inputs["input_ids"], dict(inputs))
+
+
 @contextmanager
 def _replaced_forward(module: nn.Module, forward) -> Iterator[None]:
     module.forward = forward  # an instance attribute shadows the class's forward
@@ -137,9 +144,8 @@ def early_exit_activations(
         trace_last_position(earlier) as records,
         suppress(StopForward),
     ):
-        # generate builds position ids from the attention mask exactly as extraction did; the
-        # exit layer aborts it before any logits exist.
-        model.generate(**inputs, do_sample=False, num_beams=1, max_new_tokens=1, use_cache=False)
+        # The exit layer aborts the forward before any logits exist.
+        model(**inputs, position_ids=generation_position_ids(model, inputs), use_cache=False)
     if not exit_records:
         raise RuntimeError(
             f"the forward never reached layer {exit_layer} of {type(model).__name__}"
