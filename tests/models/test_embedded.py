@@ -106,4 +106,4 @@ def _first_training_question(processor) -> str:
 
     ids = qa_batch(processor, TrainConfig(qa_batch=1, turns=1), step=0)["input_ids"][0]
     text = processor.tokenizer.decode(ids)
-    return text.split("<image>\n", 1)[1].split("<|im_end|>", 1)[0]
+    return text.split("<|im_start|>user\n", 1)[1].split("\n<image>", 1)[0]

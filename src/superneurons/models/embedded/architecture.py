@@ -34,14 +34,22 @@ VISION_CONFIG = dict(
 
 # ChatML, as SmolLM2 was tuned on, without its system prompt (it would triple the text length).
 # Content may be a string or a list of {"type": "image"} / {"type": "text", "text": ...} parts.
+# The text comes before the image, whatever the order of the parts: image tokens then attend to
+# the question, so each can check its own patch against it — a small language model learns to
+# answer from the image far more easily that way than when it must search the image from the
+# last position (a run with the image first stayed at chance after 4 K training answers).
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' }}"
     "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for part in message['content'] %}"
-    "{% if part['type'] == 'image' %}{{ '<image>\n' }}"
-    "{% elif part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
+    "{% else %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'text' %}{{ part['text'] }}{% endif %}"
+    "{% endfor %}"
+    "{% for part in message['content'] %}"
+    "{% if part['type'] == 'image' %}{{ '\n<image>' }}{% endif %}"
+    "{% endfor %}"
+    "{% endif %}"
     "{{ '<|im_end|>\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"

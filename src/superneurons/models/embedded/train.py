@@ -52,9 +52,9 @@ class TrainConfig:
     vision_steps: int = 400
     vision_batch: int = 64
     vision_lr: float = 1e-3
-    qa_steps: int = 600
-    qa_batch: int = 4
-    turns: int = 6
+    qa_steps: int = 450
+    qa_batch: int = 12
+    turns: int = 1
     lora_rank: int = 16
     lora_lr: float = 6e-4
     tower_lr: float = 1e-4
