@@ -80,7 +80,7 @@ def test_processor_builds_the_training_prompt(model_cache, monkeypatch):
         chat_messages("Is there a cube?"), add_generation_prompt=True
     )
     assert (
-        prompt == "<|im_start|>user\n<image>\nIs there a cube?<|im_end|>\n<|im_start|>assistant\n"
+        prompt == "<|im_start|>user\nIs there a cube?\n<image><|im_end|>\n<|im_start|>assistant\n"
     )
     _, render = next(iter_scenes(seed=0, split="train", n=1))
     ids = processor(images=render.image, text=prompt, return_tensors="pt")["input_ids"][0]
