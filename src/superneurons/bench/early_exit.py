@@ -1,10 +1,10 @@
 """``superneurons bench early-exit``: full model vs early exit, side by side in one process.
 
 For each model and batch size, the variants run interleaved (one call of each per round) after
-warm-up rounds, and the median of the timed rounds is reported. Variants: the full model
-(processor + greedy ``generate`` until end of sequence, at most 128 new tokens — or, for
-random-weight shapes, a fixed short answer of one word and end of sequence), early exit at the
-classifier's exit layer, and early exit at k = 0 and k = 1. The ceiling of each speedup is the
+warm-up rounds (the first of which counts FLOPs), and the median of the timed rounds is reported.
+Variants: the full model (processor + greedy ``generate`` until end of sequence, at most 128 new
+tokens — or, for random-weight shapes, a fixed short answer of one word and end of sequence),
+early exit at the classifier's exit layer, and early exit at k = 0 and k = 1. The ceiling of each speedup is the
 ratio of FLOPs (counted by ``torch.utils.flop_counter`` on the same calls) of the full model to
 the early exit; ``fraction_of_ceiling`` says how much of it the measured speedup reaches.
 """
@@ -36,21 +36,24 @@ class BenchTarget:
     finish_early: Callable[[str, dict], object] | None = None  # turns scalars into answers
 
 
-def _median_times(variants: dict[str, Callable[[], object]], repeats: int, warmup: int):
-    times = defaultdict(list)
-    for round_ in range(warmup + repeats):
+def _flops_and_median_times(
+    variants: dict[str, Callable[[], object]], repeats: int, warmup: int
+) -> tuple[dict[str, int], dict[str, float]]:
+    """FLOPs of each variant (counted in the first, untimed round) and median seconds of the
+    ``repeats`` rounds after the ``warmup`` rounds; one call of every variant per round."""
+    flops, times = {}, defaultdict(list)
+    for round_ in range(max(1, warmup) + repeats):
         for name, run in variants.items():
+            if round_ == 0:
+                with FlopCounterMode(display=False) as counter:
+                    run()
+                flops[name] = counter.get_total_flops()
+                continue
             start = time.perf_counter()
             run()
             if round_ >= warmup:
                 times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(values) for name, values in times.items()}
-
-
-def _flops(run: Callable[[], object]) -> int:
-    with FlopCounterMode(display=False) as counter:
-        run()
-    return counter.get_total_flops()
+    return flops, {name: statistics.median(values) for name, values in times.items()}
 
 
 def _variants(target: BenchTarget, batch_size: int) -> dict[str, Callable[[], object]]:
@@ -80,12 +83,11 @@ def bench_target(
     rows = []
     for batch_size in batch_sizes:
         variants = _variants(target, batch_size)
-        flops = {name: _flops(run) for name, run in variants.items()}
         log(
             f"{target.name}, batch {batch_size}: timing {len(variants)} variants "
             f"({warmup} warm-up + {repeats} rounds)"
         )
-        times = _median_times(variants, repeats, warmup)
+        flops, times = _flops_and_median_times(variants, repeats, warmup)
         for name, needed in target.exits.items():
             speedup = times["full"] / times[name]
             ceiling = flops["full"] / flops[name]
