@@ -10,19 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from command import superneurons
 from superneurons.data.probing import balanced_sample
 from superneurons.data.records import DataError, Record, load_jsonl
 from superneurons.store import is_complete
-
-
-def superneurons(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "superneurons", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, **(env or {})},
-    )
 
 
 def write_questions(path: Path, rows: list[dict]) -> Path:

@@ -3,14 +3,9 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
-
-def superneurons(*args: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "superneurons", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+from command import superneurons
 
 
 def test_scenes_command_writes_a_reproducible_dataset(tmp_path: Path):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from command import superneurons
 from superneurons.classifiers.artifact import load_classifier
 from superneurons.pipeline import RunConfig, run
 from superneurons.store import ActivationStore
@@ -98,24 +97,8 @@ def test_run_command_reports_an_unsupported_model_clearly(tmp_path):
             vocab_size=64,
         )
     ).save_pretrained(path)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "superneurons",
-            "run",
-            "--out",
-            str(tmp_path / "run"),
-            "--model",
-            str(path),
-            "--n-probe",
-            "8",
-            "--n-val",
-            "8",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = superneurons(
+        "run", "--out", tmp_path / "run", "--model", path, "--n-probe", "8", "--n-val", "8"
     )
     assert done.returncode == 1
     assert "Traceback" not in done.stderr

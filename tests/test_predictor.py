@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
+from command import superneurons
 from models.tiny import tiny_llava
 from superneurons.data.records import load_jsonl
 from superneurons.models.loading import LoadedModel
@@ -82,16 +81,12 @@ def test_predict_command_prints_one_json_object_per_question(tiny_run, tmp_path)
         + json.dumps({"image": "a.png", "question": "What color?", "choices": ["red", "blue"]})
         + "\n"
     )
-    run = [sys.executable, "-m", "superneurons", "predict", "--classifier", str(out / "classifier")]
-    single = subprocess.run(
-        [*run, str(tmp_path / "a.png"), questions[0]], capture_output=True, text=True, timeout=300
-    )
+    classifier = ("predict", "--classifier", out / "classifier")
+    single = superneurons(*classifier, tmp_path / "a.png", questions[0])
     assert single.returncode == 0, single.stderr
     [line] = single.stdout.strip().splitlines()
     assert set(json.loads(line)) == {"label", "score", "exit_layer"}
-    many = subprocess.run(
-        [*run, "--batch", str(batch)], capture_output=True, text=True, timeout=300
-    )
+    many = superneurons(*classifier, "--batch", batch)
     assert many.returncode == 0, many.stderr
     rows = [json.loads(x) for x in many.stdout.strip().splitlines()]
     assert rows[0] == json.loads(line)

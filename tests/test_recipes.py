@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from command import superneurons
 from data.fixtures import (
     save_image,
     write_aokvqa,
@@ -97,47 +98,16 @@ def test_run_with_each_architecture(arch, tmp_path):
 
 
 def test_data_inspect_prints_label_counts(tmp_path):
-    import subprocess
-    import sys
-
     FIXTURES["aokvqa"](tmp_path)
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "superneurons",
-            "data",
-            "inspect",
-            "--task",
-            "aokvqa",
-            "--data-dir",
-            str(tmp_path),
-            "--split",
-            "val",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    done = superneurons(
+        "data", "inspect", "--task", "aokvqa", "--data-dir", tmp_path, "--split", "val"
     )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout)
     assert summary["labels"]["yes"] == summary["labels"]["no"] > 0
     assert summary["n"] == sum(summary["labels"].values())
-    missing = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "superneurons",
-            "data",
-            "inspect",
-            "--task",
-            "vizwiz",
-            "--data-dir",
-            str(tmp_path / "nowhere"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    missing = superneurons(
+        "data", "inspect", "--task", "vizwiz", "--data-dir", tmp_path / "nowhere"
     )
     assert missing.returncode == 1 and "nowhere" in missing.stderr
     assert "Traceback" not in missing.stderr
