@@ -424,6 +424,7 @@ def export(peft_model, weights_dir: Path, config: TrainConfig, state: dict) -> N
     save_file(half, str(weights_dir / VISION_PROJECTOR_FILE))
     adapter = {k: v.half() for k, v in get_peft_model_state_dict(peft_model).items()}
     peft_model.save_pretrained(weights_dir, state_dict=adapter)
+    (weights_dir / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
     record = {
         "config": asdict(config),
         "qa_steps_done": state["step"],
