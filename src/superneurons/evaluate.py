@@ -44,7 +44,7 @@ def describe_selection(classifier: SuperNeuronClassifier) -> dict:
         "alpha": classifier.alpha,
         "metric": classifier.metric,
         "aggregate": classifier.aggregate,
-        "threshold": classifier.threshold_,
+        "threshold": None if classifier.threshold_ is None else round(classifier.threshold_, 6),
         "selected": [
             {
                 "site": s.site,

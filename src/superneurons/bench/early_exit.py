@@ -4,9 +4,9 @@ For each model and batch size, the variants run interleaved (one call of each pe
 warm-up rounds (the first of which counts FLOPs), and the median of the timed rounds is reported.
 Variants: the full model (processor + greedy ``generate`` until end of sequence, at most 128 new
 tokens — or, for random-weight shapes, a fixed short answer of one word and end of sequence),
-early exit at the classifier's exit layer, and early exit at k = 0 and k = 1. The ceiling of each speedup is the
-ratio of FLOPs (counted by ``torch.utils.flop_counter`` on the same calls) of the full model to
-the early exit; ``fraction_of_ceiling`` says how much of it the measured speedup reaches.
+early exit at the classifier's exit layer, and early exit at k = 0 and k = 1. The ceiling of each
+speedup is the ratio of FLOPs (counted by ``torch.utils.flop_counter`` on the same calls) of the
+full model to the early exit; ``fraction_of_ceiling`` says how much of it the measured speedup reaches.
 """
 
 from __future__ import annotations
