@@ -6,7 +6,7 @@ Variants: the full model (processor + greedy ``generate`` until end of sequence,
 tokens — or, for random-weight shapes, a fixed short answer of one word and end of sequence),
 early exit at the classifier's exit layer, and early exit at k = 0 and k = 1. The ceiling of each
 speedup is the ratio of FLOPs (counted by ``torch.utils.flop_counter`` on the same calls) of the
-full model to the early exit; ``fraction_of_ceiling`` says how much of it the measured speedup reaches.
+full model to the early exit; ``fraction_of_ceiling`` is how much of it the speedup reaches.
 """
 
 from __future__ import annotations
