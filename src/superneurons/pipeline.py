@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from superneurons import atomic
@@ -22,7 +22,7 @@ from superneurons.store import is_complete, merge_shards
 
 @dataclass
 class RunConfig:
-    """Everything a run depends on; written beside its results."""
+    """Everything a run depends on; recorded in its ``results.json`` under ``config``."""
 
     model: str | None = None
     task: str = "scenes"
@@ -134,6 +134,7 @@ def run(config: RunConfig, out: str | Path, log=print, loaded: LoadedModel | Non
         **describe_selection(classifier),
         **evaluate(classifier, val_store, seed=config.seed),
         "seconds": round(time.time() - started, 1),
+        "config": {**asdict(config), "sites": list(config.sites)},
     }
     atomic.write_json(out / "results.json", results)
     return results
