@@ -16,7 +16,7 @@ EXIT_LAYERS = {"k=0": {"resid": [0]}, "k=1": {"resid": [1]}}
 def embedded_target(classifier_dir: Path | None, seed: int = 99, n: int = 16) -> BenchTarget:
     """The embedded default on held-out scenes, with its fitted classifier when one is given."""
     from superneurons.capture import prepare_inputs
-    from superneurons.data.prompts import chat_messages
+    from superneurons.data.prompts import chat_prompt
     from superneurons.data.scenes import iter_scenes, scene_questions
     from superneurons.models.loading import load_model
     from superneurons.predictor import SuperNeuronPredictor, _ExitActivations
@@ -26,11 +26,7 @@ def embedded_target(classifier_dir: Path | None, seed: int = 99, n: int = 16) ->
     for scene, render in iter_scenes(seed, "val", n):
         question = scene_questions(scene, seed, families=["existence"])[0].question
         images.append(render.image)
-        prompts.append(
-            loaded.processor.apply_chat_template(
-                chat_messages(question), add_generation_prompt=True
-            )
-        )
+        prompts.append(chat_prompt(loaded.processor, question))
     exits = dict(EXIT_LAYERS)
     finish = None
     if classifier_dir is not None:

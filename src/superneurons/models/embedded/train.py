@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from superneurons import atomic
-from superneurons.data.prompts import LETTERS, chat_messages, format_prompt
+from superneurons.data.prompts import LETTERS, chat_messages, chat_prompt, format_prompt
 from superneurons.data.scenes import COLORS, MATERIALS, SHAPES, SIZES, iter_scenes, scene_questions
 from superneurons.data.scenes.write import scene_rng
 from superneurons.models.embedded.architecture import END_OF_TURN, NUM_IMAGE_TOKENS, PATCH_SIZE
@@ -298,12 +298,7 @@ def evaluate_first_token(model, processor, seed: int, n_scenes: int, batch_size:
     model.eval()
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        texts = [
-            processor.apply_chat_template(
-                chat_messages(format_prompt(q.question, q.choices)), add_generation_prompt=True
-            )
-            for _, q in chunk
-        ]
+        texts = [chat_prompt(processor, format_prompt(q.question, q.choices)) for _, q in chunk]
         inputs = processor(
             images=[im for im, _ in chunk], text=texts, return_tensors="pt", padding=True
         )
