@@ -120,3 +120,22 @@ def test_sharded_extraction_merges_into_the_unsharded_order(checkpoint, tiny_run
         assert ours.meta == theirs.meta
         np.testing.assert_allclose(ours.layer("resid", 0), theirs.layer("resid", 0), atol=1e-3)
     assert merged["n_probe"] == reference["n_probe"]
+
+
+def test_a_finished_store_is_not_reused_for_another_model(tiny_run, tmp_path):
+    import shutil
+
+    import torch
+
+    from models.tiny import tiny_llava
+    from superneurons.models.loading import LoadedModel
+
+    reference_dir, _ = tiny_run
+    shutil.copytree(reference_dir, tmp_path / "run")
+    other = tiny_llava()
+    with torch.no_grad():
+        for p in other.model.parameters():
+            p.mul_(1.5)
+    loaded = LoadedModel(other.model, other.processor, "other", tmp_path, "local")
+    with pytest.raises(ValueError, match="meta"):
+        run(small_config(Path("other")), tmp_path / "run", log=lambda *_: None, loaded=loaded)

@@ -19,7 +19,7 @@ from superneurons.metrics import parse_choice, parse_yes_no
 from superneurons.models.adapters import SITES, adapter_for
 from superneurons.models.fingerprint import model_fingerprint
 from superneurons.models.loading import LoadedModel
-from superneurons.store import ActivationStore, ActivationWriter, is_complete
+from superneurons.store import ActivationStore, ActivationWriter
 
 
 def dataset_fingerprint(records: Sequence[Record]) -> str:
@@ -69,12 +69,11 @@ def extract(
     """Capture every site's activations at the first generated token, and the model's answers.
 
     Resumable: rerunning with the same arguments continues after the last committed batch; a
-    finished store is returned as is. ``shard=(i, n)`` extracts only samples ``i, i + n, …``
+    finished store is returned as is, and a store made with other arguments (model, weights,
+    records, template, sites) is refused. ``shard=(i, n)`` extracts only samples ``i, i + n, …``
     (for splitting the work across machines; ``store.merge_shards`` joins the parts).
     """
     out_dir = Path(out_dir)
-    if is_complete(out_dir):
-        return ActivationStore.open(out_dir)
     if not records:
         raise ValueError(f"{out_dir}: no records to extract")
     fingerprint = dataset_fingerprint(records)
