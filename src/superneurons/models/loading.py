@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,7 +91,6 @@ def load_model(
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     model_id, path = resolve_model_path(model_id)
     check_supported(path)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     processor = AutoProcessor.from_pretrained(path)
     model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[dtype])
     model = model.to(pick_device(device)).eval()
