@@ -44,7 +44,7 @@ def train_default(
     ),
     seed: int = typer.Option(0),
     vision_steps: int = typer.Option(400, help="Stage 1 (vision tower + projector) steps."),
-    qa_steps: int = typer.Option(450, help="Stage 2 (LoRA question answering) steps."),
+    qa_steps: int = typer.Option(1200, help="Stage 2 (LoRA question answering) steps."),
     max_minutes: float = typer.Option(None, help="Stop stage 2 after this many minutes in all."),
     ship: bool = typer.Option(False, help="Copy the exported weights into the installed package."),
 ) -> None:

@@ -10,6 +10,7 @@ from superneurons.data.scenes import (
     FAMILIES,
     find_objects,
     iter_scenes,
+    mentioned_objects,
     parse_reference,
     referring_expression,
     render_scene,
@@ -178,3 +179,17 @@ def test_yes_no_answers_match_an_independent_reading(scenes, questions):
     for q in questions:
         if q.family in YES_NO_FAMILIES:
             assert _oracle(by_index[q.scene_index], q.question) == q.label, q
+
+
+def test_mentioned_objects_follow_each_family(scenes, questions):
+    by_index = {scene.index: scene for scene, _ in scenes}
+    for q in questions:
+        groups = mentioned_objects(by_index[q.scene_index], q.question)
+        if q.family in ("spatial", "occlusion", "depth"):
+            assert [len(g) for g in groups] == [1, 1] and groups[0] != groups[1], q
+        elif q.family == "existence":
+            assert len(groups) == 1 and bool(groups[0]) == (q.label == "yes"), q
+        elif q.family == "count":
+            assert len(groups) == 1 and groups[0], q
+        else:  # attribute, color_choice: the reference alone, not the asked value
+            assert [len(g) for g in groups] == [1], q

@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from superneurons.models.embedded.assemble import VISION_PROJECTOR_FILE, WEIGHTS_DIR
@@ -105,3 +106,25 @@ def _first_training_question(processor) -> str:
     ids = qa_batch(processor, TrainConfig(qa_batch=1, turns=1), step=0)["input_ids"][0]
     text = processor.tokenizer.decode(ids)
     return text.split("<|im_start|>user\n", 1)[1].split("\n<image>", 1)[0]
+
+
+def test_grounding_labels_mark_the_patches_of_the_named_objects():
+    from superneurons.data.scenes import iter_scenes, mentioned_objects, scene_questions
+    from superneurons.models.embedded.train import _grounding_labels, patch_labels
+
+    seen_roles = set()
+    for scene, render in iter_scenes(seed=0, split="train", n=6):
+        owner = patch_labels(render.object_map, scene.objects)["owner"]
+        for q in scene_questions(scene, seed=0):
+            labels = _grounding_labels(scene, render, q.question).numpy()
+            groups = mentioned_objects(scene, q.question)
+            assert labels.shape == owner.shape
+            for role, objects in enumerate(groups, start=1):
+                assert set(owner[labels == role]) <= set(objects), q
+                # Every patch an object owns is marked with that object's role.
+                assert (labels[np.isin(owner, objects)] == role).all(), q
+            assert (labels[~np.isin(owner, [o for g in groups for o in g])] == 0).all(), q
+            if q.family == "existence" and q.label == "no":
+                assert not labels.any(), q
+            seen_roles |= set(labels.tolist())
+    assert seen_roles == {0, 1, 2}

@@ -16,6 +16,7 @@ from superneurons.data.scenes.questions import (
     Question,
     find_objects,
     generate_questions,
+    mentioned_objects,
     parse_reference,
     referring_expression,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "generate_questions",
     "iter_scenes",
     "make_scene",
+    "mentioned_objects",
     "parse_reference",
     "referring_expression",
     "render_scene",

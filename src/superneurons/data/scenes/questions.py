@@ -113,6 +113,32 @@ def parse_reference(text: str) -> dict[str, str]:
     return attrs
 
 
+RELATIONS: tuple[str, ...] = (
+    " to the left of ",
+    " to the right of ",
+    " occluding ",
+    " closer to the camera than ",
+)
+
+
+def mentioned_objects(scene: Scene, question: str) -> list[list[int]]:
+    """The objects each phrase of a generated question names, in order of mention.
+
+    One group for existence, count, attribute and colour-choice questions (empty when nothing
+    matches, e.g. a "no" existence question), two for the relations (spatial, occlusion, depth).
+    The asked attribute value of an attribute question is not part of its reference.
+    """
+    body = question.removesuffix("?")
+    for relation in RELATIONS:
+        if relation in body:
+            return [find_objects(scene, parse_reference(p)) for p in body.split(relation)]
+    if body.startswith(("Is there", "Are there", "What color is ")):
+        return [find_objects(scene, parse_reference(body))]
+    # Attribute: "Is {ref} {value}?", "Is {ref} made of {value}?", "Is {ref} a {value}?".
+    ref = body.rsplit(" ", 1)[0].removesuffix(" made of").removesuffix(" a")
+    return [find_objects(scene, parse_reference(ref))]
+
+
 # --- families --------------------------------------------------------------------------------
 # Each maker returns (question, subtype) for the wanted answer, or None if it cannot.
 

@@ -6,9 +6,13 @@ embedding of that object's words ("large red metal cube", "floor"), as LLaVA's f
 images with captions. No language-model forward is needed, so this takes minutes.
 
 Stage 2 (questions): LoRA on every linear layer of the language model, plus the vision tower and
-projector, on multi-turn conversations about one scene (the first turn holds the image). The loss
-is on the answer tokens only, and logits are computed only there (the 49K-word output layer is
-the costliest part otherwise).
+projector, on one question per image. The loss is on the answer tokens only, and logits are
+computed only there (the 49K-word output layer is the costliest part otherwise). An auxiliary
+grounding loss supervises every image token at one middle layer: a linear head must tell, from the
+token's hidden state, whether its patch shows the object the question's first phrase names, the
+second phrase's object, or neither (from the renderer's object map). The question precedes the
+image, so image tokens can compute this; the answer position then only has to gather it. The
+head is dropped at export: the shipped model is a plain LLaVA checkpoint.
 
 bf16 autocast is pathologically slow for this model's backward pass on the CPUs here (~20x), so
 training runs in fp32. Progress is checkpointed every few minutes; rerunning resumes.
@@ -31,9 +35,22 @@ from safetensors.torch import load_file, save_file
 
 from superneurons import atomic
 from superneurons.data.prompts import LETTERS, chat_messages, chat_prompt, format_prompt
-from superneurons.data.scenes import COLORS, MATERIALS, SHAPES, SIZES, iter_scenes, scene_questions
+from superneurons.data.scenes import (
+    COLORS,
+    MATERIALS,
+    SHAPES,
+    SIZES,
+    iter_scenes,
+    mentioned_objects,
+    scene_questions,
+)
 from superneurons.data.scenes.write import scene_rng
-from superneurons.models.embedded.architecture import END_OF_TURN, NUM_IMAGE_TOKENS, PATCH_SIZE
+from superneurons.models.embedded.architecture import (
+    END_OF_TURN,
+    IMAGE_TOKEN,
+    NUM_IMAGE_TOKENS,
+    PATCH_SIZE,
+)
 from superneurons.models.embedded.assemble import VISION_PROJECTOR_FILE, WEIGHTS_DIR, load_base
 
 LORA_TARGETS = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
@@ -52,14 +69,16 @@ class TrainConfig:
     vision_steps: int = 400
     vision_batch: int = 64
     vision_lr: float = 1e-3
-    qa_steps: int = 450
-    qa_batch: int = 12
+    qa_steps: int = 1200
+    qa_batch: int = 8
     turns: int = 1
     lora_rank: int = 16
     lora_lr: float = 6e-4
     tower_lr: float = 1e-4
     warmup: int = 50
-    eval_every: int = 200
+    grounding_layer: int = 10
+    grounding_weight: float = 1.0
+    eval_every: int = 250
     eval_scenes: int = 30
     checkpoint_every_s: float = 300.0
     max_minutes: float | None = None
@@ -200,12 +219,13 @@ def train_vision(model, processor, config: TrainConfig, log) -> None:
 # ---------------------------------------------------------------- stage 2: questions
 
 
-def _conversation(questions, rng: np.random.Generator, turns: int) -> list[dict]:
+def _conversation(questions, rng: np.random.Generator, turns: int) -> tuple[list[dict], list]:
     """Up to ``turns`` turns about one scene, at most one question per family.
 
     Each family comes as a yes/no pair; with both halves in one conversation the second answer
     follows from the first without looking at the image, a shortcut that single-question
     inference cannot use (a first run learned it: training loss fell, held-out stayed at 50 %).
+    Returns the messages and the questions asked.
     """
     by_family: dict[str, list] = defaultdict(list)
     for q in questions:
@@ -220,7 +240,7 @@ def _conversation(questions, rng: np.random.Generator, turns: int) -> list[dict]
         content = chat_messages(text)[0]["content"] if k == 0 else [{"type": "text", "text": text}]
         messages.append({"role": "user", "content": content})
         messages.append({"role": "assistant", "content": [{"type": "text", "text": q.label}]})
-    return messages
+    return messages, picked
 
 
 def _answer_positions(ids: list[int], header: list[int], end_id: int) -> list[int]:
@@ -242,13 +262,16 @@ def qa_batch(processor, config: TrainConfig, step: int) -> dict[str, torch.Tenso
     tokenizer = processor.tokenizer
     header = tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
     end_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
-    rows, images, positions = [], [], []
+    image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+    rows, images, positions, grounding = [], [], [], []
     for b in range(config.qa_batch):
         index = step * config.qa_batch + b
         scene, render = next(iter_scenes(config.seed, "train", 1, start=index))
         questions = scene_questions(scene, config.seed)
         rng = scene_rng(config.seed, "train", index, stream=7)
-        text = processor.apply_chat_template(_conversation(questions, rng, config.turns))
+        messages, asked = _conversation(questions, rng, config.turns)
+        text = processor.apply_chat_template(messages)
+        grounding.append(_grounding_labels(scene, render, asked[0].question))
         encoded = processor(images=render.image, text=text, return_tensors="pt")
         ids = encoded["input_ids"][0].tolist()
         rows.append(ids)
@@ -265,6 +288,8 @@ def qa_batch(processor, config: TrainConfig, step: int) -> dict[str, torch.Tenso
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
+        "image_mask": input_ids == image_id,
+        "grounding": torch.stack(grounding),
         "pixel_values": torch.stack(images),
         "batch_index": batch_index,
         "position": position,
@@ -272,14 +297,30 @@ def qa_batch(processor, config: TrainConfig, step: int) -> dict[str, torch.Tenso
     }
 
 
-def answer_loss(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    hidden = model.model(
+def _grounding_labels(scene, render, question: str) -> torch.Tensor:
+    """Per image patch: 1 or 2 if it shows an object the question's first or second phrase names.
+
+    0 otherwise (floor, or an object the question does not name).
+    """
+    owner = patch_labels(render.object_map, scene.objects)["owner"]
+    labels = np.zeros(len(owner), dtype=np.int64)
+    for role, objects in enumerate(mentioned_objects(scene, question), start=1):
+        labels[np.isin(owner, objects)] = role
+    return torch.from_numpy(labels)
+
+
+def qa_loss(model, batch: dict[str, torch.Tensor], grounding_head, layer: int) -> tuple:
+    """(answer loss, grounding loss) of a batch from :func:`qa_batch`."""
+    out = model.model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         pixel_values=batch["pixel_values"],
-    ).last_hidden_state
-    logits = model.lm_head(hidden[batch["batch_index"], batch["position"]])
-    return F.cross_entropy(logits, batch["targets"])
+        output_hidden_states=True,
+    )
+    logits = model.lm_head(out.last_hidden_state[batch["batch_index"], batch["position"]])
+    image_states = out.hidden_states[layer][batch["image_mask"]]
+    grounding = F.cross_entropy(grounding_head(image_states), batch["grounding"].flatten())
+    return F.cross_entropy(logits, batch["targets"]), grounding
 
 
 @torch.no_grad()
@@ -350,16 +391,22 @@ def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path:
         module.requires_grad_(True)
     lora = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
     tower = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
+    grounding_head = torch.nn.Linear(model.config.text_config.hidden_size, 3)
     optimizer = torch.optim.AdamW(
-        [{"params": lora, "lr": config.lora_lr}, {"params": tower, "lr": config.tower_lr}],
+        [
+            {"params": lora, "lr": config.lora_lr},
+            {"params": tower, "lr": config.tower_lr},
+            {"params": grounding_head.parameters(), "lr": config.lora_lr},
+        ],
         weight_decay=0.0,
     )
-    base_lrs = [config.lora_lr, config.tower_lr]
+    base_lrs = [config.lora_lr, config.tower_lr, config.lora_lr]
     checkpoint = out_dir / "checkpoint.pt"
     state = {"step": 0, "seconds": 0.0, "history": []}
     if checkpoint.is_file():
         saved = torch.load(checkpoint, weights_only=False)
         model.load_state_dict(saved["trainable"], strict=False)
+        grounding_head.load_state_dict(saved["grounding_head"])
         optimizer.load_state_dict(saved["optimizer"])
         state = saved["state"]
         log(f"resumed at step {state['step']}")
@@ -371,11 +418,16 @@ def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path:
             n: p.detach().clone() for n, p in model.named_parameters() if n in trainable_names
         }
         _atomic_torch_save(
-            {"trainable": trainable, "optimizer": optimizer.state_dict(), "state": state},
+            {
+                "trainable": trainable,
+                "grounding_head": grounding_head.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "state": state,
+            },
             checkpoint,
         )
 
-    session_start, last_save, losses = time.time(), time.time(), []
+    session_start, last_save, losses, grounding_losses = time.time(), time.time(), [], []
     seconds_before = state["seconds"]
     while state["step"] < config.qa_steps:
         step = state["step"]
@@ -386,16 +438,21 @@ def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path:
         for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = lr * _lr_factor(config, step)
         model.train()
-        loss = answer_loss(inner, qa_batch(processor, config, step))
+        batch = qa_batch(processor, config, step)
+        loss, grounding = qa_loss(inner, batch, grounding_head, config.grounding_layer)
         optimizer.zero_grad()
-        loss.backward()
+        (loss + config.grounding_weight * grounding).backward()
         torch.nn.utils.clip_grad_norm_(lora + tower, 1.0)
         optimizer.step()
         losses.append(loss.item())
+        grounding_losses.append(grounding.item())
         state["step"] = step + 1
         state["seconds"] = seconds_before + time.time() - session_start
         if state["step"] % 25 == 0:
-            log(f"step {state['step']}: loss {np.mean(losses[-25:]):.4f} ({state['seconds']:.0f}s)")
+            log(
+                f"step {state['step']}: answer loss {np.mean(losses[-25:]):.4f} "
+                f"grounding {np.mean(grounding_losses[-25:]):.4f} ({state['seconds']:.0f}s)"
+            )
         if time.time() - last_save > config.checkpoint_every_s:
             save_checkpoint()
             last_save = time.time()
