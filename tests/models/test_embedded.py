@@ -128,3 +128,17 @@ def test_grounding_labels_mark_the_patches_of_the_named_objects():
                 assert not labels.any(), q
             seen_roles |= set(labels.tolist())
     assert seen_roles == {0, 1, 2}
+
+
+def test_balanced_cross_entropy_weighs_each_class_equally():
+    import torch
+    import torch.nn.functional as F
+
+    from superneurons.models.embedded.train import balanced_cross_entropy
+
+    logits = torch.randn(10, 3, generator=torch.Generator().manual_seed(0))
+    rare = torch.tensor([0] * 9 + [2])
+    per_class = [F.cross_entropy(logits[:9], rare[:9]), F.cross_entropy(logits[9:], rare[9:])]
+    assert torch.allclose(balanced_cross_entropy(logits, rare), torch.stack(per_class).mean())
+    even = torch.tensor([0, 1] * 5)
+    assert torch.allclose(balanced_cross_entropy(logits, even), F.cross_entropy(logits, even))

@@ -319,8 +319,19 @@ def qa_loss(model, batch: dict[str, torch.Tensor], grounding_head, layer: int) -
     )
     logits = model.lm_head(out.last_hidden_state[batch["batch_index"], batch["position"]])
     image_states = out.hidden_states[layer][batch["image_mask"]]
-    grounding = F.cross_entropy(grounding_head(image_states), batch["grounding"].flatten())
-    return F.cross_entropy(logits, batch["targets"]), grounding
+    return F.cross_entropy(logits, batch["targets"]), balanced_cross_entropy(
+        grounding_head(image_states), batch["grounding"].flatten()
+    )
+
+
+def balanced_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean over the classes present of each class's mean cross-entropy.
+
+    Named objects cover a few percent of the patches; plain cross-entropy settles at predicting
+    "neither" everywhere (measured: no named patch found after 180 steps).
+    """
+    losses = F.cross_entropy(logits, targets, reduction="none")
+    return torch.stack([losses[targets == c].mean() for c in targets.unique()]).mean()
 
 
 @torch.no_grad()
@@ -391,7 +402,11 @@ def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path:
         module.requires_grad_(True)
     lora = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" in n]
     tower = [p for n, p in model.named_parameters() if p.requires_grad and "lora_" not in n]
-    grounding_head = torch.nn.Linear(model.config.text_config.hidden_size, 3)
+    hidden = model.config.text_config.hidden_size
+    # Normalised first: the residual stream has a few very large dimensions.
+    grounding_head = torch.nn.Sequential(
+        torch.nn.LayerNorm(hidden, elementwise_affine=False), torch.nn.Linear(hidden, 3)
+    )
     optimizer = torch.optim.AdamW(
         [
             {"params": lora, "lr": config.lora_lr},
