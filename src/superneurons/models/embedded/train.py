@@ -73,8 +73,9 @@ class TrainConfig:
     qa_batch: int = 8
     turns: int = 1
     lora_rank: int = 16
-    lora_lr: float = 6e-4
-    tower_lr: float = 1e-4
+    lora_lr: float = 2e-4
+    tower_lr: float = 5e-5
+    grounding_lr: float = 1e-3
     warmup: int = 50
     grounding_layer: int = 10
     grounding_weight: float = 1.0
@@ -411,11 +412,11 @@ def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path:
         [
             {"params": lora, "lr": config.lora_lr},
             {"params": tower, "lr": config.tower_lr},
-            {"params": grounding_head.parameters(), "lr": config.lora_lr},
+            {"params": grounding_head.parameters(), "lr": config.grounding_lr},
         ],
         weight_decay=0.0,
     )
-    base_lrs = [config.lora_lr, config.tower_lr, config.lora_lr]
+    base_lrs = [config.lora_lr, config.tower_lr, config.grounding_lr]
     checkpoint = out_dir / "checkpoint.pt"
     state = {"step": 0, "seconds": 0.0, "history": []}
     if checkpoint.is_file():
