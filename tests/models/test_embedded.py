@@ -142,3 +142,27 @@ def test_balanced_cross_entropy_weighs_each_class_equally():
     assert torch.allclose(balanced_cross_entropy(logits, rare), torch.stack(per_class).mean())
     even = torch.tensor([0, 1] * 5)
     assert torch.allclose(balanced_cross_entropy(logits, even), F.cross_entropy(logits, even))
+
+
+def test_grounding_confusion_counts_every_image_token(model_cache, monkeypatch):
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from superneurons.models import default_model_dir
+    from superneurons.models.embedded.architecture import NUM_IMAGE_TOKENS
+    from superneurons.models.embedded.train import (
+        UNSEEN_BATCHES,
+        TrainConfig,
+        grounding_confusion,
+        qa_batch,
+    )
+
+    monkeypatch.setenv("SUPERNEURONS_CACHE", str(model_cache))
+    processor = AutoProcessor.from_pretrained(default_model_dir())
+    model = AutoModelForImageTextToText.from_pretrained(default_model_dir())
+    config = TrainConfig(qa_batch=2)
+    head = torch.nn.Linear(model.config.text_config.hidden_size, 3)
+    confusion = np.array(grounding_confusion(model, processor, config, head, batches=1))
+    labels = qa_batch(processor, config, UNSEEN_BATCHES)["grounding"].flatten()
+    assert confusion.sum() == 2 * NUM_IMAGE_TOKENS
+    assert confusion.sum(1).tolist() == torch.bincount(labels, minlength=3).tolist()

@@ -335,6 +335,36 @@ def balanced_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch
     return torch.stack([losses[targets == c].mean() for c in targets.unique()]).mean()
 
 
+UNSEEN_BATCHES = (
+    100_000  # qa_batch steps from here on hold train scenes that training never reaches
+)
+
+
+@torch.no_grad()
+def grounding_confusion(model, processor, config: TrainConfig, grounding_head, batches: int = 4):
+    """Confusion of the grounding head (rows true, columns predicted: neither, first, second).
+
+    On image tokens of unseen train scenes: the direct measure of whether image tokens match
+    their patch against the question's words.
+    """
+    confusion = torch.zeros(3, 3, dtype=torch.long)
+    model.eval()
+    for k in range(batches):
+        batch = qa_batch(processor, config, UNSEEN_BATCHES + k)
+        out = model.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            pixel_values=batch["pixel_values"],
+            output_hidden_states=True,
+        )
+        states = out.hidden_states[config.grounding_layer][batch["image_mask"]]
+        predicted = grounding_head(states).argmax(-1)
+        confusion += torch.bincount(
+            3 * batch["grounding"].flatten() + predicted, minlength=9
+        ).reshape(3, 3)
+    return confusion.tolist()
+
+
 @torch.no_grad()
 def evaluate_first_token(model, processor, seed: int, n_scenes: int, batch_size: int = 16) -> dict:
     """Held-out accuracy per family, from the first answer token: yes vs no, or the option letters.
@@ -449,6 +479,7 @@ def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path:
         step = state["step"]
         if step % config.eval_every == 0 and not any(h["step"] == step for h in state["history"]):
             result = evaluate_first_token(inner, processor, config.seed, config.eval_scenes)
+            result["grounding"] = grounding_confusion(inner, processor, config, grounding_head)
             state["history"].append({"step": step, **result})
             log(f"eval step {step}: {json.dumps(result)}")
         for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
@@ -477,6 +508,7 @@ def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path:
             break
     save_checkpoint()
     final = evaluate_first_token(inner, processor, config.seed, config.eval_scenes)
+    final["grounding"] = grounding_confusion(inner, processor, config, grounding_head)
     state["history"].append({"step": state["step"], **final})
     log(f"final eval: {json.dumps(final)}")
     export(model, out_dir / "weights", config, state)
