@@ -310,14 +310,18 @@ def _grounding_labels(scene, render, question: str) -> torch.Tensor:
     return torch.from_numpy(labels)
 
 
-def qa_loss(model, batch: dict[str, torch.Tensor], grounding_head, layer: int) -> tuple:
-    """(answer loss, grounding loss) of a batch from :func:`qa_batch`."""
-    out = model.model(
+def _forward(model, batch: dict[str, torch.Tensor]):
+    return model.model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
         pixel_values=batch["pixel_values"],
         output_hidden_states=True,
     )
+
+
+def qa_loss(model, batch: dict[str, torch.Tensor], grounding_head, layer: int) -> tuple:
+    """(answer loss, grounding loss) of a batch from :func:`qa_batch`."""
+    out = _forward(model, batch)
     logits = model.lm_head(out.last_hidden_state[batch["batch_index"], batch["position"]])
     image_states = out.hidden_states[layer][batch["image_mask"]]
     return F.cross_entropy(logits, batch["targets"]), balanced_cross_entropy(
@@ -335,9 +339,8 @@ def balanced_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch
     return torch.stack([losses[targets == c].mean() for c in targets.unique()]).mean()
 
 
-UNSEEN_BATCHES = (
-    100_000  # qa_batch steps from here on hold train scenes that training never reaches
-)
+# qa_batch steps from here on hold train scenes that training never reaches.
+UNSEEN_BATCHES = 100_000
 
 
 @torch.no_grad()
@@ -351,13 +354,7 @@ def grounding_confusion(model, processor, config: TrainConfig, grounding_head, b
     model.eval()
     for k in range(batches):
         batch = qa_batch(processor, config, UNSEEN_BATCHES + k)
-        out = model.model(
-            input_ids=batch["input_ids"],
-            attention_mask=batch["attention_mask"],
-            pixel_values=batch["pixel_values"],
-            output_hidden_states=True,
-        )
-        states = out.hidden_states[config.grounding_layer][batch["image_mask"]]
+        states = _forward(model, batch).hidden_states[config.grounding_layer][batch["image_mask"]]
         predicted = grounding_head(states).argmax(-1)
         confusion += torch.bincount(
             3 * batch["grounding"].flatten() + predicted, minlength=9
