@@ -79,6 +79,7 @@ class TrainConfig:
     warmup: int = 50
     grounding_layer: int = 10
     grounding_weight: float = 1.0
+    answer_weight: float = 1.0  # 0: grounding alone (a first phase, or a diagnostic)
     eval_every: int = 250
     eval_scenes: int = 30
     checkpoint_every_s: float = 300.0
@@ -485,7 +486,7 @@ def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path:
         batch = qa_batch(processor, config, step)
         loss, grounding = qa_loss(inner, batch, grounding_head, config.grounding_layer)
         optimizer.zero_grad()
-        (loss + config.grounding_weight * grounding).backward()
+        (config.answer_weight * loss + config.grounding_weight * grounding).backward()
         torch.nn.utils.clip_grad_norm_(lora + tower, 1.0)
         optimizer.step()
         losses.append(loss.item())
