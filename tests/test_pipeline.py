@@ -125,17 +125,10 @@ def test_sharded_extraction_merges_into_the_unsharded_order(checkpoint, tiny_run
 def test_a_finished_store_is_not_reused_for_another_model(tiny_run, tmp_path):
     import shutil
 
-    import torch
-
-    from models.tiny import tiny_llava
-    from superneurons.models.loading import LoadedModel
+    from models.tiny import tiny_llava_with_other_weights
 
     reference_dir, _ = tiny_run
     shutil.copytree(reference_dir, tmp_path / "run")
-    other = tiny_llava()
-    with torch.no_grad():
-        for p in other.model.parameters():
-            p.mul_(1.5)
-    loaded = LoadedModel(other.model, other.processor, "other", tmp_path, "local")
+    loaded = tiny_llava_with_other_weights(tmp_path)
     with pytest.raises(ValueError, match="meta"):
         run(small_config(Path("other")), tmp_path / "run", log=lambda *_: None, loaded=loaded)

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 
 from command import superneurons
-from models.tiny import tiny_llava
+from models.tiny import tiny_llava_with_other_weights
 from superneurons.data.records import load_jsonl
-from superneurons.models.loading import LoadedModel
 from superneurons.predictor import ModelMismatchError, SuperNeuronPredictor
 from superneurons.store import ActivationStore
 
@@ -58,14 +57,8 @@ def test_multiple_choice_picks_the_choice_with_the_highest_score(tiny_run):
 
 
 def test_a_different_model_is_refused(tiny_run, tiny_llava_checkpoint):
-    import torch
-
     out, _ = tiny_run
-    other = tiny_llava()
-    with torch.no_grad():
-        for p in other.model.parameters():
-            p.mul_(1.5)
-    loaded = LoadedModel(other.model, other.processor, "other", tiny_llava_checkpoint, "local")
+    loaded = tiny_llava_with_other_weights(tiny_llava_checkpoint)
     with pytest.raises(ModelMismatchError, match="fitted on"):
         SuperNeuronPredictor.from_pretrained(out / "classifier", model=loaded)
 

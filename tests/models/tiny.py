@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -53,6 +54,7 @@ from transformers import (
 from transformers.models.smolvlm.processing_smolvlm import get_image_prompt_string
 
 from superneurons.capture import prepare_inputs
+from superneurons.models.loading import LoadedModel
 
 SEED = 0
 HIDDEN = 32
@@ -244,6 +246,15 @@ def tiny_llava() -> Tiny:
         num_additional_image_tokens=1,
     )
     return Tiny(_finish(model), processor)
+
+
+def tiny_llava_with_other_weights(path: Path) -> LoadedModel:
+    """The tiny LLaVA with every weight scaled by 1.5, as a model loaded from ``path``."""
+    other = tiny_llava()
+    with torch.no_grad():
+        for p in other.model.parameters():
+            p.mul_(1.5)
+    return LoadedModel(other.model, other.processor, "other", path, "local")
 
 
 def _qwen_ids() -> dict[str, int]:
