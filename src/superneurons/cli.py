@@ -44,7 +44,10 @@ def train_default(
     ),
     seed: int = typer.Option(0),
     vision_steps: int = typer.Option(400, help="Stage 1 (vision tower + projector) steps."),
-    qa_steps: int = typer.Option(1200, help="Stage 2 (LoRA question answering) steps."),
+    qa_steps: int = typer.Option(2500, help="Stage 2 (LoRA question answering) steps."),
+    decoder_layers: int = typer.Option(
+        12, help="Keep SmolLM2's first N decoder layers (of 30); 0 keeps all."
+    ),
     max_minutes: float = typer.Option(None, help="Stop stage 2 after this many minutes in all."),
     ship: bool = typer.Option(False, help="Copy the exported weights into the installed package."),
 ) -> None:
@@ -54,7 +57,11 @@ def train_default(
     from superneurons.models.embedded import train
 
     config = train.TrainConfig(
-        seed=seed, vision_steps=vision_steps, qa_steps=qa_steps, max_minutes=max_minutes
+        seed=seed,
+        vision_steps=vision_steps,
+        qa_steps=qa_steps,
+        decoder_layers=decoder_layers or None,
+        max_minutes=max_minutes,
     )
 
     def log(message: str) -> None:

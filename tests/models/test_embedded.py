@@ -108,6 +108,25 @@ def _first_training_question(processor) -> str:
     return text.split("<|im_start|>user\n", 1)[1].split("\n<image>", 1)[0]
 
 
+def test_a_patch_belongs_to_the_largest_object_covering_an_eighth_of_it():
+    from superneurons.models.embedded.architecture import IMAGE_SIZE, PATCH_SIZE
+    from superneurons.models.embedded.train import MIN_OBJECT_PIXELS, patch_owners
+
+    object_map = np.full((IMAGE_SIZE, IMAGE_SIZE), -1)
+    object_map[0, :MIN_OBJECT_PIXELS] = 0  # patch 0: object 0 covers exactly an eighth
+    object_map[PATCH_SIZE - 1, 1:MIN_OBJECT_PIXELS] = 1  # patch 1... no: still patch 0, fewer
+    object_map[0, PATCH_SIZE : PATCH_SIZE + MIN_OBJECT_PIXELS - 1] = 1  # patch 1: one pixel short
+    object_map[PATCH_SIZE:, :] = 2  # the whole second patch row and below
+    object_map[PATCH_SIZE, : MIN_OBJECT_PIXELS * 2] = 3  # patch 8: object 2 still has the most
+    owners = patch_owners(object_map, n_objects=4)
+    n = IMAGE_SIZE // PATCH_SIZE
+    assert owners.shape == (n * n,)
+    assert owners[0] == 0  # floor covers most of the patch; the larger object owns it
+    assert owners[1] == -1
+    assert owners[2:n].tolist() == [-1] * (n - 2)
+    assert owners[n] == 2 and (owners[n:] == 2).all()
+
+
 def test_grounding_labels_mark_the_patches_of_the_named_objects():
     from superneurons.data.scenes import iter_scenes, mentioned_objects, scene_questions
     from superneurons.models.embedded.train import _grounding_labels, patch_labels
@@ -166,3 +185,33 @@ def test_grounding_confusion_counts_every_image_token(model_cache, monkeypatch):
     labels = qa_batch(processor, config, UNSEEN_BATCHES)["grounding"].flatten()
     assert confusion.sum() == 2 * NUM_IMAGE_TOKENS
     assert confusion.sum(1).tolist() == torch.bincount(labels, minlength=3).tolist()
+
+
+def test_load_base_keeps_the_first_decoder_layers_of_smollm2():
+    import torch
+
+    from superneurons.models.embedded.assemble import load_base
+
+    full, _ = load_base()
+    short, _ = load_base(decoder_layers=2)
+    assert full.config.text_config.num_hidden_layers == 30
+    assert short.config.text_config.num_hidden_layers == 2
+    assert len(short.model.language_model.layers) == 2
+    full_state, short_state = full.state_dict(), short.state_dict()
+    language = [name for name in short_state if name.startswith("model.language_model.")]
+    assert not [name for name in language if ".layers.2." in name]
+    for name in language:
+        assert torch.equal(short_state[name], full_state[name]), name
+    with pytest.raises(ValueError, match=r"decoder_layers must be 1\.\.30"):
+        load_base(decoder_layers=31)
+
+
+def test_assembled_model_has_the_shipped_number_of_decoder_layers(model_cache, monkeypatch):
+    from transformers import AutoConfig
+
+    from superneurons.models import default_model_dir
+    from superneurons.models.embedded.assemble import shipped_decoder_layers
+
+    monkeypatch.setenv("SUPERNEURONS_CACHE", str(model_cache))
+    config = AutoConfig.from_pretrained(default_model_dir())
+    assert config.text_config.num_hidden_layers == (shipped_decoder_layers() or 30)

@@ -1,8 +1,9 @@
 """The embedded default model: a LLaVA-architecture VLM over synthetic scenes.
 
 A small CLIP-style vision tower and a two-layer projector feed SmolLM2-135M-Instruct (30 Llama
-decoder layers). Everything here is a plain transformers class, so the assembled checkpoint loads
-with ``AutoProcessor`` / ``AutoModelForImageTextToText`` like any other LLaVA checkpoint.
+decoder layers, or only its first ones: the training record says how many). Everything here is a
+plain transformers class, so the assembled checkpoint loads with ``AutoProcessor`` /
+``AutoModelForImageTextToText`` like any other LLaVA checkpoint.
 """
 
 from __future__ import annotations
@@ -84,9 +85,19 @@ def build_processor(tokenizer: PreTrainedTokenizerBase) -> LlavaProcessor:
     )
 
 
-def build_config(text_config, tokenizer: PreTrainedTokenizerBase) -> LlavaConfig:
-    """LLaVA config around SmolLM2's text config, the image token appended to its vocabulary."""
+def build_config(
+    text_config, tokenizer: PreTrainedTokenizerBase, decoder_layers: int | None = None
+) -> LlavaConfig:
+    """LLaVA config around SmolLM2's text config, the image token appended to its vocabulary.
+
+    ``decoder_layers`` keeps only SmolLM2's first layers (None: all 30).
+    """
     text_config = text_config.to_dict() if hasattr(text_config, "to_dict") else dict(text_config)
+    if decoder_layers is not None:
+        available = text_config["num_hidden_layers"]
+        if not 1 <= decoder_layers <= available:
+            raise ValueError(f"decoder_layers must be 1..{available}, got {decoder_layers}")
+        text_config["num_hidden_layers"] = decoder_layers
     text_config.pop("quantization_config", None)
     text_config.pop("_name_or_path", None)
     text_config["vocab_size"] = len(tokenizer)

@@ -53,9 +53,9 @@ def smollm2_gguf() -> Path:
 
 
 def load_base(
-    vision_projector: Path | None = None,
+    vision_projector: Path | None = None, decoder_layers: int | None = None
 ) -> tuple[LlavaForConditionalGeneration, LlavaProcessor]:
-    """The LLaVA model with SmolLM2's weights, and its processor.
+    """The LLaVA model with SmolLM2's weights (its first ``decoder_layers``), and its processor.
 
     Vision tower and projector come from ``vision_projector`` (a safetensors file) when given,
     else from a seeded random initialisation (the start of training).
@@ -66,7 +66,8 @@ def load_base(
         gguf.parent, gguf_file=gguf.name, dtype=torch.float32
     )
     processor = build_processor(tokenizer)
-    config = build_config(language_model.config, tokenizer)
+    config = build_config(language_model.config, tokenizer, decoder_layers)
+    kept = config.text_config.num_hidden_layers
     torch.manual_seed(0)
     model = LlavaForConditionalGeneration(config)
     # Copy SmolLM2's weights; the image-token row is never read (image features replace it).
@@ -74,7 +75,7 @@ def load_base(
     state = {
         f"model.language_model.{k[len('model.') :]}": v
         for k, v in language_model.state_dict().items()
-        if k.startswith("model.")
+        if k.startswith("model.") and not _beyond(k, kept)
     }
     new_embed = model.model.language_model.embed_tokens.weight.detach().clone()
     new_embed[: embed.shape[0]] = embed
@@ -93,6 +94,20 @@ def load_base(
         pad_token_id=tokenizer.pad_token_id,
     )
     return model.eval(), processor
+
+
+def _beyond(name: str, n_layers: int) -> bool:
+    """Whether a SmolLM2 weight name belongs to a decoder layer at index ``n_layers`` or later."""
+    parts = name.split(".")
+    return parts[1] == "layers" and int(parts[2]) >= n_layers
+
+
+def shipped_decoder_layers() -> int | None:
+    """How many SmolLM2 layers the shipped weights were trained with (training record)."""
+    card = WEIGHTS_DIR / "training.json"
+    if not card.is_file():
+        return None
+    return json.loads(card.read_text())["config"].get("decoder_layers")
 
 
 def _shipped_files() -> list[Path]:
@@ -121,7 +136,7 @@ def assemble(out_dir: Path) -> Path:
         )
     from peft import PeftModel
 
-    model, processor = load_base(WEIGHTS_DIR / VISION_PROJECTOR_FILE)
+    model, processor = load_base(WEIGHTS_DIR / VISION_PROJECTOR_FILE, shipped_decoder_layers())
     if (WEIGHTS_DIR / "adapter_config.json").is_file():
         model = PeftModel.from_pretrained(model, WEIGHTS_DIR).merge_and_unload()
     with atomic.directory(out_dir) as tmp:
