@@ -43,10 +43,15 @@ def train_default(
         Path("runs/train-default"), help="Checkpoints, log and exported weights."
     ),
     seed: int = typer.Option(0),
-    vision_steps: int = typer.Option(400, help="Stage 1 (vision tower + projector) steps."),
-    qa_steps: int = typer.Option(2500, help="Stage 2 (LoRA question answering) steps."),
+    vision_steps: int = typer.Option(
+        None, help="Stage 1 (vision tower + projector) steps (default: the recipe's)."
+    ),
+    qa_steps: int = typer.Option(
+        None, help="Stage 2 (LoRA question answering) steps (default: the recipe's)."
+    ),
     decoder_layers: int = typer.Option(
-        12, help="Keep SmolLM2's first N decoder layers (of 30); 0 keeps all."
+        None,
+        help="Keep SmolLM2's first N decoder layers (of 30; 0 keeps all) (default: the recipe's).",
     ),
     max_minutes: float = typer.Option(None, help="Stop stage 2 after this many minutes in all."),
     ship: bool = typer.Option(False, help="Copy the exported weights into the installed package."),
@@ -56,13 +61,11 @@ def train_default(
 
     from superneurons.models.embedded import train
 
-    config = train.TrainConfig(
-        seed=seed,
-        vision_steps=vision_steps,
-        qa_steps=qa_steps,
-        decoder_layers=decoder_layers or None,
-        max_minutes=max_minutes,
-    )
+    given = {"vision_steps": vision_steps, "qa_steps": qa_steps, "decoder_layers": decoder_layers}
+    overrides = {k: v for k, v in given.items() if v is not None}
+    if overrides.get("decoder_layers") == 0:
+        overrides["decoder_layers"] = None
+    config = train.TrainConfig(seed=seed, max_minutes=max_minutes, **overrides)
 
     def log(message: str) -> None:
         console.print(f"{time.strftime('%H:%M:%S')} {message}")

@@ -114,7 +114,7 @@ def test_a_patch_belongs_to_the_largest_object_covering_an_eighth_of_it():
 
     object_map = np.full((IMAGE_SIZE, IMAGE_SIZE), -1)
     object_map[0, :MIN_OBJECT_PIXELS] = 0  # patch 0: object 0 covers exactly an eighth
-    object_map[PATCH_SIZE - 1, 1:MIN_OBJECT_PIXELS] = 1  # patch 1... no: still patch 0, fewer
+    object_map[PATCH_SIZE - 1, 1:MIN_OBJECT_PIXELS] = 1  # and one pixel less of object 1
     object_map[0, PATCH_SIZE : PATCH_SIZE + MIN_OBJECT_PIXELS - 1] = 1  # patch 1: one pixel short
     object_map[PATCH_SIZE:, :] = 2  # the whole second patch row and below
     object_map[PATCH_SIZE, : MIN_OBJECT_PIXELS * 2] = 3  # patch 8: object 2 still has the most
