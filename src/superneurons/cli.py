@@ -53,7 +53,13 @@ def train_default(
         None,
         help="Keep SmolLM2's first N decoder layers (of 30; 0 keeps all) (default: the recipe's).",
     ),
+    qa_batch: int = typer.Option(None, help="Stage 2 questions per step (default: the recipe's)."),
+    eval_every: int = typer.Option(None, help="Held-out evaluation every N stage-2 steps."),
     max_minutes: float = typer.Option(None, help="Stop stage 2 after this many minutes in all."),
+    device: str = typer.Option("cpu", help="cpu, cuda or auto."),
+    loader_workers: int = typer.Option(
+        0, min=0, help="Processes rendering stage-2 batches ahead (0: in the training loop)."
+    ),
     ship: bool = typer.Option(False, help="Copy the exported weights into the installed package."),
 ) -> None:
     """Train the embedded default model on synthetic scenes (resumes from OUT/checkpoint.pt)."""
@@ -61,11 +67,25 @@ def train_default(
 
     from superneurons.models.embedded import train
 
-    given = {"vision_steps": vision_steps, "qa_steps": qa_steps, "decoder_layers": decoder_layers}
+    from superneurons.models.loading import pick_device
+
+    given = {
+        "vision_steps": vision_steps,
+        "qa_steps": qa_steps,
+        "qa_batch": qa_batch,
+        "eval_every": eval_every,
+        "decoder_layers": decoder_layers,
+    }
     overrides = {k: v for k, v in given.items() if v is not None}
     if overrides.get("decoder_layers") == 0:
         overrides["decoder_layers"] = None
-    config = train.TrainConfig(seed=seed, max_minutes=max_minutes, **overrides)
+    config = train.TrainConfig(
+        seed=seed,
+        max_minutes=max_minutes,
+        device=str(pick_device(device)),
+        loader_workers=loader_workers,
+        **overrides,
+    )
 
     def log(message: str) -> None:
         console.print(f"{time.strftime('%H:%M:%S')} {message}")

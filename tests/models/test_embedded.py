@@ -215,3 +215,56 @@ def test_assembled_model_has_the_shipped_number_of_decoder_layers(model_cache, m
     monkeypatch.setenv("SUPERNEURONS_CACHE", str(model_cache))
     config = AutoConfig.from_pretrained(default_model_dir())
     assert config.text_config.num_hidden_layers == (shipped_decoder_layers() or 30)
+
+
+def test_batches_rendered_by_workers_equal_those_rendered_in_the_loop():
+    from superneurons.models.embedded.architecture import build_processor
+    from superneurons.models.embedded.assemble import smollm2_gguf
+    from superneurons.models.embedded.train import TrainConfig, qa_batches
+    from transformers import AutoTokenizer
+
+    gguf = smollm2_gguf()
+    processor = build_processor(AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name))
+    config = TrainConfig(qa_batch=2, qa_steps=5)
+    in_loop = list(qa_batches(processor, config, first=2))
+    config.loader_workers = 2
+    ahead = list(qa_batches(processor, config, first=2))
+    assert len(in_loop) == len(ahead) == 3
+    for a, b in zip(in_loop, ahead, strict=True):
+        assert a.keys() == b.keys()
+        assert all(a[k].equal(b[k]) for k in a)
+
+
+def test_train_default_runs_both_stages_exports_and_resumes(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from superneurons.models.embedded.train import TrainConfig, train_default
+
+    config = TrainConfig(
+        vision_scenes=4,
+        vision_steps=2,
+        vision_batch=2,
+        decoder_layers=1,
+        grounding_layer=1,
+        qa_steps=2,
+        qa_batch=1,
+        eval_every=1,
+        eval_scenes=1,
+        loader_workers=1,
+    )
+    weights = train_default(tmp_path, config, log=lambda _: None)
+    record = json.loads((weights / "training.json").read_text())
+    assert record["qa_steps_done"] == 2
+    assert [h["step"] for h in record["eval_history"]] == [0, 1, 2]
+    assert record["config"]["decoder_layers"] == 1
+    assert load_file(weights / "vision_projector.safetensors")
+    assert (weights / "adapter_model.safetensors").is_file()
+
+    config.qa_steps = 3  # resumes from the checkpoint: one more step, one more evaluation
+    logged = []
+    train_default(tmp_path, config, log=logged.append)
+    assert logged[0] == "resumed at step 2"
+    record = json.loads((weights / "training.json").read_text())
+    assert record["qa_steps_done"] == 3

@@ -85,6 +85,8 @@ class TrainConfig:
     eval_scenes: int = 30
     checkpoint_every_s: float = 300.0
     max_minutes: float | None = None
+    device: str = "cpu"
+    loader_workers: int = 0  # processes that render stage-2 batches ahead (0: in the loop)
 
 
 def _vision_modules(model) -> list[torch.nn.Module]:
@@ -165,7 +167,7 @@ def train_vision(model, processor, config: TrainConfig, log) -> None:
     hidden = model.config.text_config.hidden_size
     heads = torch.nn.ModuleDict(
         {a: torch.nn.Linear(hidden, len(v) + 1) for a, v in ATTRIBUTES.items()}
-    )
+    ).to(model.device)
     targets = _word_targets(model, processor.tokenizer)
     target_scale = torch.stack(list(targets.values())).pow(2).mean()
     log(f"stage 1: rendering {config.vision_scenes} scenes")
@@ -194,9 +196,10 @@ def train_vision(model, processor, config: TrainConfig, log) -> None:
                 ]
             )
         )
-    pixels = torch.stack(pixels)
-    labels = {a: torch.stack(v) for a, v in labels.items()}
-    aligns = torch.stack(aligns)
+    device = model.device
+    pixels = torch.stack(pixels).to(device)
+    labels = {a: torch.stack(v).to(device) for a, v in labels.items()}
+    aligns = torch.stack(aligns).to(device)
     params = [p for m in _vision_modules(model) for p in m.parameters()] + list(heads.parameters())
     for p in params:
         p.requires_grad_(True)
@@ -328,6 +331,46 @@ def _grounding_labels(scene, render, question: str) -> torch.Tensor:
     return torch.from_numpy(labels)
 
 
+class _QABatches(torch.utils.data.Dataset):
+    """Stage-2 batches ``first, first + 1, …``: item ``k`` is ``qa_batch(…, first + k)``."""
+
+    def __init__(self, processor, config: TrainConfig, first: int):
+        self.processor, self.config, self.first = processor, config, first
+
+    def __len__(self) -> int:
+        return max(0, self.config.qa_steps - self.first)
+
+    def __getitem__(self, k: int) -> dict[str, torch.Tensor]:
+        return qa_batch(self.processor, self.config, self.first + k)
+
+
+def _one_thread(_worker: int) -> None:
+    torch.set_num_threads(1)
+
+
+def qa_batches(processor, config: TrainConfig, first: int):
+    """Iterate the batches from step ``first`` on; with workers, rendered ahead in parallel.
+
+    The batches are the same either way: each depends on its step alone.
+    """
+    dataset = _QABatches(processor, config, first)
+    if config.loader_workers == 0:
+        return (dataset[k] for k in range(len(dataset)))
+    return iter(
+        torch.utils.data.DataLoader(
+            dataset,
+            batch_size=None,
+            num_workers=config.loader_workers,
+            worker_init_fn=_one_thread,
+            prefetch_factor=4,
+        )
+    )
+
+
+def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
 def _forward(model, batch: dict[str, torch.Tensor]):
     return model.model(
         input_ids=batch["input_ids"],
@@ -371,12 +414,12 @@ def grounding_confusion(model, processor, config: TrainConfig, grounding_head, b
     confusion = torch.zeros(3, 3, dtype=torch.long)
     model.eval()
     for k in range(batches):
-        batch = qa_batch(processor, config, UNSEEN_BATCHES + k)
+        batch = _to(qa_batch(processor, config, UNSEEN_BATCHES + k), model.device)
         states = _forward(model, batch).hidden_states[config.grounding_layer][batch["image_mask"]]
         predicted = grounding_head(states).argmax(-1)
         confusion += torch.bincount(
             3 * batch["grounding"].flatten() + predicted, minlength=9
-        ).reshape(3, 3)
+        ).reshape(3, 3).cpu()
     return confusion.tolist()
 
 
@@ -399,7 +442,7 @@ def evaluate_first_token(model, processor, seed: int, n_scenes: int, batch_size:
         texts = [chat_prompt(processor, format_prompt(q.question, q.choices)) for _, q in chunk]
         inputs = processor(
             images=[im for im, _ in chunk], text=texts, return_tensors="pt", padding=True
-        )
+        ).to(model.device)
         last = model.model(**inputs).last_hidden_state[:, -1]
         logits = model.lm_head(last)
         for row, (_, q) in enumerate(chunk):
@@ -429,6 +472,7 @@ def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path:
     started = time.time()
     stage1 = out_dir / "stage1_vision_projector.safetensors"
     model, processor = load_base(stage1 if stage1.is_file() else None, config.decoder_layers)
+    model.to(config.device)
     if not stage1.is_file():
         t0 = time.time()
         train_vision(model, processor, config, log)
@@ -452,7 +496,7 @@ def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path:
     # Normalised first: the residual stream has a few very large dimensions.
     grounding_head = torch.nn.Sequential(
         torch.nn.LayerNorm(hidden, elementwise_affine=False), torch.nn.Linear(hidden, 3)
-    )
+    ).to(config.device)
     optimizer = torch.optim.AdamW(
         [
             {"params": lora, "lr": config.lora_lr},
@@ -465,7 +509,7 @@ def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path:
     checkpoint = out_dir / "checkpoint.pt"
     state = {"step": 0, "seconds": 0.0, "history": []}
     if checkpoint.is_file():
-        saved = torch.load(checkpoint, weights_only=False)
+        saved = torch.load(checkpoint, weights_only=False, map_location=config.device)
         model.load_state_dict(saved["trainable"], strict=False)
         grounding_head.load_state_dict(saved["grounding_head"])
         optimizer.load_state_dict(saved["optimizer"])
@@ -490,6 +534,7 @@ def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path:
 
     session_start, last_save, losses, grounding_losses = time.time(), time.time(), [], []
     seconds_before = state["seconds"]
+    batches = qa_batches(processor, config, state["step"])
     while state["step"] < config.qa_steps:
         step = state["step"]
         if step % config.eval_every == 0 and not any(h["step"] == step for h in state["history"]):
@@ -500,7 +545,7 @@ def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path:
         for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = lr * _lr_factor(config, step)
         model.train()
-        batch = qa_batch(processor, config, step)
+        batch = _to(next(batches), config.device)
         loss, grounding = qa_loss(inner, batch, grounding_head, config.grounding_layer)
         optimizer.zero_grad()
         (config.answer_weight * loss + config.grounding_weight * grounding).backward()
@@ -535,9 +580,9 @@ def export(peft_model, weights_dir: Path, config: TrainConfig, state: dict) -> N
     from peft import get_peft_model_state_dict
 
     weights_dir.mkdir(parents=True, exist_ok=True)
-    half = {k: v.half() for k, v in vision_projector_state(peft_model).items()}
+    half = {k: v.cpu().half() for k, v in vision_projector_state(peft_model).items()}
     save_file(half, str(weights_dir / VISION_PROJECTOR_FILE))
-    adapter = {k: v.half() for k, v in get_peft_model_state_dict(peft_model).items()}
+    adapter = {k: v.cpu().half() for k, v in get_peft_model_state_dict(peft_model).items()}
     peft_model.save_pretrained(weights_dir, state_dict=adapter)
     (weights_dir / "README.md").unlink(missing_ok=True)  # peft's empty model-card template
     record = {
