@@ -66,7 +66,6 @@ def train_default(
     import time
 
     from superneurons.models.embedded import train
-
     from superneurons.models.loading import pick_device
 
     given = {

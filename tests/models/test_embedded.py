@@ -218,10 +218,11 @@ def test_assembled_model_has_the_shipped_number_of_decoder_layers(model_cache, m
 
 
 def test_batches_rendered_by_workers_equal_those_rendered_in_the_loop():
+    from transformers import AutoTokenizer
+
     from superneurons.models.embedded.architecture import build_processor
     from superneurons.models.embedded.assemble import smollm2_gguf
     from superneurons.models.embedded.train import TrainConfig, qa_batches
-    from transformers import AutoTokenizer
 
     gguf = smollm2_gguf()
     processor = build_processor(AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name))

@@ -417,9 +417,11 @@ def grounding_confusion(model, processor, config: TrainConfig, grounding_head, b
         batch = _to(qa_batch(processor, config, UNSEEN_BATCHES + k), model.device)
         states = _forward(model, batch).hidden_states[config.grounding_layer][batch["image_mask"]]
         predicted = grounding_head(states).argmax(-1)
-        confusion += torch.bincount(
-            3 * batch["grounding"].flatten() + predicted, minlength=9
-        ).reshape(3, 3).cpu()
+        confusion += (
+            torch.bincount(3 * batch["grounding"].flatten() + predicted, minlength=9)
+            .reshape(3, 3)
+            .cpu()
+        )
     return confusion.tolist()
 
 
