@@ -55,6 +55,10 @@ def train_default(
     ),
     qa_batch: int = typer.Option(None, help="Stage 2 questions per step (default: the recipe's)."),
     eval_every: int = typer.Option(None, help="Held-out evaluation every N stage-2 steps."),
+    lora_lr: float = typer.Option(None, help="Stage 2 LoRA learning rate (default: the recipe's)."),
+    tower_lr: float = typer.Option(
+        None, help="Stage 2 vision tower + projector learning rate (default: the recipe's)."
+    ),
     max_minutes: float = typer.Option(None, help="Stop stage 2 after this many minutes in all."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
     loader_workers: int = typer.Option(
@@ -73,6 +77,8 @@ def train_default(
         "qa_steps": qa_steps,
         "qa_batch": qa_batch,
         "eval_every": eval_every,
+        "lora_lr": lora_lr,
+        "tower_lr": tower_lr,
         "decoder_layers": decoder_layers,
     }
     overrides = {k: v for k, v in given.items() if v is not None}
