@@ -59,6 +59,11 @@ def train_default(
     tower_lr: float = typer.Option(
         None, help="Stage 2 vision tower + projector learning rate (default: the recipe's)."
     ),
+    grounding_answer: bool = typer.Option(
+        None,
+        "--grounding-answer/--no-grounding-answer",
+        help="Grounding labels also carry the answer on the first phrase's patches.",
+    ),
     max_minutes: float = typer.Option(None, help="Stop stage 2 after this many minutes in all."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
     loader_workers: int = typer.Option(
@@ -79,6 +84,7 @@ def train_default(
         "eval_every": eval_every,
         "lora_lr": lora_lr,
         "tower_lr": tower_lr,
+        "grounding_answer": grounding_answer,
         "decoder_layers": decoder_layers,
     }
     overrides = {k: v for k, v in given.items() if v is not None}

@@ -135,7 +135,7 @@ def test_grounding_labels_mark_the_patches_of_the_named_objects():
     for scene, render in iter_scenes(seed=0, split="train", n=6):
         owner = patch_labels(render.object_map, scene.objects)["owner"]
         for q in scene_questions(scene, seed=0):
-            labels = _grounding_labels(scene, render, q.question).numpy()
+            labels = _grounding_labels(scene, render, q).numpy()
             groups = mentioned_objects(scene, q.question)
             assert labels.shape == owner.shape
             for role, objects in enumerate(groups, start=1):
@@ -147,6 +147,23 @@ def test_grounding_labels_mark_the_patches_of_the_named_objects():
                 assert not labels.any(), q
             seen_roles |= set(labels.tolist())
     assert seen_roles == {0, 1, 2}
+
+
+def test_grounding_labels_by_answer_move_the_first_phrase_of_yes_questions_to_class_3():
+    from superneurons.data.scenes import iter_scenes, scene_questions
+    from superneurons.models.embedded.train import _grounding_labels
+
+    moved = 0
+    for scene, render in iter_scenes(seed=0, split="train", n=6):
+        for q in scene_questions(scene, seed=0):
+            plain = _grounding_labels(scene, render, q).numpy()
+            split = _grounding_labels(scene, render, q, by_answer=True).numpy()
+            expected = plain.copy()
+            if q.label != "no":
+                expected[plain == 1] = 3
+            assert (split == expected).all(), q
+            moved += int((split == 3).any())
+    assert moved > 0
 
 
 def test_balanced_cross_entropy_weighs_each_class_equally():

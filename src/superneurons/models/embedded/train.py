@@ -80,6 +80,7 @@ class TrainConfig:
     warmup: int = 50
     grounding_layer: int = 6
     grounding_weight: float = 1.0
+    grounding_answer: bool = False  # split the first phrase's patches by the question's answer
     answer_weight: float = 1.0  # 0: grounding alone (a first phase, or a diagnostic)
     eval_every: int = 250
     eval_scenes: int = 30
@@ -293,7 +294,7 @@ def qa_batch(processor, config: TrainConfig, step: int) -> dict[str, torch.Tenso
         rng = scene_rng(config.seed, "train", index, stream=7)
         messages, asked = _conversation(questions, rng, config.turns)
         text = processor.apply_chat_template(messages)
-        grounding.append(_grounding_labels(scene, render, asked[0].question))
+        grounding.append(_grounding_labels(scene, render, asked[0], config.grounding_answer))
         encoded = processor(images=render.image, text=text, return_tensors="pt")
         ids = encoded["input_ids"][0].tolist()
         rows.append(ids)
@@ -319,14 +320,22 @@ def qa_batch(processor, config: TrainConfig, step: int) -> dict[str, torch.Tenso
     }
 
 
-def _grounding_labels(scene, render, question: str) -> torch.Tensor:
+def grounding_classes(config: TrainConfig) -> int:
+    return 4 if config.grounding_answer else 3
+
+
+def _grounding_labels(scene, render, question, by_answer: bool = False) -> torch.Tensor:
     """Per image patch: 1 or 2 if it shows an object the question's first or second phrase names.
 
-    0 otherwise (floor, or an object the question does not name).
+    0 otherwise (floor, or an object the question does not name). ``by_answer``: the first
+    phrase's patches are 1 when the answer is "no" and 3 otherwise, so each of them must also
+    carry the answer (a dense signal for the comparison the answer needs).
     """
     owner = patch_labels(render.object_map, scene.objects)["owner"]
     labels = np.zeros(len(owner), dtype=np.int64)
-    for role, objects in enumerate(mentioned_objects(scene, question), start=1):
+    for role, objects in enumerate(mentioned_objects(scene, question.question), start=1):
+        if by_answer and role == 1 and question.label != "no":
+            role = 3
         labels[np.isin(owner, objects)] = role
     return torch.from_numpy(labels)
 
@@ -406,20 +415,22 @@ UNSEEN_BATCHES = 100_000
 
 @torch.no_grad()
 def grounding_confusion(model, processor, config: TrainConfig, grounding_head, batches: int = 4):
-    """Confusion of the grounding head (rows true, columns predicted: neither, first, second).
+    """Confusion of the grounding head (rows true, columns predicted: neither, first, second
+    phrase, and with ``grounding_answer`` first phrase of a question not answered "no").
 
     On image tokens of unseen train scenes: the direct measure of whether image tokens match
     their patch against the question's words.
     """
-    confusion = torch.zeros(3, 3, dtype=torch.long)
+    n = grounding_classes(config)
+    confusion = torch.zeros(n, n, dtype=torch.long)
     model.eval()
     for k in range(batches):
         batch = _to(qa_batch(processor, config, UNSEEN_BATCHES + k), model.device)
         states = _forward(model, batch).hidden_states[config.grounding_layer][batch["image_mask"]]
         predicted = grounding_head(states).argmax(-1)
         confusion += (
-            torch.bincount(3 * batch["grounding"].flatten() + predicted, minlength=9)
-            .reshape(3, 3)
+            torch.bincount(n * batch["grounding"].flatten() + predicted, minlength=n * n)
+            .reshape(n, n)
             .cpu()
         )
     return confusion.tolist()
@@ -497,7 +508,8 @@ def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path:
     hidden = model.config.text_config.hidden_size
     # Normalised first: the residual stream has a few very large dimensions.
     grounding_head = torch.nn.Sequential(
-        torch.nn.LayerNorm(hidden, elementwise_affine=False), torch.nn.Linear(hidden, 3)
+        torch.nn.LayerNorm(hidden, elementwise_affine=False),
+        torch.nn.Linear(hidden, grounding_classes(config)),
     ).to(config.device)
     optimizer = torch.optim.AdamW(
         [
