@@ -377,7 +377,7 @@ def qa_batches(processor, config: TrainConfig, first: int):
 
 
 def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def _forward(model, batch: dict[str, torch.Tensor]):
