@@ -42,11 +42,12 @@ def test_run_writes_results_with_the_documented_keys(checkpoint, tiny_run):
         "agreement_rate",
         "per_family",
         "sn_layers",
+        "question_only",
     ):
         assert key in results, key
     assert results["n_probe"] == 24 and results["n_val"] == 16
     assert results["selected"], "a fitted classifier selects at least one neuron"
-    for block in ("sn", "model_answers"):
+    for block in ("sn", "model_answers", "question_only"):
         assert set(results[block]) >= {"accuracy", "precision", "recall", "f1", "ci95"}
         low, high = results[block]["ci95"]["accuracy"]
         assert low <= results[block]["accuracy"] <= high
@@ -60,6 +61,8 @@ def test_run_writes_results_with_the_documented_keys(checkpoint, tiny_run):
     truth = np.array([r["label"] == "yes" for r in val.records])
     accuracy = float((classifier.predict(val) == truth).mean())
     assert accuracy == pytest.approx(results["sn"]["accuracy"], abs=1e-4)
+    for family, block in results["per_family"].items():
+        assert 0 <= block["question_only"]["accuracy"] <= 1, family
 
 
 def test_results_print_as_a_table(tiny_run):
@@ -72,6 +75,7 @@ def test_results_print_as_a_table(tiny_run):
     print_results(results, console)
     text = console.export_text()
     assert "all" in text and all(family in text for family in results["per_family"])
+    assert "question-only acc" in text
 
 
 def test_rerun_reuses_finished_steps_and_gives_the_same_results(checkpoint, tmp_path):

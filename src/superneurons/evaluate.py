@@ -5,17 +5,21 @@ Results schema (``results.json``)::
     {"model", "dataset", "n_probe", "n_val", "alpha", "metric", "threshold", "aggregate",
      "selected": [{"site", "layer", "index", "polarity", "score"}],
      "sn": METRICS, "model_answers": METRICS, "agreement_rate",
-     "model_unparseable": int, "sn_layers": {layer: count},
-     "per_family": {family: {"n", "sn": METRICS, "model_answers": METRICS, "agreement_rate"}}}
+     "question_only": METRICS, "model_unparseable": int, "sn_layers": {layer: count},
+     "per_family": {family: {"n", "sn": METRICS, "model_answers": METRICS, "agreement_rate",
+                             "question_only": METRICS}}}
 
 where METRICS = {"accuracy", "precision", "recall", "f1", "ci95": {metric: [low, high]}}. The
 positive class is "yes". An unparseable model answer counts as wrong (the opposite of the label)
-and is excluded from the agreement rate (null when no answer parses).
+and is excluded from the agreement rate (null when no answer parses). ``question_only`` (present
+when blind predictions are given) scores a baseline that sees the question but not the image
+(:class:`~superneurons.classifiers.QuestionOnlyClassifier`).
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -59,10 +63,19 @@ def describe_selection(classifier: SuperNeuronClassifier) -> dict:
 
 
 def evaluate(
-    classifier: SuperNeuronClassifier, store: ActivationStore, n_boot: int = 1000, seed: int = 0
+    classifier: SuperNeuronClassifier,
+    store: ActivationStore,
+    n_boot: int = 1000,
+    seed: int = 0,
+    question_only: Sequence[str] | None = None,
 ) -> dict:
-    """Metrics of the SN vote and of the model's answers on ``store``, overall and per family."""
+    """Metrics of the SN vote and of the model's answers on ``store``, overall and per family.
+
+    ``question_only``: a blind baseline's "yes"/"no" per record, scored beside them.
+    """
     records = store.records
+    if question_only is not None and len(question_only) != len(records):
+        raise ValueError(f"{len(question_only)} question-only answers for {len(records)} records")
     labels = np.array([r["label"] == "yes" for r in records])
     parsed = [r["parsed"] for r in records]
     valid = np.array([p is not None for p in parsed])
@@ -74,20 +87,23 @@ def evaluate(
     sn_pred = classifier.predict(store)
     families = np.array([r.get("family") or "all" for r in records], dtype=object)
 
+    blind = None if question_only is None else np.array([a == "yes" for a in question_only])
+
     def block(rows: np.ndarray) -> dict:
-        return {
+        scored = {
             "n": int(rows.sum()),
             "sn": _scored(sn_pred[rows], labels[rows], n_boot, seed),
             "model_answers": _scored(model_pred[rows], labels[rows], n_boot, seed),
             "agreement_rate": _rounded(agreement_rate(votes[rows], model_pred[rows], valid[rows])),
         }
+        if blind is not None:
+            scored["question_only"] = _scored(blind[rows], labels[rows], n_boot, seed)
+        return scored
 
     everything = block(np.ones(len(records), dtype=bool))
     return {
         "n_val": len(records),
-        "sn": everything["sn"],
-        "model_answers": everything["model_answers"],
-        "agreement_rate": everything["agreement_rate"],
+        **{k: v for k, v in everything.items() if k != "n"},
         "model_unparseable": int((~valid).sum()),
         "sn_layers": dict(sorted(Counter(s.layer for s in classifier.selected_).items())),
         "per_family": {f: block(families == f) for f in sorted(set(families))},

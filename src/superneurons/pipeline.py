@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from superneurons import atomic
-from superneurons.classifiers import SuperNeuronClassifier
+from superneurons.classifiers import QuestionOnlyClassifier, SuperNeuronClassifier
 from superneurons.classifiers.artifact import save_classifier
 from superneurons.data.probing import balanced_sample
 from superneurons.data.records import Record
@@ -69,6 +69,19 @@ def task_records(config: RunConfig, out: Path) -> tuple[list[Record], list[Recor
     return probe, val, config.template or template
 
 
+def question_text(record: Record) -> str:
+    """What a question-only baseline sees of a record: its context and question, no image."""
+    return f"{record.context}\n{record.question}" if record.context else record.question
+
+
+def question_only_answers(probe: list[Record], val: list[Record]) -> list[str]:
+    """A blind baseline's answers on ``val``, fit on the probing set's questions and labels."""
+    blind = QuestionOnlyClassifier().fit(
+        [question_text(r) for r in probe], [r.label for r in probe]
+    )
+    return blind.predict([question_text(r) for r in val])
+
+
 def _complete_shards(path: Path) -> list[Path]:
     """The shard stores of ``path`` when all n of them are complete, else []."""
     shards = sorted(path.parent.glob(f"{path.name}.shard-*-of-*"))
@@ -124,6 +137,8 @@ def run(config: RunConfig, out: str | Path, log=print, loaded: LoadedModel | Non
         random_state=config.seed,
     ).fit(probe_store, [r["label"] for r in probe_store.records])
     save_classifier(out / "classifier", classifier, probe_store.meta)
+    if [r.id for r in val] != [r["id"] for r in val_store.records]:
+        raise ValueError(f"{val_store.path}: its records are not this run's validation set")
     results = {
         "model": loaded.model_id,
         "revision": loaded.revision,
@@ -132,7 +147,9 @@ def run(config: RunConfig, out: str | Path, log=print, loaded: LoadedModel | Non
         "n_probe": len(probe),
         "template": template,
         **describe_selection(classifier),
-        **evaluate(classifier, val_store, seed=config.seed),
+        **evaluate(
+            classifier, val_store, seed=config.seed, question_only=question_only_answers(probe, val)
+        ),
         "seconds": round(time.time() - started, 1),
         "config": {**asdict(config), "sites": list(config.sites)},
     }

@@ -11,20 +11,23 @@ def _pct(value: float | None) -> str:
 
 
 def results_table(results: dict) -> Table:
-    """Accuracy and F1 of super neurons and of the model's answers, overall and per family."""
+    """Accuracy and F1 of super neurons and of the model's answers, overall and per family, and
+    the question-only baseline's accuracy where the results have it."""
     title = (
         f"{results['model']} on {results['dataset']}: {len(results['selected'])} super neurons "
         f"(t = {results['threshold']}, {results['metric']}, α = {results['alpha']})"
     )
     table = Table(title=title)
-    for name in ("family", "n", "SN acc [95% CI]", "model acc [95% CI]", "SN F1", "model F1", "AR"):
+    blind = "question_only" in results
+    columns = ["family", "n", "SN acc [95% CI]", "model acc [95% CI]", "SN F1", "model F1", "AR"]
+    for name in columns + (["question-only acc"] if blind else []):
         table.add_column(name, justify="left" if name == "family" else "right")
 
     def row(name: str, block: dict, n: int) -> None:
         sn, model = block["sn"], block["model_answers"]
         lo, hi = sn["ci95"]["accuracy"]
         mlo, mhi = model["ci95"]["accuracy"]
-        table.add_row(
+        cells = [
             name,
             str(n),
             f"{_pct(sn['accuracy'])} [{_pct(lo)}, {_pct(hi)}]",
@@ -32,7 +35,10 @@ def results_table(results: dict) -> Table:
             _pct(sn["f1"]),
             _pct(model["f1"]),
             _pct(block["agreement_rate"]),
-        )
+        ]
+        if blind:
+            cells.append(_pct(block["question_only"]["accuracy"]))
+        table.add_row(*cells)
 
     row("all", results, results["n_val"])
     for family, block in results["per_family"].items():

@@ -1,5 +1,7 @@
-"""Estimators over captured activations, all with the scikit-learn fit/predict contract."""
+"""Estimators over captured activations (and a question-only baseline), with scikit-learn's
+fit/predict contract."""
 
+from superneurons.classifiers.question_only import QuestionOnlyClassifier
 from superneurons.classifiers.super_neurons import (
     ActivationSource,
     ArrayActivations,
@@ -13,6 +15,7 @@ __all__ = [
     "ActivationSource",
     "ArrayActivations",
     "NotFittedError",
+    "QuestionOnlyClassifier",
     "SelectedNeuron",
     "SuperNeuronClassifier",
     "as_activation_source",
