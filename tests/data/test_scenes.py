@@ -17,8 +17,10 @@ from superneurons.data.scenes import (
     scene_questions,
     write_scene_dataset,
 )
-from superneurons.data.scenes.questions import YES_NO_FAMILIES
+from superneurons.data.scenes.questions import YES_NO_FAMILIES, question_form
 from superneurons.data.scenes.sample import scale_pixels
+from superneurons.data.scenes.write import FORMAT_VERSION
+from superneurons.data.tasks import scene_records
 
 N_SCENES = 40
 
@@ -101,6 +103,33 @@ def test_yes_no_families_are_balanced(questions):
     subtypes = Counter(q.subtype for q in questions if q.family == "existence" and q.label == "no")
     assert set(subtypes) == {"random", "popular", "adversarial"}
     assert {q.family for q in questions} == set(FAMILIES)
+
+
+def test_the_form_of_a_question_does_not_give_its_answer_away(questions):
+    # Count's number word and existence's length are as often "yes" as "no": a blind reader of
+    # the text learns nothing from them (see docs/scenes.md).
+    for family in ("count", "existence"):
+        asked = [q for q in questions if q.family == family]
+        by_form = Counter((question_form(family, q.question), q.label) for q in asked)
+        forms = {form for form, _ in by_form}
+        assert len(forms) >= 2, family
+        for form in forms:
+            assert by_form[form, "yes"] == by_form[form, "no"], (family, form, by_form)
+
+
+def test_a_dataset_of_an_older_generator_is_regenerated(tmp_path):
+    first = scene_records(tmp_path, "val", 10, seed=0)
+    (directory,) = tmp_path.iterdir()
+    index = directory / "scenes.json"
+    old = json.loads(index.read_text())
+    old["info"]["version"] = FORMAT_VERSION - 1
+    index.write_text(json.dumps(old))
+    (directory / "questions.jsonl").write_text("")  # an old generator's questions, say
+    again = scene_records(tmp_path, "val", 10, seed=0)
+    assert [(r.id, r.question, r.label) for r in again] == [
+        (r.id, r.question, r.label) for r in first
+    ]
+    assert json.loads(index.read_text())["info"]["version"] == FORMAT_VERSION
 
 
 def test_multiple_choice_labels(scenes, questions):

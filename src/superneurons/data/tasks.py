@@ -7,7 +7,7 @@ from pathlib import Path
 
 from superneurons.data.records import Record, load_jsonl
 from superneurons.data.scenes import write_scene_dataset
-from superneurons.data.scenes.write import SPLIT_CODE
+from superneurons.data.scenes.write import SPLIT_CODE, is_current_dataset
 
 SCENE_BINARY_FAMILIES = ("existence", "attribute", "count", "spatial", "occlusion", "depth")
 # Each scene yields one yes/no pair per family (a family that does not fit a scene is skipped).
@@ -24,12 +24,12 @@ def scene_records(
     """Generate (once) and load at least ``n_questions`` yes/no scene questions of ``split``.
 
     The scenes are written to ``data_dir/split`` so a run's inputs can be inspected; an existing
-    dataset written with the same arguments is reused.
+    dataset written with the same arguments by this generator version is reused.
     """
     if split not in SPLIT_CODE:
         raise ValueError(f"unknown split {split!r}; known: {tuple(SPLIT_CODE)}")
     n_scenes = max(1, math.ceil(n_questions / _SCENE_QUESTIONS_PER_SCENE * 1.1))
     out = data_dir / f"{split}-seed{seed}-{n_scenes}"
-    if not (out / "scenes.json").is_file():
+    if not is_current_dataset(out):
         write_scene_dataset(out, n_scenes, seed, split, families=families)
     return [r for r in load_jsonl(out / "questions.jsonl") if r.family in families]

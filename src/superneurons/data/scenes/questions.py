@@ -327,17 +327,43 @@ def color_choice(scene: Scene, rng: np.random.Generator) -> tuple[str, list[str]
 # --- all families ----------------------------------------------------------------------------
 
 
+def question_form(family: str, text: str) -> str | None:
+    """What a pair's "yes" and "no" questions share, so that it says nothing of the answer.
+
+    Count: the number word (unmatched, "exactly one" was "yes" 73 % of the time and "exactly
+    three" 23 %); existence: the number of words (unmatched, a one-attribute "Is there a cube?"
+    was always "yes"). A question-only baseline read 67 % of count answers from the text alone.
+    """
+    if family == "count":
+        return text.split(" exactly ")[1].split()[0]
+    if family == "existence":
+        return str(len(text.split()))
+    return None
+
+
+# The answer made first in a pair; the other is drawn until its form matches. Existence negatives
+# are the constrained half (POPE's kinds), and any attribute count has a positive.
+_FIRST_ANSWER = {"existence": False}
+
+
 def _make_pair(
     scene: Scene, rng: np.random.Generator, family: str, subtype: str, seen: set[str]
 ) -> dict[bool, tuple[str, str | None]] | None:
-    """A "yes" and a "no" question of one family, both new, or None."""
+    """A "yes" and a "no" question of one family of the same form, both new, or None."""
+    first = _FIRST_ANSWER.get(family, True)
     pair: dict[bool, tuple[str, str | None]] = {}
-    for answer in (True, False):
+    for answer in (first, not first):
         for _ in range(_TRIES):
             made = MAKERS[family](scene, rng, answer, subtype)
-            if made is not None and made[0] not in seen and made[0] != pair.get(True, ("",))[0]:
-                pair[answer] = made
-                break
+            if made is None or made[0] in seen:
+                continue
+            if pair and (
+                made[0] == pair[first][0]
+                or question_form(family, made[0]) != question_form(family, pair[first][0])
+            ):
+                continue
+            pair[answer] = made
+            break
         else:
             return None
     return pair

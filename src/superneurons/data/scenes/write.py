@@ -22,7 +22,16 @@ from superneurons.data.scenes.sample import Scene, sample_scene, scale_pixels
 
 SPLIT_CODE: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 SCENE_STREAM, QUESTION_STREAM = 0, 1
-FORMAT_VERSION = 1
+# 2: each yes/no pair of count and existence questions shares its form (question_form).
+FORMAT_VERSION = 2
+
+
+def is_current_dataset(out_dir: str | os.PathLike[str]) -> bool:
+    """Whether ``out_dir`` holds a scene dataset written by this generator version."""
+    index = Path(out_dir) / "scenes.json"
+    return (
+        index.is_file() and json.loads(index.read_text())["info"].get("version") == FORMAT_VERSION
+    )
 
 
 def scene_rng(seed: int, split: str, index: int, stream: int = SCENE_STREAM) -> np.random.Generator:
