@@ -31,10 +31,13 @@ def test_predictions_match_the_classifier_on_the_full_forward(tiny_run, tiny_lla
     classifier = predictor.classifier
     expected = classifier.predict(store)
     scores = classifier.vote_score(store)
-    # A vote can only flip where an activation sits within rounding of alpha.
+    # A vote can only flip where an activation sits within rounding of alpha: float16 storage
+    # and another batch layout move it by a small fraction of the neuron's own scale (a tiny
+    # random model's neurons can be ~1e-4 in all, so no absolute tolerance fits them all).
     near = np.zeros(store.n, dtype=bool)
     for s in classifier.selected_:
-        near |= np.abs(store.column(s.site, s.layer, s.index) - classifier.alpha) < 1e-3
+        column = store.column(s.site, s.layer, s.index)
+        near |= np.abs(column - classifier.alpha) < 1e-2 * np.abs(column).max()
     got = np.array([p.label == "yes" for p in predictions])
     assert (got == expected)[~near].all()
     assert np.allclose(np.array([p.score for p in predictions])[~near], scores[~near])
