@@ -64,6 +64,11 @@ def train_default(
         "--grounding-answer/--no-grounding-answer",
         help="Grounding labels also carry the answer on the first phrase's patches.",
     ),
+    oracle_tokens: bool = typer.Option(
+        False,
+        help="Stage 2 on perfect object tokens instead of the image (tests the language model "
+        "alone; evaluations also report the real vision side). Do not ship the result.",
+    ),
     max_minutes: float = typer.Option(None, help="Stop stage 2 after this many minutes in all."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
     loader_workers: int = typer.Option(
@@ -87,6 +92,8 @@ def train_default(
         "grounding_answer": grounding_answer,
         "decoder_layers": decoder_layers,
     }
+    if oracle_tokens and ship:
+        raise typer.BadParameter("a model trained on oracle tokens never saw images: not shipped")
     overrides = {k: v for k, v in given.items() if v is not None}
     if overrides.get("decoder_layers") == 0:
         overrides["decoder_layers"] = None
@@ -95,6 +102,7 @@ def train_default(
         max_minutes=max_minutes,
         device=str(pick_device(device)),
         loader_workers=loader_workers,
+        oracle_tokens=oracle_tokens,
         **overrides,
     )
 

@@ -286,3 +286,65 @@ def test_train_default_runs_both_stages_exports_and_resumes(tmp_path):
     assert logged[0] == "resumed at step 2"
     record = json.loads((weights / "training.json").read_text())
     assert record["qa_steps_done"] == 3
+
+
+def test_oracle_tokens_replace_the_image_by_each_patch_description(model_cache, monkeypatch):
+    import torch
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from superneurons.models import default_model_dir
+    from superneurons.models.embedded.train import (
+        DESCRIPTIONS,
+        TrainConfig,
+        _forward,
+        oracle_embeds,
+        oracle_table,
+        qa_batch,
+    )
+
+    monkeypatch.setenv("SUPERNEURONS_CACHE", str(model_cache))
+    processor = AutoProcessor.from_pretrained(default_model_dir())
+    model = AutoModelForImageTextToText.from_pretrained(default_model_dir()).eval()
+    batch = qa_batch(processor, TrainConfig(qa_batch=2), step=0)
+    words = batch["patch_descriptions"]
+    assert words.shape == batch["grounding"].shape
+    assert (words > 0).any() and (words == 0).any()  # objects and floor
+    # A patch of a named object shows that object's description.
+    named = batch["grounding"] > 0
+    assert all(DESCRIPTIONS[int(k)] != "floor" for k in words[named])
+    table = oracle_table(model, processor.tokenizer)
+    assert table.shape == (len(DESCRIPTIONS), model.config.text_config.hidden_size)
+    embeds = oracle_embeds(model, batch["input_ids"], words, table)
+    assert torch.equal(embeds[batch["image_mask"]], table[words.flatten()])
+    text = ~batch["image_mask"]
+    assert torch.equal(embeds[text], model.get_input_embeddings()(batch["input_ids"])[text])
+    with torch.no_grad():
+        seen = _forward(model, batch, table).last_hidden_state
+        blank = {**batch, "pixel_values": torch.zeros_like(batch["pixel_values"])}
+        assert torch.equal(_forward(model, blank, table).last_hidden_state, seen)
+        assert not torch.allclose(_forward(model, batch).last_hidden_state, seen)
+
+
+def test_train_default_on_oracle_tokens_also_evaluates_the_real_vision_side(tmp_path):
+    import json
+
+    from superneurons.models.embedded.train import TrainConfig, train_default
+
+    config = TrainConfig(
+        vision_scenes=4,
+        vision_steps=1,
+        vision_batch=2,
+        decoder_layers=1,
+        grounding_layer=1,
+        qa_steps=1,
+        qa_batch=1,
+        eval_every=1,
+        eval_scenes=1,
+        oracle_tokens=True,
+    )
+    weights = train_default(tmp_path, config, log=lambda _: None)
+    history = json.loads((weights / "training.json").read_text())["eval_history"]
+    assert [h["step"] for h in history] == [0, 1]
+    for entry in history:
+        assert set(entry["real_tokens"]) == {"binary", "n", "per_family"}
+        assert entry["real_tokens"]["n"] == entry["n"]

@@ -82,6 +82,9 @@ class TrainConfig:
     grounding_weight: float = 1.0
     grounding_answer: bool = False  # split the first phrase's patches by the question's answer
     answer_weight: float = 1.0  # 0: grounding alone (a first phase, or a diagnostic)
+    # Stage 2 on perfect object tokens (stage 1's targets) instead of the image: a test of the
+    # language-model side alone; evaluations then also report the real vision side.
+    oracle_tokens: bool = False
     eval_every: int = 250
     eval_scenes: int = 30
     checkpoint_every_s: float = 300.0
@@ -145,22 +148,40 @@ def patch_labels(object_map: np.ndarray, objects) -> dict[str, np.ndarray]:
     return labels
 
 
-def _word_targets(model, tokenizer) -> dict[str, torch.Tensor]:
-    """Mean input embedding of each object description's words (and of " floor")."""
+# What a patch shows: the floor, or an object as (size, colour, material, shape).
+DESCRIPTIONS: list = ["floor"] + [
+    (size, color, material, shape)
+    for size in SIZES
+    for color in COLORS
+    for material in MATERIALS
+    for shape in SHAPES
+]
+_DESCRIPTION_INDEX = {d: k for k, d in enumerate(DESCRIPTIONS)}
+
+
+def _word_targets(model, tokenizer) -> dict:
+    """Mean input embedding of each description's words (" large red metal cube", " floor")."""
     embed = model.get_input_embeddings().weight.detach()
-
-    def words(text: str) -> torch.Tensor:
-        return embed[tokenizer(text, add_special_tokens=False)["input_ids"]].mean(0)
-
-    targets = {"floor": words(" floor")}
-    for size in SIZES:
-        for color in COLORS:
-            for material in MATERIALS:
-                for shape in SHAPES:
-                    targets[(size, color, material, shape)] = words(
-                        f" {size} {color} {material} {shape}"
-                    )
+    targets = {}
+    for description in DESCRIPTIONS:
+        text = " floor" if description == "floor" else " " + " ".join(description)
+        targets[description] = embed[tokenizer(text, add_special_tokens=False)["input_ids"]].mean(0)
     return targets
+
+
+def oracle_table(model, tokenizer) -> torch.Tensor:
+    """Stage 1's targets, one row per :data:`DESCRIPTIONS` entry: perfect object tokens."""
+    return torch.stack(list(_word_targets(model, tokenizer).values()))
+
+
+def _description(obj) -> tuple[str, str, str, str]:
+    return (obj.size, obj.color, obj.material, obj.shape)
+
+
+def patch_descriptions(object_map: np.ndarray, objects) -> np.ndarray:
+    """Per patch, the index in :data:`DESCRIPTIONS` of what it shows (:func:`patch_owners`)."""
+    owners = patch_owners(object_map, len(objects))
+    return np.array([0 if o < 0 else _DESCRIPTION_INDEX[_description(objects[o])] for o in owners])
 
 
 def train_vision(model, processor, config: TrainConfig, log) -> None:
@@ -183,16 +204,7 @@ def train_vision(model, processor, config: TrainConfig, log) -> None:
         aligns.append(
             torch.stack(
                 [
-                    targets["floor"]
-                    if o < 0
-                    else targets[
-                        (
-                            scene.objects[o].size,
-                            scene.objects[o].color,
-                            scene.objects[o].material,
-                            scene.objects[o].shape,
-                        )
-                    ]
+                    targets["floor"] if o < 0 else targets[_description(scene.objects[o])]
                     for o in lab["owner"]
                 ]
             )
@@ -286,7 +298,7 @@ def qa_batch(processor, config: TrainConfig, step: int) -> dict[str, torch.Tenso
     header = tokenizer("<|im_start|>assistant\n", add_special_tokens=False)["input_ids"]
     end_id = tokenizer.convert_tokens_to_ids(END_OF_TURN)
     image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-    rows, images, positions, grounding = [], [], [], []
+    rows, images, positions, grounding, descriptions = [], [], [], [], []
     for b in range(config.qa_batch):
         index = step * config.qa_batch + b
         scene, render = next(iter_scenes(config.seed, "train", 1, start=index))
@@ -295,6 +307,7 @@ def qa_batch(processor, config: TrainConfig, step: int) -> dict[str, torch.Tenso
         messages, asked = _conversation(questions, rng, config.turns)
         text = processor.apply_chat_template(messages)
         grounding.append(_grounding_labels(scene, render, asked[0], config.grounding_answer))
+        descriptions.append(torch.from_numpy(patch_descriptions(render.object_map, scene.objects)))
         encoded = processor(images=render.image, text=text, return_tensors="pt")
         ids = encoded["input_ids"][0].tolist()
         rows.append(ids)
@@ -313,6 +326,7 @@ def qa_batch(processor, config: TrainConfig, step: int) -> dict[str, torch.Tenso
         "attention_mask": attention_mask,
         "image_mask": input_ids == image_id,
         "grounding": torch.stack(grounding),
+        "patch_descriptions": torch.stack(descriptions),
         "pixel_values": torch.stack(images),
         "batch_index": batch_index,
         "position": position,
@@ -380,7 +394,23 @@ def _to(batch: dict[str, torch.Tensor], device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) for k, v in batch.items()}
 
 
-def _forward(model, batch: dict[str, torch.Tensor]):
+def oracle_embeds(model, input_ids, patch_descriptions, oracle: torch.Tensor) -> torch.Tensor:
+    """Input embeddings with each image token set to its patch's row of ``oracle``."""
+    embeds = model.get_input_embeddings()(input_ids)
+    image_mask = (input_ids == model.config.image_token_index).unsqueeze(-1)
+    return embeds.masked_scatter(image_mask, oracle[patch_descriptions].to(embeds.dtype))
+
+
+def _forward(model, batch: dict[str, torch.Tensor], oracle: torch.Tensor | None = None):
+    """The language model's forward; with ``oracle``, on oracle image tokens, not the image."""
+    if oracle is not None:
+        return model.model(
+            inputs_embeds=oracle_embeds(
+                model, batch["input_ids"], batch["patch_descriptions"], oracle
+            ),
+            attention_mask=batch["attention_mask"],
+            output_hidden_states=True,
+        )
     return model.model(
         input_ids=batch["input_ids"],
         attention_mask=batch["attention_mask"],
@@ -389,9 +419,11 @@ def _forward(model, batch: dict[str, torch.Tensor]):
     )
 
 
-def qa_loss(model, batch: dict[str, torch.Tensor], grounding_head, layer: int) -> tuple:
-    """(answer loss, grounding loss) of a batch from :func:`qa_batch`."""
-    out = _forward(model, batch)
+def qa_loss(
+    model, batch: dict[str, torch.Tensor], grounding_head, layer: int, oracle=None
+) -> tuple:
+    """(answer loss, grounding loss) of a batch from :func:`qa_batch` (``oracle``: see _forward)."""
+    out = _forward(model, batch, oracle)
     logits = model.lm_head(out.last_hidden_state[batch["batch_index"], batch["position"]])
     image_states = out.hidden_states[layer][batch["image_mask"]]
     return F.cross_entropy(logits, batch["targets"]), balanced_cross_entropy(
@@ -414,7 +446,9 @@ UNSEEN_BATCHES = 100_000
 
 
 @torch.no_grad()
-def grounding_confusion(model, processor, config: TrainConfig, grounding_head, batches: int = 4):
+def grounding_confusion(
+    model, processor, config: TrainConfig, grounding_head, batches: int = 4, oracle=None
+):
     """Confusion of the grounding head (rows true, columns predicted: neither, first, second
     phrase, and with ``grounding_answer`` first phrase of a question not answered "no").
 
@@ -426,7 +460,8 @@ def grounding_confusion(model, processor, config: TrainConfig, grounding_head, b
     model.eval()
     for k in range(batches):
         batch = _to(qa_batch(processor, config, UNSEEN_BATCHES + k), model.device)
-        states = _forward(model, batch).hidden_states[config.grounding_layer][batch["image_mask"]]
+        out = _forward(model, batch, oracle)
+        states = out.hidden_states[config.grounding_layer][batch["image_mask"]]
         predicted = grounding_head(states).argmax(-1)
         confusion += (
             torch.bincount(n * batch["grounding"].flatten() + predicted, minlength=n * n)
@@ -437,28 +472,38 @@ def grounding_confusion(model, processor, config: TrainConfig, grounding_head, b
 
 
 @torch.no_grad()
-def evaluate_first_token(model, processor, seed: int, n_scenes: int, batch_size: int = 16) -> dict:
+def evaluate_first_token(
+    model, processor, seed: int, n_scenes: int, batch_size: int = 16, oracle=None
+) -> dict:
     """Held-out accuracy per family, from the first answer token: yes vs no, or the option letters.
 
     Questions are prompted exactly as at inference (one turn, left padding, the model's template).
+    With ``oracle`` (:func:`oracle_table`), the image tokens are perfect object tokens instead.
     """
     tokenizer = processor.tokenizer
     yes_no = tokenizer.convert_tokens_to_ids(["yes", "no"])
     letters = tokenizer.convert_tokens_to_ids(list(LETTERS[:4]))
     items = []
     for scene, render in iter_scenes(seed, "val", n_scenes):
-        items += [(render.image, q) for q in scene_questions(scene, seed)]
+        words = torch.from_numpy(patch_descriptions(render.object_map, scene.objects))
+        items += [(render.image, q, words) for q in scene_questions(scene, seed)]
     correct = defaultdict(list)
     model.eval()
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        texts = [chat_prompt(processor, format_prompt(q.question, q.choices)) for _, q in chunk]
+        texts = [chat_prompt(processor, format_prompt(q.question, q.choices)) for _, q, _ in chunk]
         inputs = processor(
-            images=[im for im, _ in chunk], text=texts, return_tensors="pt", padding=True
+            images=[im for im, _, _ in chunk], text=texts, return_tensors="pt", padding=True
         ).to(model.device)
+        if oracle is not None:
+            words = torch.stack([w for _, _, w in chunk]).to(model.device)
+            inputs = {
+                "inputs_embeds": oracle_embeds(model, inputs["input_ids"], words, oracle),
+                "attention_mask": inputs["attention_mask"],
+            }
         last = model.model(**inputs).last_hidden_state[:, -1]
         logits = model.lm_head(last)
-        for row, (_, q) in enumerate(chunk):
+        for row, (_, q, _) in enumerate(chunk):
             if q.choices:
                 guess = LETTERS[int(logits[row, letters[: len(q.choices)]].argmax())]
             else:
@@ -546,21 +591,35 @@ def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path:
             checkpoint,
         )
 
+    oracle = oracle_table(inner, processor.tokenizer) if config.oracle_tokens else None
+
+    def evaluation() -> dict:
+        result = evaluate_first_token(
+            inner, processor, config.seed, config.eval_scenes, oracle=oracle
+        )
+        result["grounding"] = grounding_confusion(
+            inner, processor, config, grounding_head, oracle=oracle
+        )
+        if oracle is not None:
+            result["real_tokens"] = evaluate_first_token(
+                inner, processor, config.seed, config.eval_scenes
+            )
+        return result
+
     session_start, last_save, losses, grounding_losses = time.time(), time.time(), [], []
     seconds_before = state["seconds"]
     batches = qa_batches(processor, config, state["step"])
     while state["step"] < config.qa_steps:
         step = state["step"]
         if step % config.eval_every == 0 and not any(h["step"] == step for h in state["history"]):
-            result = evaluate_first_token(inner, processor, config.seed, config.eval_scenes)
-            result["grounding"] = grounding_confusion(inner, processor, config, grounding_head)
+            result = evaluation()
             state["history"].append({"step": step, **result})
             log(f"eval step {step}: {json.dumps(result)}")
         for group, lr in zip(optimizer.param_groups, base_lrs, strict=True):
             group["lr"] = lr * _lr_factor(config, step)
         model.train()
         batch = _to(next(batches), config.device)
-        loss, grounding = qa_loss(inner, batch, grounding_head, config.grounding_layer)
+        loss, grounding = qa_loss(inner, batch, grounding_head, config.grounding_layer, oracle)
         optimizer.zero_grad()
         (config.answer_weight * loss + config.grounding_weight * grounding).backward()
         torch.nn.utils.clip_grad_norm_(lora + tower, 1.0)
@@ -581,8 +640,7 @@ def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path:
             log("time budget reached")
             break
     save_checkpoint()
-    final = evaluate_first_token(inner, processor, config.seed, config.eval_scenes)
-    final["grounding"] = grounding_confusion(inner, processor, config, grounding_head)
+    final = evaluation()
     state["history"].append({"step": state["step"], **final})
     log(f"final eval: {json.dumps(final)}")
     export(model, out_dir / "weights", config, state)
