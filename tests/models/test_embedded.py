@@ -180,11 +180,23 @@ def test_balanced_cross_entropy_weighs_each_class_equally():
     assert torch.allclose(balanced_cross_entropy(logits, even), F.cross_entropy(logits, even))
 
 
-def test_grounding_confusion_counts_every_image_token(model_cache, monkeypatch):
-    import torch
+@pytest.fixture
+def shipped(model_cache, monkeypatch):
+    """The shipped model (eval mode) and its processor, through the Auto classes."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from superneurons.models import default_model_dir
+
+    monkeypatch.setenv("SUPERNEURONS_CACHE", str(model_cache))
+    path = default_model_dir()
+    return AutoModelForImageTextToText.from_pretrained(path).eval(), AutoProcessor.from_pretrained(
+        path
+    )
+
+
+def test_grounding_confusion_counts_every_image_token(shipped):
+    import torch
+
     from superneurons.models.embedded.architecture import NUM_IMAGE_TOKENS
     from superneurons.models.embedded.train import (
         UNSEEN_BATCHES,
@@ -193,9 +205,7 @@ def test_grounding_confusion_counts_every_image_token(model_cache, monkeypatch):
         qa_batch,
     )
 
-    monkeypatch.setenv("SUPERNEURONS_CACHE", str(model_cache))
-    processor = AutoProcessor.from_pretrained(default_model_dir())
-    model = AutoModelForImageTextToText.from_pretrained(default_model_dir())
+    model, processor = shipped
     config = TrainConfig(qa_batch=2)
     head = torch.nn.Linear(model.config.text_config.hidden_size, 3)
     confusion = np.array(grounding_confusion(model, processor, config, head, batches=1))
@@ -253,25 +263,31 @@ def test_batches_rendered_by_workers_equal_those_rendered_in_the_loop():
         assert all(a[k].equal(b[k]) for k in a)
 
 
-def test_train_default_runs_both_stages_exports_and_resumes(tmp_path):
-    import json
+def tiny_train_config(**overrides):
+    """Both stages of train_default in seconds: 4 scenes, one decoder layer, one question a step."""
+    from superneurons.models.embedded.train import TrainConfig
 
-    from safetensors.torch import load_file
-
-    from superneurons.models.embedded.train import TrainConfig, train_default
-
-    config = TrainConfig(
+    settings = dict(
         vision_scenes=4,
         vision_steps=2,
         vision_batch=2,
         decoder_layers=1,
         grounding_layer=1,
-        qa_steps=2,
         qa_batch=1,
         eval_every=1,
         eval_scenes=1,
-        loader_workers=1,
     )
+    return TrainConfig(**{**settings, **overrides})
+
+
+def test_train_default_runs_both_stages_exports_and_resumes(tmp_path):
+    import json
+
+    from safetensors.torch import load_file
+
+    from superneurons.models.embedded.train import train_default
+
+    config = tiny_train_config(qa_steps=2, loader_workers=1)
     weights = train_default(tmp_path, config, log=lambda _: None)
     record = json.loads((weights / "training.json").read_text())
     assert record["qa_steps_done"] == 2
@@ -288,11 +304,9 @@ def test_train_default_runs_both_stages_exports_and_resumes(tmp_path):
     assert record["qa_steps_done"] == 3
 
 
-def test_oracle_tokens_replace_the_image_by_each_patch_description(model_cache, monkeypatch):
+def test_oracle_tokens_replace_the_image_by_each_patch_description(shipped):
     import torch
-    from transformers import AutoModelForImageTextToText, AutoProcessor
 
-    from superneurons.models import default_model_dir
     from superneurons.models.embedded.train import (
         DESCRIPTIONS,
         TrainConfig,
@@ -302,9 +316,7 @@ def test_oracle_tokens_replace_the_image_by_each_patch_description(model_cache, 
         qa_batch,
     )
 
-    monkeypatch.setenv("SUPERNEURONS_CACHE", str(model_cache))
-    processor = AutoProcessor.from_pretrained(default_model_dir())
-    model = AutoModelForImageTextToText.from_pretrained(default_model_dir()).eval()
+    model, processor = shipped
     batch = qa_batch(processor, TrainConfig(qa_batch=2), step=0)
     words = batch["patch_descriptions"]
     assert words.shape == batch["grounding"].shape
@@ -328,20 +340,9 @@ def test_oracle_tokens_replace_the_image_by_each_patch_description(model_cache, 
 def test_train_default_on_oracle_tokens_also_evaluates_the_real_vision_side(tmp_path):
     import json
 
-    from superneurons.models.embedded.train import TrainConfig, train_default
+    from superneurons.models.embedded.train import train_default
 
-    config = TrainConfig(
-        vision_scenes=4,
-        vision_steps=1,
-        vision_batch=2,
-        decoder_layers=1,
-        grounding_layer=1,
-        qa_steps=1,
-        qa_batch=1,
-        eval_every=1,
-        eval_scenes=1,
-        oracle_tokens=True,
-    )
+    config = tiny_train_config(qa_steps=1, oracle_tokens=True)
     weights = train_default(tmp_path, config, log=lambda _: None)
     history = json.loads((weights / "training.json").read_text())["eval_history"]
     assert [h["step"] for h in history] == [0, 1]
