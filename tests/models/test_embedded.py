@@ -135,7 +135,7 @@ def test_grounding_labels_mark_the_patches_of_the_named_objects():
     for scene, render in iter_scenes(seed=0, split="train", n=6):
         owner = patch_labels(render.object_map, scene.objects)["owner"]
         for q in scene_questions(scene, seed=0):
-            labels = _grounding_labels(scene, render, q).numpy()
+            labels = _grounding_labels(scene, owner, q).numpy()
             groups = mentioned_objects(scene, q.question)
             assert labels.shape == owner.shape
             for role, objects in enumerate(groups, start=1):
@@ -151,13 +151,14 @@ def test_grounding_labels_mark_the_patches_of_the_named_objects():
 
 def test_grounding_labels_by_answer_move_the_first_phrase_of_yes_questions_to_class_3():
     from superneurons.data.scenes import iter_scenes, scene_questions
-    from superneurons.models.embedded.train import _grounding_labels
+    from superneurons.models.embedded.train import _grounding_labels, patch_owners
 
     moved = 0
     for scene, render in iter_scenes(seed=0, split="train", n=6):
+        owners = patch_owners(render.object_map, len(scene.objects))
         for q in scene_questions(scene, seed=0):
-            plain = _grounding_labels(scene, render, q).numpy()
-            split = _grounding_labels(scene, render, q, by_answer=True).numpy()
+            plain = _grounding_labels(scene, owners, q).numpy()
+            split = _grounding_labels(scene, owners, q, by_answer=True).numpy()
             expected = plain.copy()
             if q.label != "no":
                 expected[plain == 1] = 3

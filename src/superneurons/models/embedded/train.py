@@ -159,29 +159,21 @@ DESCRIPTIONS: list = ["floor"] + [
 _DESCRIPTION_INDEX = {d: k for k, d in enumerate(DESCRIPTIONS)}
 
 
-def _word_targets(model, tokenizer) -> dict:
-    """Mean input embedding of each description's words (" large red metal cube", " floor")."""
+def oracle_table(model, tokenizer) -> torch.Tensor:
+    """Per :data:`DESCRIPTIONS` entry, the mean input embedding of its words (" large red metal
+    cube", " floor"): stage 1's alignment targets, and perfect object tokens."""
     embed = model.get_input_embeddings().weight.detach()
-    targets = {}
+    rows = []
     for description in DESCRIPTIONS:
         text = " floor" if description == "floor" else " " + " ".join(description)
-        targets[description] = embed[tokenizer(text, add_special_tokens=False)["input_ids"]].mean(0)
-    return targets
+        rows.append(embed[tokenizer(text, add_special_tokens=False)["input_ids"]].mean(0))
+    return torch.stack(rows)
 
 
-def oracle_table(model, tokenizer) -> torch.Tensor:
-    """Stage 1's targets, one row per :data:`DESCRIPTIONS` entry: perfect object tokens."""
-    return torch.stack(list(_word_targets(model, tokenizer).values()))
-
-
-def _description(obj) -> tuple[str, str, str, str]:
-    return (obj.size, obj.color, obj.material, obj.shape)
-
-
-def patch_descriptions(object_map: np.ndarray, objects) -> np.ndarray:
-    """Per patch, the index in :data:`DESCRIPTIONS` of what it shows (:func:`patch_owners`)."""
-    owners = patch_owners(object_map, len(objects))
-    return np.array([0 if o < 0 else _DESCRIPTION_INDEX[_description(objects[o])] for o in owners])
+def patch_descriptions(owners: np.ndarray, objects) -> torch.Tensor:
+    """Per patch, the index in :data:`DESCRIPTIONS` of what it shows, from :func:`patch_owners`."""
+    keys = [(o.size, o.color, o.material, o.shape) for o in objects]
+    return torch.tensor([0 if o < 0 else _DESCRIPTION_INDEX[keys[o]] for o in owners])
 
 
 def train_vision(model, processor, config: TrainConfig, log) -> None:
@@ -190,8 +182,8 @@ def train_vision(model, processor, config: TrainConfig, log) -> None:
     heads = torch.nn.ModuleDict(
         {a: torch.nn.Linear(hidden, len(v) + 1) for a, v in ATTRIBUTES.items()}
     ).to(model.device)
-    targets = _word_targets(model, processor.tokenizer)
-    target_scale = torch.stack(list(targets.values())).pow(2).mean()
+    targets = oracle_table(model, processor.tokenizer)
+    target_scale = targets.pow(2).mean()
     log(f"stage 1: rendering {config.vision_scenes} scenes")
     pixels, labels, aligns = [], defaultdict(list), []
     for scene, render in iter_scenes(config.seed, "train", config.vision_scenes, start=10_000_000):
@@ -201,14 +193,7 @@ def train_vision(model, processor, config: TrainConfig, log) -> None:
         lab = patch_labels(render.object_map, scene.objects)
         for attr in ATTRIBUTES:
             labels[attr].append(torch.from_numpy(lab[attr]))
-        aligns.append(
-            torch.stack(
-                [
-                    targets["floor"] if o < 0 else targets[_description(scene.objects[o])]
-                    for o in lab["owner"]
-                ]
-            )
-        )
+        aligns.append(targets[patch_descriptions(lab["owner"], scene.objects)])
     device = model.device
     pixels = torch.stack(pixels).to(device)
     labels = {a: torch.stack(v).to(device) for a, v in labels.items()}
@@ -306,8 +291,9 @@ def qa_batch(processor, config: TrainConfig, step: int) -> dict[str, torch.Tenso
         rng = scene_rng(config.seed, "train", index, stream=7)
         messages, asked = _conversation(questions, rng, config.turns)
         text = processor.apply_chat_template(messages)
-        grounding.append(_grounding_labels(scene, render, asked[0], config.grounding_answer))
-        descriptions.append(torch.from_numpy(patch_descriptions(render.object_map, scene.objects)))
+        owners = patch_owners(render.object_map, len(scene.objects))
+        grounding.append(_grounding_labels(scene, owners, asked[0], config.grounding_answer))
+        descriptions.append(patch_descriptions(owners, scene.objects))
         encoded = processor(images=render.image, text=text, return_tensors="pt")
         ids = encoded["input_ids"][0].tolist()
         rows.append(ids)
@@ -338,19 +324,19 @@ def grounding_classes(config: TrainConfig) -> int:
     return 4 if config.grounding_answer else 3
 
 
-def _grounding_labels(scene, render, question, by_answer: bool = False) -> torch.Tensor:
-    """Per image patch: 1 or 2 if it shows an object the question's first or second phrase names.
+def _grounding_labels(scene, owners: np.ndarray, question, by_answer: bool = False) -> torch.Tensor:
+    """Per image patch (``owners``: :func:`patch_owners`): 1 or 2 if it shows an object the
+    question's first or second phrase names.
 
     0 otherwise (floor, or an object the question does not name). ``by_answer``: the first
     phrase's patches are 1 when the answer is "no" and 3 otherwise, so each of them must also
     carry the answer (a dense signal for the comparison the answer needs).
     """
-    owner = patch_labels(render.object_map, scene.objects)["owner"]
-    labels = np.zeros(len(owner), dtype=np.int64)
+    labels = np.zeros(len(owners), dtype=np.int64)
     for role, objects in enumerate(mentioned_objects(scene, question.question), start=1):
         if by_answer and role == 1 and question.label != "no":
             role = 3
-        labels[np.isin(owner, objects)] = role
+        labels[np.isin(owners, objects)] = role
     return torch.from_numpy(labels)
 
 
@@ -485,7 +471,10 @@ def evaluate_first_token(
     letters = tokenizer.convert_tokens_to_ids(list(LETTERS[:4]))
     items = []
     for scene, render in iter_scenes(seed, "val", n_scenes):
-        words = torch.from_numpy(patch_descriptions(render.object_map, scene.objects))
+        words = None
+        if oracle is not None:
+            owners = patch_owners(render.object_map, len(scene.objects))
+            words = patch_descriptions(owners, scene.objects)
         items += [(render.image, q, words) for q in scene_questions(scene, seed)]
     correct = defaultdict(list)
     model.eval()
