@@ -64,6 +64,13 @@ def train_default(
         "--grounding-answer/--no-grounding-answer",
         help="Grounding labels also carry the answer on the first phrase's patches.",
     ),
+    referent_weight: float = typer.Option(
+        None,
+        min=0,
+        help="Weight of a second turn after each answer that lists the objects the question "
+        "names, in full (0: none; default: the recipe's).",
+    ),
+    eval_scenes: int = typer.Option(None, help="Validation scenes of each held-out evaluation."),
     oracle_tokens: bool = typer.Option(
         False,
         help="Stage 2 on perfect object tokens instead of the image (tests the language model "
@@ -90,6 +97,8 @@ def train_default(
         "lora_lr": lora_lr,
         "tower_lr": tower_lr,
         "grounding_answer": grounding_answer,
+        "referent_weight": referent_weight,
+        "eval_scenes": eval_scenes,
         "decoder_layers": decoder_layers,
     }
     if oracle_tokens and ship:

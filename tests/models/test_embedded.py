@@ -167,6 +167,95 @@ def test_grounding_labels_by_answer_move_the_first_phrase_of_yes_questions_to_cl
     assert moved > 0
 
 
+def test_referent_text_describes_each_named_object_phrase_by_phrase():
+    from superneurons.data.scenes import iter_scenes, mentioned_objects, scene_questions
+    from superneurons.models.embedded.train import referent_text
+
+    seen_none = seen_relation = False
+    for scene, _ in iter_scenes(seed=0, split="train", n=6):
+        described = {
+            i: f"{o.size} {o.color} {o.material} {o.shape}" for i, o in enumerate(scene.objects)
+        }
+        for q in scene_questions(scene, seed=0):
+            groups = mentioned_objects(scene, q.question)
+            phrases = referent_text(scene, q.question).split("; ")
+            assert len(phrases) == len(groups), q.question
+            for phrase, group in zip(phrases, groups, strict=True):
+                if not group:
+                    assert phrase == "none"
+                    seen_none = True
+                    continue
+                left_to_right = sorted(group, key=lambda i: scene.objects[i].pixel_center[0])
+                assert phrase.split(", ") == [described[i] for i in left_to_right]
+            seen_relation |= len(groups) == 2
+    assert seen_none and seen_relation
+
+
+def _scene_processor():
+    from transformers import AutoTokenizer
+
+    from superneurons.models.embedded.architecture import build_processor
+    from superneurons.models.embedded.assemble import smollm2_gguf
+
+    gguf = smollm2_gguf()
+    return build_processor(AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name))
+
+
+def test_referent_turn_follows_the_answer_and_is_its_own_target():
+    from superneurons.data.scenes import iter_scenes
+    from superneurons.models.embedded.architecture import END_OF_TURN
+    from superneurons.models.embedded.train import TrainConfig, qa_batch, referent_text
+
+    processor = _scene_processor()
+    tokenizer = processor.tokenizer
+    plain = qa_batch(processor, TrainConfig(qa_batch=3), step=4)
+    with_turn = qa_batch(processor, TrainConfig(qa_batch=3, referent_weight=1.0), step=4)
+    assert not plain["referent"].any()
+    answers = ~with_turn["referent"]
+    # The answer turn is untouched: same positions, same targets.
+    assert with_turn["position"][answers].tolist() == plain["position"].tolist()
+    assert with_turn["targets"][answers].tolist() == plain["targets"].tolist()
+    for row in range(3):
+        scene, _ = next(iter_scenes(seed=0, split="train", n=1, start=4 * 3 + row))
+        text = tokenizer.decode(plain["input_ids"][row])
+        question = text.split("<|im_start|>user\n", 1)[1].split("\n<image>", 1)[0]
+        mine = with_turn["referent"] & (with_turn["batch_index"] == row)
+        assert tokenizer.decode(with_turn["targets"][mine]) == (
+            referent_text(scene, question) + END_OF_TURN
+        )
+        # Every referent position comes after every answer position of its row.
+        theirs = answers & (with_turn["batch_index"] == row)
+        assert with_turn["position"][mine].min() > with_turn["position"][theirs].max()
+
+
+def test_the_referent_turn_cannot_change_the_answer_loss(shipped):
+    import torch
+
+    from superneurons.models.embedded.train import TrainConfig, qa_batch, qa_loss
+
+    model, processor = shipped
+    head = torch.nn.Linear(model.config.text_config.hidden_size, 3)
+    with torch.no_grad():
+        plain = qa_loss(model, qa_batch(processor, TrainConfig(qa_batch=2), step=1), head, 2)
+        config = TrainConfig(qa_batch=2, referent_weight=1.0)
+        with_turn = qa_loss(model, qa_batch(processor, config, step=1), head, 2)
+    assert plain[2].item() == 0.0
+    assert torch.allclose(with_turn[0], plain[0], atol=1e-4)  # causal: the answer comes first
+    assert torch.allclose(with_turn[1], plain[1], atol=1e-4)
+    assert with_turn[2].item() > 0.0
+
+
+def test_roc_auc_ranks_positives_above_negatives():
+    import math
+
+    from superneurons.models.embedded.train import roc_auc
+
+    assert roc_auc([0.1, 0.4, 0.35, 0.8], [False, False, True, True]) == 0.75
+    assert roc_auc([3, 2, 1], [False, True, True]) == 0.0
+    assert roc_auc([1, 1], [True, False]) == 0.5
+    assert math.isnan(roc_auc([1, 2], [True, True]))
+
+
 def test_balanced_cross_entropy_weighs_each_class_equally():
     import torch
     import torch.nn.functional as F
@@ -246,14 +335,9 @@ def test_assembled_model_has_the_shipped_number_of_decoder_layers(model_cache, m
 
 
 def test_batches_rendered_by_workers_equal_those_rendered_in_the_loop():
-    from transformers import AutoTokenizer
-
-    from superneurons.models.embedded.architecture import build_processor
-    from superneurons.models.embedded.assemble import smollm2_gguf
     from superneurons.models.embedded.train import TrainConfig, qa_batches
 
-    gguf = smollm2_gguf()
-    processor = build_processor(AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name))
+    processor = _scene_processor()
     config = TrainConfig(qa_batch=2, qa_steps=5)
     in_loop = list(qa_batches(processor, config, first=2))
     config.loader_workers = 2
@@ -288,10 +372,11 @@ def test_train_default_runs_both_stages_exports_and_resumes(tmp_path):
 
     from superneurons.models.embedded.train import train_default
 
-    config = tiny_train_config(qa_steps=2, loader_workers=1)
+    config = tiny_train_config(qa_steps=2, loader_workers=1, referent_weight=1.0)
     weights = train_default(tmp_path, config, log=lambda _: None)
     record = json.loads((weights / "training.json").read_text())
     assert record["qa_steps_done"] == 2
+    assert record["config"]["referent_weight"] == 1.0
     assert [h["step"] for h in record["eval_history"]] == [0, 1, 2]
     assert record["config"]["decoder_layers"] == 1
     assert load_file(weights / "vision_projector.safetensors")
@@ -348,5 +433,7 @@ def test_train_default_on_oracle_tokens_also_evaluates_the_real_vision_side(tmp_
     history = json.loads((weights / "training.json").read_text())["eval_history"]
     assert [h["step"] for h in history] == [0, 1]
     for entry in history:
-        assert set(entry["real_tokens"]) == {"binary", "n", "per_family"}
+        assert set(entry["real_tokens"]) == {"binary", "n", "per_family", "auc"}
+        assert set(entry["auc"]) <= set(entry["per_family"]) - {"color_choice"}
+        assert all(0 <= v <= 1 or v != v for v in entry["auc"].values())  # nan: one class only
         assert entry["real_tokens"]["n"] == entry["n"]

@@ -12,7 +12,10 @@ grounding loss supervises every image token at one middle layer: a linear head m
 token's hidden state, whether its patch shows the object the question's first phrase names, the
 second phrase's object, or neither (from the renderer's object map). The question precedes the
 image, so image tokens can compute this; the answer position then only has to gather it. The
-head is dropped at export: the shipped model is a plain LLaVA checkpoint.
+head is dropped at export: the shipped model is a plain LLaVA checkpoint. Optionally
+(``referent_weight``), a second turn after the answer asks which objects the question names and
+is trained to list them in full ("small green metal sphere"): a dense target for reading the
+named object's attributes, which comes after the answer and so cannot leak into it.
 
 bf16 autocast is pathologically slow for this model's backward pass on the CPUs here (~20x), so
 training runs in fp32. Progress is checkpointed every few minutes; rerunning resumes.
@@ -82,6 +85,9 @@ class TrainConfig:
     grounding_weight: float = 1.0
     grounding_answer: bool = False  # split the first phrase's patches by the question's answer
     answer_weight: float = 1.0  # 0: grounding alone (a first phase, or a diagnostic)
+    # > 0: each sequence gets a second turn after the answer that lists the objects the question
+    # names ("large red metal cube; small blue rubber sphere"), its loss weighted by this.
+    referent_weight: float = 0.0
     # Stage 2 on perfect object tokens (stage 1's targets) instead of the image: a test of the
     # language-model side alone; evaluations then also report the real vision side.
     oracle_tokens: bool = False
@@ -239,6 +245,22 @@ def train_vision(model, processor, config: TrainConfig, log) -> None:
 # ---------------------------------------------------------------- stage 2: questions
 
 
+REFERENT_QUESTION = "Which objects does the question name?"
+
+
+def referent_text(scene, question) -> str:
+    """The objects each phrase of ``question`` names, left to right, described in full.
+
+    Phrases are separated by "; ", objects by ", "; a phrase that names nothing is "none".
+    """
+    phrases = []
+    for group in mentioned_objects(scene, question):
+        objects = sorted((scene.objects[i] for i in group), key=lambda o: o.pixel_center[0])
+        described = [f"{o.size} {o.color} {o.material} {o.shape}" for o in objects]
+        phrases.append(", ".join(described) or "none")
+    return "; ".join(phrases)
+
+
 def _conversation(questions, rng: np.random.Generator, turns: int) -> tuple[list[dict], list]:
     """Up to ``turns`` turns about one scene, at most one question per family.
 
@@ -263,18 +285,19 @@ def _conversation(questions, rng: np.random.Generator, turns: int) -> tuple[list
     return messages, picked
 
 
-def _answer_positions(ids: list[int], header: list[int], end_id: int) -> list[int]:
-    """Positions whose next token is an answer token (after each assistant header)."""
-    positions, n = [], len(header)
+def _answer_positions(ids: list[int], header: list[int], end_id: int) -> list[list[int]]:
+    """Per assistant turn, the positions whose next token is one of its tokens."""
+    turns, n = [], len(header)
     for i in range(len(ids) - n):
         if ids[i : i + n] == header:
+            turns.append([])
             j = i + n
             while True:
-                positions.append(j - 1)
+                turns[-1].append(j - 1)
                 if ids[j] == end_id:
                     break
                 j += 1
-    return positions
+    return turns
 
 
 def qa_batch(processor, config: TrainConfig, step: int) -> dict[str, torch.Tensor]:
@@ -290,6 +313,14 @@ def qa_batch(processor, config: TrainConfig, step: int) -> dict[str, torch.Tenso
         questions = scene_questions(scene, config.seed)
         rng = scene_rng(config.seed, "train", index, stream=7)
         messages, asked = _conversation(questions, rng, config.turns)
+        if config.referent_weight:
+            messages += [
+                {"role": "user", "content": [{"type": "text", "text": REFERENT_QUESTION}]},
+                {
+                    "role": "assistant",
+                    "content": [{"type": "text", "text": referent_text(scene, asked[0].question)}],
+                },
+            ]
         text = processor.apply_chat_template(messages)
         owners = patch_owners(render.object_map, len(scene.objects))
         grounding.append(_grounding_labels(scene, owners, asked[0], config.grounding_answer))
@@ -298,7 +329,12 @@ def qa_batch(processor, config: TrainConfig, step: int) -> dict[str, torch.Tenso
         ids = encoded["input_ids"][0].tolist()
         rows.append(ids)
         images.append(encoded["pixel_values"][0])
-        positions.append(_answer_positions(ids, header, end_id))
+        turns = _answer_positions(ids, header, end_id)
+        if config.referent_weight:
+            positions.append([(p, False) for turn in turns[:-1] for p in turn])
+            positions[-1] += [(p, True) for p in turns[-1]]
+        else:
+            positions.append([(p, False) for turn in turns for p in turn])
     length = max(map(len, rows))
     input_ids = torch.full((len(rows), length), tokenizer.pad_token_id)
     attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -306,7 +342,7 @@ def qa_batch(processor, config: TrainConfig, step: int) -> dict[str, torch.Tenso
         input_ids[r, : len(ids)] = torch.tensor(ids)
         attention_mask[r, : len(ids)] = 1
     batch_index = torch.tensor([r for r, pos in enumerate(positions) for _ in pos])
-    position = torch.tensor([p for pos in positions for p in pos])
+    position = torch.tensor([p for pos in positions for p, _ in pos])
     return {
         "input_ids": input_ids,
         "attention_mask": attention_mask,
@@ -317,6 +353,7 @@ def qa_batch(processor, config: TrainConfig, step: int) -> dict[str, torch.Tenso
         "batch_index": batch_index,
         "position": position,
         "targets": input_ids[batch_index, position + 1],
+        "referent": torch.tensor([r for pos in positions for _, r in pos]),
     }
 
 
@@ -408,12 +445,17 @@ def _forward(model, batch: dict[str, torch.Tensor], oracle: torch.Tensor | None 
 def qa_loss(
     model, batch: dict[str, torch.Tensor], grounding_head, layer: int, oracle=None
 ) -> tuple:
-    """(answer loss, grounding loss) of a batch from :func:`qa_batch` (``oracle``: see _forward)."""
+    """(answer loss, grounding loss, referent loss — 0 without a referent turn) of a batch from
+    :func:`qa_batch` (``oracle``: see _forward)."""
     out = _forward(model, batch, oracle)
     logits = model.lm_head(out.last_hidden_state[batch["batch_index"], batch["position"]])
+    losses = F.cross_entropy(logits, batch["targets"], reduction="none")
+    referent = batch["referent"]
     image_states = out.hidden_states[layer][batch["image_mask"]]
-    return F.cross_entropy(logits, batch["targets"]), balanced_cross_entropy(
-        grounding_head(image_states), batch["grounding"].flatten()
+    return (
+        losses[~referent].mean(),
+        balanced_cross_entropy(grounding_head(image_states), batch["grounding"].flatten()),
+        losses[referent].mean() if referent.any() else losses.new_zeros(()),
     )
 
 
@@ -465,6 +507,8 @@ def evaluate_first_token(
 
     Questions are prompted exactly as at inference (one turn, left padding, the model's template).
     With ``oracle`` (:func:`oracle_table`), the image tokens are perfect object tokens instead.
+    ``auc``: per yes/no family, the ROC AUC of the yes − no logit, which tells whether the model
+    ranks the answers before its accuracy leaves chance.
     """
     tokenizer = processor.tokenizer
     yes_no = tokenizer.convert_tokens_to_ids(["yes", "no"])
@@ -476,7 +520,7 @@ def evaluate_first_token(
             owners = patch_owners(render.object_map, len(scene.objects))
             words = patch_descriptions(owners, scene.objects)
         items += [(render.image, q, words) for q in scene_questions(scene, seed)]
-    correct = defaultdict(list)
+    correct, margins = defaultdict(list), defaultdict(list)
     model.eval()
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
@@ -496,11 +540,23 @@ def evaluate_first_token(
             if q.choices:
                 guess = LETTERS[int(logits[row, letters[: len(q.choices)]].argmax())]
             else:
-                guess = "yes" if logits[row, yes_no[0]] > logits[row, yes_no[1]] else "no"
+                margin = float(logits[row, yes_no[0]] - logits[row, yes_no[1]])
+                margins[q.family].append((margin, q.label == "yes"))
+                guess = "yes" if margin > 0 else "no"
             correct[q.family].append(guess == q.label)
     per_family = {f: float(np.mean(v)) for f, v in correct.items()}
     binary = [c for f, v in correct.items() if f != "color_choice" for c in v]
-    return {"binary": float(np.mean(binary)), "n": len(items), "per_family": per_family}
+    auc = {f: roc_auc(*zip(*v, strict=True)) for f, v in margins.items()}
+    return {"binary": float(np.mean(binary)), "n": len(items), "per_family": per_family, "auc": auc}
+
+
+def roc_auc(scores, positive) -> float:
+    """Probability that a random positive scores above a random negative (ties count half)."""
+    scores, positive = np.asarray(scores, dtype=float), np.asarray(positive, dtype=bool)
+    pos, neg = scores[positive][:, None], scores[~positive][None, :]
+    if not pos.size or not neg.size:
+        return float("nan")
+    return float((pos > neg).mean() + 0.5 * (pos == neg).mean())
 
 
 def _lr_factor(config: TrainConfig, step: int) -> float:
@@ -595,7 +651,8 @@ def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path:
             )
         return result
 
-    session_start, last_save, losses, grounding_losses = time.time(), time.time(), [], []
+    session_start, last_save = time.time(), time.time()
+    losses, grounding_losses, referent_losses = [], [], []
     seconds_before = state["seconds"]
     batches = qa_batches(processor, config, state["step"])
     while state["step"] < config.qa_steps:
@@ -608,19 +665,27 @@ def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path:
             group["lr"] = lr * _lr_factor(config, step)
         model.train()
         batch = _to(next(batches), config.device)
-        loss, grounding = qa_loss(inner, batch, grounding_head, config.grounding_layer, oracle)
+        loss, grounding, referent = qa_loss(
+            inner, batch, grounding_head, config.grounding_layer, oracle
+        )
         optimizer.zero_grad()
-        (config.answer_weight * loss + config.grounding_weight * grounding).backward()
+        (
+            config.answer_weight * loss
+            + config.grounding_weight * grounding
+            + config.referent_weight * referent
+        ).backward()
         torch.nn.utils.clip_grad_norm_(lora + tower, 1.0)
         optimizer.step()
         losses.append(loss.item())
         grounding_losses.append(grounding.item())
+        referent_losses.append(referent.item())
         state["step"] = step + 1
         state["seconds"] = seconds_before + time.time() - session_start
         if state["step"] % 25 == 0:
             log(
                 f"step {state['step']}: answer loss {np.mean(losses[-25:]):.4f} "
-                f"grounding {np.mean(grounding_losses[-25:]):.4f} ({state['seconds']:.0f}s)"
+                f"grounding {np.mean(grounding_losses[-25:]):.4f} "
+                f"referent {np.mean(referent_losses[-25:]):.4f} ({state['seconds']:.0f}s)"
             )
         if time.time() - last_save > config.checkpoint_every_s:
             save_checkpoint()
