@@ -245,6 +245,42 @@ def test_the_referent_turn_cannot_change_the_answer_loss(shipped):
     assert with_turn[2].item() > 0.0
 
 
+def test_referent_reading_scores_only_the_words_the_question_does_not_name(shipped):
+    from collections import Counter
+
+    from superneurons.data.scenes import iter_scenes, parse_reference
+    from superneurons.models.embedded.train import (
+        ATTRIBUTES,
+        UNSEEN_BATCHES,
+        TrainConfig,
+        qa_batch,
+        referent_reading,
+        referent_text,
+    )
+
+    model, processor = shipped
+    config = TrainConfig(qa_batch=4, referent_weight=1.0)
+    reading = referent_reading(model, processor, config, batches=2)
+    kind_of = {v: kind for kind, values in ATTRIBUTES.items() for v in values}
+    expected = Counter()
+    for k in range(2):
+        ids = qa_batch(processor, config, UNSEEN_BATCHES + k)["input_ids"]
+        for row in range(4):
+            scene, _ = next(
+                iter_scenes(seed=0, split="train", n=1, start=(UNSEEN_BATCHES + k) * 4 + row)
+            )
+            text = processor.tokenizer.decode(ids[row])
+            question = text.split("<|im_start|>user\n", 1)[1].split("\n", 1)[0]
+            named = {v for w in question.split() for v in parse_reference(w).values()}
+            for word in referent_text(scene, question).replace(",", " ").replace(";", " ").split():
+                if word in kind_of and word not in named:
+                    expected[kind_of[word]] += 1
+    assert {kind: r["n"] for kind, r in reading.items()} == {k: n for k, n in expected.items()}
+    assert all(0 <= r["accuracy"] <= 1 and 0 < r["majority"] <= 1 for r in reading.values())
+    with pytest.raises(ValueError, match="referent_weight"):
+        referent_reading(model, processor, TrainConfig(qa_batch=1), batches=1)
+
+
 def test_roc_auc_ranks_positives_above_negatives():
     import math
 

@@ -45,6 +45,7 @@ from superneurons.data.scenes import (
     SIZES,
     iter_scenes,
     mentioned_objects,
+    parse_reference,
     scene_questions,
 )
 from superneurons.data.scenes.write import scene_rng
@@ -499,6 +500,66 @@ def grounding_confusion(
     return confusion.tolist()
 
 
+def _attribute_tokens(tokenizer) -> dict[int, str]:
+    """Token id -> attribute kind, for every attribute value after a space, and at the start of
+    a text where it is one token (a referent starts with the size: "small", "large")."""
+    kinds = {}
+    for kind, values in ATTRIBUTES.items():
+        for value in values:
+            spaced = tokenizer(" " + value, add_special_tokens=False)["input_ids"]
+            if len(spaced) != 1:
+                raise ValueError(f"attribute value {value!r} is not one token: {spaced}")
+            kinds[spaced[0]] = kind
+            bare = tokenizer(value, add_special_tokens=False)["input_ids"]
+            if len(bare) == 1:
+                kinds[bare[0]] = kind
+    return kinds
+
+
+@torch.no_grad()
+def referent_reading(
+    model, processor, config: TrainConfig, batches: int = 12, oracle=None
+) -> dict[str, dict]:
+    """How well the referent turn names attribute values that its question does not name.
+
+    A value the question names ("Is the green object small?" -> green, small) can be copied from
+    the text; any other (the object's material and shape there) must be read from the image.
+    Per attribute: accuracy of the next-token guess on those words (teacher forcing), their
+    number, and the share of the most frequent value among them (what guessing without the image
+    reaches), on unseen train scenes. Needs ``config.referent_weight`` > 0.
+    """
+    if not config.referent_weight:
+        raise ValueError("referent_reading needs a config with referent_weight > 0")
+    kinds = _attribute_tokens(processor.tokenizer)
+    hits, targets = defaultdict(list), defaultdict(list)
+    model.eval()
+    for k in range(batches):
+        batch = _to(qa_batch(processor, config, UNSEEN_BATCHES + k), model.device)
+        out = _forward(model, batch, oracle)
+        rows, positions = batch["batch_index"], batch["position"]
+        guesses = model.lm_head(out.last_hidden_state[rows, positions]).argmax(-1)
+        named = []
+        for ids in batch["input_ids"].tolist():
+            text = processor.tokenizer.decode(ids).split("<|im_start|>user\n", 1)[1]
+            question = text.split("\n", 1)[0]
+            named.append({v for word in question.split() for v in parse_reference(word).values()})
+        for j in torch.nonzero(batch["referent"]).flatten().tolist():
+            target = int(batch["targets"][j])
+            word = processor.tokenizer.decode(target).strip()
+            if target in kinds and word not in named[int(rows[j])]:
+                hits[kinds[target]].append(int(guesses[j]) == target)
+                targets[kinds[target]].append(target)
+    return {
+        kind: {
+            "accuracy": float(np.mean(hits[kind])),
+            "n": len(hits[kind]),
+            "majority": float(np.bincount(targets[kind]).max() / len(targets[kind])),
+        }
+        for kind in ATTRIBUTES
+        if hits[kind]
+    }
+
+
 @torch.no_grad()
 def evaluate_first_token(
     model, processor, seed: int, n_scenes: int, batch_size: int = 16, oracle=None
@@ -645,6 +706,8 @@ def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path:
         result["grounding"] = grounding_confusion(
             inner, processor, config, grounding_head, oracle=oracle
         )
+        if config.referent_weight:
+            result["referent_reading"] = referent_reading(inner, processor, config, oracle=oracle)
         if oracle is not None:
             result["real_tokens"] = evaluate_first_token(
                 inner, processor, config.seed, config.eval_scenes
