@@ -531,7 +531,7 @@ def referent_reading(
     if not config.referent_weight:
         raise ValueError("referent_reading needs a config with referent_weight > 0")
     kinds = _attribute_tokens(processor.tokenizer)
-    hits, targets = defaultdict(list), defaultdict(list)
+    hits, words = defaultdict(list), defaultdict(list)
     model.eval()
     for k in range(batches):
         batch = _to(qa_batch(processor, config, UNSEEN_BATCHES + k), model.device)
@@ -548,12 +548,12 @@ def referent_reading(
             word = processor.tokenizer.decode(target).strip()
             if target in kinds and word not in named[int(rows[j])]:
                 hits[kinds[target]].append(int(guesses[j]) == target)
-                targets[kinds[target]].append(target)
+                words[kinds[target]].append(word)  # "small" and " small": one value
     return {
         kind: {
             "accuracy": float(np.mean(hits[kind])),
             "n": len(hits[kind]),
-            "majority": float(np.bincount(targets[kind]).max() / len(targets[kind])),
+            "majority": max(map(words[kind].count, set(words[kind]))) / len(words[kind]),
         }
         for kind in ATTRIBUTES
         if hits[kind]
