@@ -204,7 +204,12 @@ def _scene_processor():
 def test_referent_turn_follows_the_answer_and_is_its_own_target():
     from superneurons.data.scenes import iter_scenes
     from superneurons.models.embedded.architecture import END_OF_TURN
-    from superneurons.models.embedded.train import TrainConfig, qa_batch, referent_text
+    from superneurons.models.embedded.train import (
+        TrainConfig,
+        asked_question,
+        qa_batch,
+        referent_text,
+    )
 
     processor = _scene_processor()
     tokenizer = processor.tokenizer
@@ -217,8 +222,7 @@ def test_referent_turn_follows_the_answer_and_is_its_own_target():
     assert with_turn["targets"][answers].tolist() == plain["targets"].tolist()
     for row in range(3):
         scene, _ = next(iter_scenes(seed=0, split="train", n=1, start=4 * 3 + row))
-        text = tokenizer.decode(plain["input_ids"][row])
-        question = text.split("<|im_start|>user\n", 1)[1].split("\n<image>", 1)[0]
+        question = asked_question(tokenizer, plain["input_ids"][row])
         mine = with_turn["referent"] & (with_turn["batch_index"] == row)
         assert tokenizer.decode(with_turn["targets"][mine]) == (
             referent_text(scene, question) + END_OF_TURN
@@ -253,6 +257,7 @@ def test_referent_reading_scores_only_the_words_the_question_does_not_name(shipp
         ATTRIBUTES,
         UNSEEN_BATCHES,
         TrainConfig,
+        asked_question,
         qa_batch,
         referent_reading,
         referent_text,
@@ -269,8 +274,7 @@ def test_referent_reading_scores_only_the_words_the_question_does_not_name(shipp
             scene, _ = next(
                 iter_scenes(seed=0, split="train", n=1, start=(UNSEEN_BATCHES + k) * 4 + row)
             )
-            text = processor.tokenizer.decode(ids[row])
-            question = text.split("<|im_start|>user\n", 1)[1].split("\n", 1)[0]
+            question = asked_question(processor.tokenizer, ids[row])
             named = {v for w in question.split() for v in parse_reference(w).values()}
             for word in referent_text(scene, question).replace(",", " ").replace(";", " ").split():
                 if word in kind_of and word not in named:

@@ -331,11 +331,8 @@ def qa_batch(processor, config: TrainConfig, step: int) -> dict[str, torch.Tenso
         rows.append(ids)
         images.append(encoded["pixel_values"][0])
         turns = _answer_positions(ids, header, end_id)
-        if config.referent_weight:
-            positions.append([(p, False) for turn in turns[:-1] for p in turn])
-            positions[-1] += [(p, True) for p in turns[-1]]
-        else:
-            positions.append([(p, False) for turn in turns for p in turn])
+        answer_turns = len(turns) - (1 if config.referent_weight else 0)
+        positions.append([(p, k >= answer_turns) for k, turn in enumerate(turns) for p in turn])
     length = max(map(len, rows))
     input_ids = torch.full((len(rows), length), tokenizer.pad_token_id)
     attention_mask = torch.zeros((len(rows), length), dtype=torch.long)
@@ -500,6 +497,12 @@ def grounding_confusion(
     return confusion.tolist()
 
 
+def asked_question(tokenizer, input_ids) -> str:
+    """The question a training sequence asks: the first line of its first user turn."""
+    text = tokenizer.decode(input_ids).split("<|im_start|>user\n", 1)[1]
+    return text.split("\n", 1)[0]
+
+
 def _attribute_tokens(tokenizer) -> dict[int, str]:
     """Token id -> attribute kind, for every attribute value after a space, and at the start of
     a text where it is one token (a referent starts with the size: "small", "large")."""
@@ -538,11 +541,14 @@ def referent_reading(
         out = _forward(model, batch, oracle)
         rows, positions = batch["batch_index"], batch["position"]
         guesses = model.lm_head(out.last_hidden_state[rows, positions]).argmax(-1)
-        named = []
-        for ids in batch["input_ids"].tolist():
-            text = processor.tokenizer.decode(ids).split("<|im_start|>user\n", 1)[1]
-            question = text.split("\n", 1)[0]
-            named.append({v for word in question.split() for v in parse_reference(word).values()})
+        named = [
+            {
+                v
+                for word in asked_question(processor.tokenizer, ids).split()
+                for v in parse_reference(word).values()
+            }
+            for ids in batch["input_ids"].tolist()
+        ]
         for j in torch.nonzero(batch["referent"]).flatten().tolist():
             target = int(batch["targets"][j])
             word = processor.tokenizer.decode(target).strip()
