@@ -6,7 +6,7 @@ question before the 64 image tokens, answer at the last position, exactly the la
 embedded model's chat template) learns to answer from them, optionally with the grounding loss
 (which image tokens show an object the question names) at one layer. ``--features oracle``
 replaces the tower's features by one-hot true attributes and patch row/column. Results and the
-commands that produced them are in docs/embedded-model.md (runs 14-16).
+commands that produced them are in docs/embedded-model.md (runs 14-18).
 
     python scripts/probes/scratch_decoder.py pool --split val --scenes 500
     python scripts/probes/scratch_decoder.py pool --split train --scenes 20000
@@ -30,15 +30,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaModel
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from superneurons.data.scenes.questions import generate_questions, mentioned_objects
 from superneurons.data.scenes.write import iter_scenes, scene_rng
-from superneurons.models.embedded.train import ATTRIBUTES, patch_labels
+from superneurons.models.embedded.train import ATTRIBUTES, balanced_cross_entropy, patch_labels
 
 ROUNDS = 6  # question draws per train scene (one per validation scene)
 CHUNK = 250
-CLIP_MEAN = torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)
-CLIP_STD = torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+CLIP_MEAN = torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)
+CLIP_STD = torch.tensor(OPENAI_CLIP_STD).view(1, 3, 1, 1)
 WORD = re.compile(r"\w+|[^\w\s]")
 
 
@@ -275,12 +276,6 @@ def evaluate(model: Decoder, rows, features, vocab: Vocabulary) -> tuple[float, 
     binary = [v for family, v in tally.items() if family != "color_choice"]
     overall = sum(c for c, _ in binary) / sum(n for _, n in binary)
     return overall, {family: round(c / n, 3) for family, (c, n) in tally.items()}
-
-
-def balanced_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    counts = torch.bincount(targets, minlength=logits.shape[-1]).float().clamp(min=1)
-    weight = (1 / counts) * (counts > 0)
-    return F.cross_entropy(logits, targets, weight=weight / weight.sum() * logits.shape[-1])
 
 
 def train(out: Path, args: argparse.Namespace) -> None:
