@@ -12,8 +12,11 @@ commands that produced them are in docs/embedded-model.md (runs 14-18).
     python scripts/probes/scratch_decoder.py pool --split train --scenes 20000
     python scripts/probes/scratch_decoder.py vision --vision-steps 2500 --vision-hidden 64
     python scripts/probes/scratch_decoder.py oracle
-    python scripts/probes/scratch_decoder.py train --families existence --vision-hidden 64 \
-        --grounding-layer 2 --minutes 9 --save real_ex.pt
+    python scripts/probes/scratch_decoder.py train --families existence --minutes 9 --save ex.pt
+    python scripts/probes/scratch_decoder.py train --init ex.pt --minutes 40 --save all.pt
+
+(the decoder's input width follows the cached features; the grounding loss is on at layer 2
+unless ``--grounding-layer 0``).
 
 Everything is written under ``--out`` (default runs/scratch).
 """
@@ -32,9 +35,16 @@ import torch.nn.functional as F
 from transformers import CLIPVisionConfig, CLIPVisionModel, LlamaConfig, LlamaModel
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
-from superneurons.data.scenes.questions import generate_questions, mentioned_objects
+from superneurons.data.scenes.questions import generate_questions
 from superneurons.data.scenes.write import iter_scenes, scene_rng
-from superneurons.models.embedded.train import ATTRIBUTES, balanced_cross_entropy, patch_labels
+from superneurons.models.embedded.architecture import IMAGE_SIZE, PATCH_SIZE
+from superneurons.models.embedded.train import (
+    ATTRIBUTES,
+    _atomic_torch_save,
+    _grounding_labels,
+    balanced_cross_entropy,
+    patch_labels,
+)
 
 ROUNDS = 6  # question draws per train scene (one per validation scene)
 CHUNK = 250
@@ -57,9 +67,7 @@ def _render_chunk(job: tuple[str, int, int]):
         for r in range(ROUNDS if split == "train" else 1):
             rng = scene_rng(0, split, scene.index, stream=20 + r)
             for q in generate_questions(scene, rng):
-                grounding = np.zeros(len(lab["owner"]), dtype=np.int8)
-                for role, objects in enumerate(mentioned_objects(scene, q.question), start=1):
-                    grounding[np.isin(lab["owner"], objects)] = role
+                grounding = _grounding_labels(scene, lab["owner"], q).numpy().astype(np.int8)
                 asked.append((q.question, q.label, q.family, grounding))
         questions.append(asked)
     return images, labels, questions
@@ -76,7 +84,7 @@ def pool(out: Path, split: str, n: int) -> None:
             labels += lab
             questions += qs
     print(f"rendered {n} {split} scenes in {time.time() - start:.0f}s", flush=True)
-    torch.save(
+    _atomic_torch_save(
         {
             "images": torch.from_numpy(np.stack(images)),
             "labels": torch.from_numpy(np.stack(labels)),
@@ -99,8 +107,8 @@ def vision_config(hidden: int) -> CLIPVisionConfig:
         intermediate_size=4 * hidden,
         num_hidden_layers=3,
         num_attention_heads=4,
-        image_size=64,
-        patch_size=8,
+        image_size=IMAGE_SIZE,
+        patch_size=PATCH_SIZE,
         hidden_act="quick_gelu",
     )
 
@@ -142,7 +150,7 @@ def vision(out: Path, hidden: int, steps: int, batch: int = 64, lr: float = 2e-3
                 f"{time.time() - start:.0f}s",
                 flush=True,
             )
-    torch.save(model.state_dict(), out / "vision.pt")
+    _atomic_torch_save(model.state_dict(), out / "vision.pt")
     model.eval()
     for split in ("train", "val"):
         split_images = _load_pool(out, split)["images"]
@@ -153,7 +161,7 @@ def vision(out: Path, hidden: int, steps: int, batch: int = 64, lr: float = 2e-3
                     for k in range(0, len(split_images), 500)
                 ]
             )
-        torch.save(features.half(), out / f"features_{split}.pt")
+        _atomic_torch_save(features.half(), out / f"features_{split}.pt")
 
 
 def oracle(out: Path) -> None:
@@ -163,12 +171,12 @@ def oracle(out: Path) -> None:
         sizes = [len(v) + 1 for v in ATTRIBUTES.values()]
         parts = [F.one_hot(labels[:, a], n) for a, n in enumerate(sizes)]
         position = torch.arange(labels.shape[-1])
-        parts.append(F.one_hot(position // 8, 8).expand(len(labels), -1, 8))
-        parts.append(F.one_hot(position % 8, 8).expand(len(labels), -1, 8))
+        side = IMAGE_SIZE // PATCH_SIZE
+        parts.append(F.one_hot(position // side, side).expand(len(labels), -1, side))
+        parts.append(F.one_hot(position % side, side).expand(len(labels), -1, side))
         features = torch.cat(parts, -1).float()
-        torch.save(
-            F.pad(features, (0, 128 - features.shape[-1])).half(), out / f"oracle_{split}.pt"
-        )
+        padded = F.pad(features, (0, 128 - features.shape[-1])).half()
+        _atomic_torch_save(padded, out / f"oracle_{split}.pt")
 
 
 # ---------------------------------------------------------------- stage 2: decoder
@@ -303,7 +311,7 @@ def train(out: Path, args: argparse.Namespace) -> None:
 
     def save() -> None:
         state = {"model": model.state_dict(), "grounding_head": head.state_dict()}
-        torch.save(state, out / args.save)
+        _atomic_torch_save(state, out / args.save)
 
     rng = np.random.default_rng(0)
     start = time.time()
