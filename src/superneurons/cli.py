@@ -40,88 +40,63 @@ def scenes(
 @app.command("train-default")
 def train_default(
     out: Path = typer.Option(
-        Path("runs/train-default"), help="Checkpoints, log and exported weights."
+        Path("runs/train-default"), help="Pools, checkpoints, log and the exported model."
     ),
     seed: int = typer.Option(0),
-    vision_steps: int = typer.Option(
-        None, help="Stage 1 (vision tower + projector) steps (default: the recipe's)."
+    scenes: int = typer.Option(None, min=1, help="Training scenes (default: the recipe's)."),
+    draws: int = typer.Option(None, min=1, help="Question draws per training scene."),
+    val_scenes: int = typer.Option(None, min=1, help="Held-out scenes for the evaluations."),
+    vision_steps: int = typer.Option(None, min=1, help="Stage 1 (vision tower) steps."),
+    steps: int = typer.Option(None, min=1, help="Stage 2 (projector + decoder) steps in all."),
+    existence_steps: int = typer.Option(
+        None, min=0, help="The first stage-2 steps, on existence questions only."
     ),
-    qa_steps: int = typer.Option(
-        None, help="Stage 2 (LoRA question answering) steps (default: the recipe's)."
+    decay_steps: int = typer.Option(
+        None, min=1, help="The last stage-2 steps, learning rate decaying to a tenth."
     ),
-    decoder_layers: int = typer.Option(
-        None,
-        help="Keep SmolLM2's first N decoder layers (of 30; 0 keeps all) (default: the recipe's).",
+    batch: int = typer.Option(None, min=1, help="Stage 2 questions per step."),
+    lr: float = typer.Option(None, help="Stage 2 peak learning rate."),
+    eval_every: int = typer.Option(None, min=1, help="Held-out evaluation every N steps."),
+    max_minutes: float = typer.Option(
+        None, help="Stop after this many minutes in this run (rerun to resume)."
     ),
-    qa_batch: int = typer.Option(None, help="Stage 2 questions per step (default: the recipe's)."),
-    eval_every: int = typer.Option(None, help="Held-out evaluation every N stage-2 steps."),
-    lora_lr: float = typer.Option(None, help="Stage 2 LoRA learning rate (default: the recipe's)."),
-    tower_lr: float = typer.Option(
-        None, help="Stage 2 vision tower + projector learning rate (default: the recipe's)."
-    ),
-    grounding_answer: bool = typer.Option(
-        None,
-        "--grounding-answer/--no-grounding-answer",
-        help="Grounding labels also carry the answer on the first phrase's patches.",
-    ),
-    referent_weight: float = typer.Option(
-        None,
-        min=0,
-        help="Weight of a second turn after each answer that lists the objects the question "
-        "names, in full (0: none; default: the recipe's).",
-    ),
-    eval_scenes: int = typer.Option(None, help="Validation scenes of each held-out evaluation."),
-    oracle_tokens: bool = typer.Option(
-        False,
-        help="Stage 2 on perfect object tokens instead of the image (tests the language model "
-        "alone; evaluations also report the real vision side). Do not ship the result.",
-    ),
-    max_minutes: float = typer.Option(None, help="Stop stage 2 after this many minutes in all."),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
-    loader_workers: int = typer.Option(
-        0, min=0, help="Processes rendering stage-2 batches ahead (0: in the training loop)."
-    ),
-    ship: bool = typer.Option(False, help="Copy the exported weights into the installed package."),
+    workers: int = typer.Option(2, min=1, help="Processes rendering the scene pool."),
+    ship: bool = typer.Option(False, help="Copy the exported model into the installed package."),
 ) -> None:
-    """Train the embedded default model on synthetic scenes (resumes from OUT/checkpoint.pt)."""
+    """Train the embedded default model on synthetic scenes (resumes from what OUT holds)."""
     import time
 
     from superneurons.models.embedded import train
     from superneurons.models.loading import pick_device
 
     given = {
+        "scenes": scenes,
+        "draws": draws,
+        "val_scenes": val_scenes,
         "vision_steps": vision_steps,
-        "qa_steps": qa_steps,
-        "qa_batch": qa_batch,
+        "steps": steps,
+        "existence_steps": existence_steps,
+        "decay_steps": decay_steps,
+        "batch": batch,
+        "lr": lr,
         "eval_every": eval_every,
-        "lora_lr": lora_lr,
-        "tower_lr": tower_lr,
-        "grounding_answer": grounding_answer,
-        "referent_weight": referent_weight,
-        "eval_scenes": eval_scenes,
-        "decoder_layers": decoder_layers,
     }
-    if oracle_tokens and ship:
-        raise typer.BadParameter("a model trained on oracle tokens never saw images: not shipped")
-    overrides = {k: v for k, v in given.items() if v is not None}
-    if overrides.get("decoder_layers") == 0:
-        overrides["decoder_layers"] = None
     config = train.TrainConfig(
         seed=seed,
         max_minutes=max_minutes,
         device=str(pick_device(device)),
-        loader_workers=loader_workers,
-        oracle_tokens=oracle_tokens,
-        **overrides,
+        workers=workers,
+        **{k: v for k, v in given.items() if v is not None},
     )
 
     def log(message: str) -> None:
         console.print(f"{time.strftime('%H:%M:%S')} {message}")
 
-    weights = train.train_default(out, config, log=log)
-    if ship:
-        train.ship(weights)
-        console.print(f"shipped {weights} into {train.WEIGHTS_DIR}")
+    exported = train.train_default(out, config, log=log)
+    if exported is not None and ship:
+        train.ship(exported)
+        console.print(f"shipped {exported} into {train.WEIGHTS_DIR}")
 
 
 def _sites(value: str) -> list[str]:

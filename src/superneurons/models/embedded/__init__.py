@@ -1,5 +1,5 @@
 """The embedded default model (LLaVA architecture, trained here on synthetic scenes)."""
 
-from superneurons.models.embedded.assemble import default_model_dir
+from superneurons.models.embedded.shipped import default_model_dir
 
 __all__ = ["default_model_dir"]

@@ -1,44 +1,58 @@
-"""The embedded default model: a LLaVA-architecture VLM over synthetic scenes.
+"""The embedded default model: a small LLaVA-architecture VLM over synthetic scenes.
 
-A small CLIP-style vision tower and a two-layer projector feed SmolLM2-135M-Instruct (30 Llama
-decoder layers, or only its first ones: the training record says how many). Everything here is a
-plain transformers class, so the assembled checkpoint loads with ``AutoProcessor`` /
-``AutoModelForImageTextToText`` like any other LLaVA checkpoint.
+A 3-layer CLIP vision tower (64 wide, one token per 8-px patch of a 64-px image) and LLaVA's
+two-layer projector feed an 8-layer Llama decoder (128 wide) trained from scratch with a
+word-level vocabulary. Everything is a plain transformers class, so the checkpoint loads with
+``AutoProcessor`` / ``AutoModelForImageTextToText`` like any other LLaVA checkpoint.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
 from transformers import (
     CLIPImageProcessorPil,
     CLIPVisionConfig,
+    LlamaConfig,
     LlavaConfig,
     LlavaProcessor,
-    PreTrainedTokenizerBase,
+    PreTrainedTokenizerFast,
 )
 
 IMAGE_SIZE = 64
 PATCH_SIZE = 8
 NUM_IMAGE_TOKENS = (IMAGE_SIZE // PATCH_SIZE) ** 2
 IMAGE_TOKEN = "<image>"
-PAD_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<pad>"
+UNKNOWN_TOKEN = "<unk>"
+START_OF_TURN = "<|im_start|>"
 END_OF_TURN = "<|im_end|>"
+SPECIAL_TOKENS = (PAD_TOKEN, UNKNOWN_TOKEN, IMAGE_TOKEN, START_OF_TURN, END_OF_TURN)
 
 VISION_CONFIG = dict(
-    hidden_size=256,
-    intermediate_size=1024,
-    num_hidden_layers=4,
+    hidden_size=64,
+    intermediate_size=256,
+    num_hidden_layers=3,
     num_attention_heads=4,
     image_size=IMAGE_SIZE,
     patch_size=PATCH_SIZE,
     hidden_act="quick_gelu",
 )
+TEXT_CONFIG = dict(
+    hidden_size=128,
+    intermediate_size=384,
+    num_hidden_layers=8,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=256,
+    tie_word_embeddings=True,
+)
 
-# ChatML, as SmolLM2 was tuned on, without its system prompt (it would triple the text length).
-# Content may be a string or a list of {"type": "image"} / {"type": "text", "text": ...} parts.
-# The text comes before the image, whatever the order of the parts: image tokens then attend to
-# the question, so each can check its own patch against it — a small language model learns to
-# answer from the image far more easily that way than when it must search the image from the
-# last position (a run with the image first stayed at chance after 4 K training answers).
+# ChatML without a system prompt. Content may be a string or a list of {"type": "image"} /
+# {"type": "text", "text": ...} parts. The text comes before the image, whatever the order of the
+# parts: image tokens then attend to the question, so each can check its own patch against it (a
+# small decoder learns to answer from the image far more easily that way).
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' }}"
@@ -56,18 +70,44 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
 
+# Words: a newline, a run of letters/digits, or one punctuation mark; spaces only separate.
+_PRE_TOKENIZER = pre_tokenizers.Sequence(
+    [
+        pre_tokenizers.Split("\n", behavior="isolated"),
+        pre_tokenizers.Split(Regex(" +"), behavior="removed"),
+        pre_tokenizers.Punctuation(behavior="isolated"),
+    ]
+)
 
-def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
-    """Add the image token, padding and the chat template to SmolLM2's tokenizer (in place)."""
-    if IMAGE_TOKEN not in tokenizer.get_vocab():
-        tokenizer.add_special_tokens({"additional_special_tokens": [IMAGE_TOKEN]})
-    tokenizer.pad_token = PAD_TOKEN
-    tokenizer.padding_side = "left"
-    tokenizer.chat_template = CHAT_TEMPLATE
+
+def split_words(text: str) -> list[str]:
+    """``text`` cut into the tokenizer's words (special tokens are not recognised here)."""
+    return [word for word, _ in _PRE_TOKENIZER.pre_tokenize_str(text)]
+
+
+def build_tokenizer(texts: Iterable[str]) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer whose vocabulary is every word of ``texts`` (sorted, after the
+    special tokens and the chat template's words); other words map to ``<unk>``."""
+    words = {"user", "assistant", "\n"}
+    for text in texts:
+        words.update(split_words(text))
+    vocab = {token: k for k, token in enumerate([*SPECIAL_TOKENS, *sorted(words)])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token=UNKNOWN_TOKEN))
+    backend.pre_tokenizer = _PRE_TOKENIZER
+    backend.decoder = decoders.WordPiece(prefix="##", cleanup=True)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD_TOKEN,
+        unk_token=UNKNOWN_TOKEN,
+        eos_token=END_OF_TURN,
+        extra_special_tokens=[IMAGE_TOKEN, START_OF_TURN],
+        padding_side="left",
+        chat_template=CHAT_TEMPLATE,
+    )
     return tokenizer
 
 
-def build_processor(tokenizer: PreTrainedTokenizerBase) -> LlavaProcessor:
+def build_processor(tokenizer: PreTrainedTokenizerFast) -> LlavaProcessor:
     """A LLaVA processor: CLIP-normalised 64-px images, one token per 8-px patch."""
     image_processor = CLIPImageProcessorPil(
         size={"height": IMAGE_SIZE, "width": IMAGE_SIZE},
@@ -76,7 +116,7 @@ def build_processor(tokenizer: PreTrainedTokenizerBase) -> LlavaProcessor:
     )
     return LlavaProcessor(
         image_processor=image_processor,
-        tokenizer=prepare_tokenizer(tokenizer),
+        tokenizer=tokenizer,
         patch_size=PATCH_SIZE,
         vision_feature_select_strategy="default",
         chat_template=CHAT_TEMPLATE,
@@ -85,28 +125,18 @@ def build_processor(tokenizer: PreTrainedTokenizerBase) -> LlavaProcessor:
     )
 
 
-def build_config(
-    text_config, tokenizer: PreTrainedTokenizerBase, decoder_layers: int | None = None
-) -> LlavaConfig:
-    """LLaVA config around SmolLM2's text config, the image token appended to its vocabulary.
-
-    ``decoder_layers`` keeps only SmolLM2's first layers (None: all 30).
-    """
-    text_config = text_config.to_dict() if hasattr(text_config, "to_dict") else dict(text_config)
-    if decoder_layers is not None:
-        available = text_config["num_hidden_layers"]
-        if not 1 <= decoder_layers <= available:
-            raise ValueError(f"decoder_layers must be 1..{available}, got {decoder_layers}")
-        text_config["num_hidden_layers"] = decoder_layers
-    text_config.pop("quantization_config", None)
-    text_config.pop("_name_or_path", None)
-    text_config["vocab_size"] = len(tokenizer)
-    text_config["pad_token_id"] = tokenizer.pad_token_id
-    text_config["eos_token_id"] = tokenizer.convert_tokens_to_ids(END_OF_TURN)
-    text_config["dtype"] = "float32"
+def build_config(tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
+    """The LLaVA config: :data:`VISION_CONFIG`'s tower, :data:`TEXT_CONFIG`'s decoder."""
+    text_config = LlamaConfig(
+        **TEXT_CONFIG,
+        vocab_size=len(tokenizer),
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=None,
+        eos_token_id=tokenizer.convert_tokens_to_ids(END_OF_TURN),
+    )
     return LlavaConfig(
         vision_config=CLIPVisionConfig(**VISION_CONFIG).to_dict(),
-        text_config=text_config,
+        text_config=text_config.to_dict(),
         image_token_index=tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
         image_seq_length=NUM_IMAGE_TOKENS,
         vision_feature_layer=-1,
