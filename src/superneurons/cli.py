@@ -91,7 +91,7 @@ def train_default(
     )
 
     def log(message: str) -> None:
-        console.print(f"{time.strftime('%H:%M:%S')} {message}")
+        console.print(f"{time.strftime('%H:%M:%S')} {message}", soft_wrap=True)
 
     exported = train.train_default(out, config, log=log)
     if exported is not None and ship:

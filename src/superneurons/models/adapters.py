@@ -100,7 +100,7 @@ class Adapter:
 ADAPTERS: dict[str, Adapter] = {
     adapter.name: adapter
     for adapter in (
-        # Also the project's embedded default (a LLaVA over a SmolLM2/Llama decoder).
+        # Also the project's embedded default (a LLaVA over a small Llama decoder).
         Adapter("llava", ("LlavaForConditionalGeneration",), "model.language_model"),
         Adapter("qwen2_vl", ("Qwen2VLForConditionalGeneration",), "model.language_model"),
         Adapter("qwen2_5_vl", ("Qwen2_5_VLForConditionalGeneration",), "model.language_model"),
