@@ -193,8 +193,8 @@ def batch_rows(config: TrainConfig, questions: QuestionSet, existence: np.ndarra
 
 def _stage1(out_dir: Path, config: TrainConfig, train: Pool, val: Pool, log) -> dict:
     """The frozen tower's state and cached features (trained, or loaded when present)."""
-    paths = {name: out_dir / f"{name}.pt" for name in ("vision_tower", "features_train")}
-    paths["features_val"] = out_dir / "features_val.pt"
+    names = ("vision_tower", "features_train", "features_val")
+    paths = {name: out_dir / f"{name}.pt" for name in names}
     if not all(p.is_file() for p in paths.values()):
         tower = train_tower(
             train.images,
