@@ -285,3 +285,18 @@ def test_shipped_processor_builds_the_prompt_the_model_was_trained_on():
     tokens = processor.tokenizer.convert_ids_to_tokens(ids)
     assert tokens.count(IMAGE_TOKEN) == NUM_IMAGE_TOKENS
     assert "<unk>" not in tokens
+
+
+@pytest.mark.skipif(not (WEIGHTS_DIR / "config.json").is_file(), reason="no model shipped")
+def test_stage1_pixel_values_equal_the_shipped_image_processors():
+    """Stage 1 and the cached features normalise images themselves (fast, batched); the model
+    is later fed by the processor, so the two must agree."""
+    from transformers import AutoProcessor
+
+    from superneurons.models import default_model_dir
+    from superneurons.models.embedded.vision import pixel_values
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 64, 64, 3), dtype=np.uint8)
+    processor = AutoProcessor.from_pretrained(default_model_dir())
+    expected = processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
+    assert torch.allclose(pixel_values(torch.from_numpy(images)), expected, atol=1e-5)
