@@ -225,6 +225,16 @@ def test_each_steps_batch_depends_on_the_seed_and_the_step_alone():
     assert not (batch_rows(tiny_config(seed=1), Rows(), existence, 5) == later).all()
 
 
+def test_the_learning_rate_warms_up_stays_then_decays_to_a_tenth():
+    from superneurons.models.embedded.train import lr_factor
+
+    config = tiny_config(steps=20, warmup=4, decay_steps=5)
+    factors = [lr_factor(config, s) for s in range(20)]
+    assert factors[:4] == [0.25, 0.5, 0.75, 1.0] and set(factors[4:15]) == {1.0}
+    assert factors[15:] == sorted(factors[15:], reverse=True)
+    assert factors[19] == pytest.approx(0.1 + 0.9 / 5)
+
+
 # ---------------------------------------------------------------- the shipped model
 
 ANSWER_SCRIPT = """
