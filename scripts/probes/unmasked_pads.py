@@ -2,7 +2,8 @@
 
 ``train OUT``: the shipped recipe (6,000 steps, 800 on existence, 1,000 decaying) with the left
 pads attended to, positions counted over them, and the loss on the answer token alone (no
-``<|im_end|>``); its evaluations use the same unmasked batches. Resumable like
+``<|im_end|>``); its evaluations use the same unmasked batches. ``train-with-end OUT``: the same
+with the ``<|im_end|>`` loss kept (the pads the only change). Resumable like
 ``train-default``; put a run's pool and stage-1 files in OUT first to skip those stages.
 
 ``pads OUT``: OUT's checkpoint on 600 held-out questions asked one at a time, each with k
@@ -45,9 +46,10 @@ def answer_only_loss(model, head, batch, grounding_layer):
     return F.cross_entropy(logits[:, 0], batch["answer"]) + grounding
 
 
-def train_probe(out: Path) -> None:
+def train_probe(out: Path, end_loss: bool = False) -> None:
     train.QuestionSet.batch = unmasked_batch
-    train.stage2_loss = answer_only_loss
+    if not end_loss:
+        train.stage2_loss = answer_only_loss
     config = train.TrainConfig(steps=6000, existence_steps=800, decay_steps=1000)
     train.train_default(out, config, log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
 
@@ -80,4 +82,9 @@ def accuracy_with_pads(out: Path, pads=(0, 2, 6, 12, 20), n: int = 600) -> None:
 
 if __name__ == "__main__":
     command, out = sys.argv[1], Path(sys.argv[2])
-    {"train": train_probe, "pads": accuracy_with_pads}[command](out)
+    commands = {
+        "train": train_probe,
+        "train-with-end": lambda out: train_probe(out, end_loss=True),
+        "pads": accuracy_with_pads,
+    }
+    commands[command](out)
