@@ -26,7 +26,6 @@ from superneurons.models.embedded.architecture import (
     build_tokenizer,
 )
 from superneurons.models.embedded.pool import Pool
-from superneurons.models.embedded.supervision import balanced_cross_entropy
 
 masked_batch = train.QuestionSet.batch
 
@@ -41,8 +40,7 @@ def unmasked_batch(self, rows, features):
 
 def answer_only_loss(model, head, batch, grounding_layer):
     logits, states = train.forward(model, batch, grounding_layer)
-    states = states / states.norm(dim=-1, keepdim=True) * states.shape[-1] ** 0.5
-    grounding = balanced_cross_entropy(head(states).flatten(0, 1), batch["grounding"].flatten())
+    grounding = train.grounding_loss(head, states, batch["grounding"])
     return F.cross_entropy(logits[:, 0], batch["answer"]) + grounding
 
 

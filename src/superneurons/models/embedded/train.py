@@ -146,11 +146,14 @@ def stage2_loss(model, head: torch.nn.Module, batch: dict, grounding_layer: int)
         logits[:, 1], batch["end"]
     )
     if grounding_layer:
-        states = states / states.norm(dim=-1, keepdim=True) * states.shape[-1] ** 0.5
-        loss = loss + balanced_cross_entropy(
-            head(states).flatten(0, 1), batch["grounding"].flatten()
-        )
+        loss = loss + grounding_loss(head, states, batch["grounding"])
     return loss
+
+
+def grounding_loss(head: torch.nn.Module, states: torch.Tensor, grounding: torch.Tensor):
+    """The grounding head's balanced cross-entropy on the image tokens' RMS-scaled states."""
+    states = states / states.norm(dim=-1, keepdim=True) * states.shape[-1] ** 0.5
+    return balanced_cross_entropy(head(states).flatten(0, 1), grounding.flatten())
 
 
 @torch.no_grad()
