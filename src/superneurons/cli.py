@@ -54,6 +54,9 @@ def train_default(
     decay_steps: int = typer.Option(
         None, min=1, help="The last stage-2 steps, learning rate decaying to a tenth."
     ),
+    end_of_turn_steps: int = typer.Option(
+        None, min=0, help="The last stage-2 steps, also learning the end-of-turn token."
+    ),
     batch: int = typer.Option(None, min=1, help="Stage 2 questions per step."),
     lr: float = typer.Option(None, help="Stage 2 peak learning rate."),
     eval_every: int = typer.Option(None, min=1, help="Held-out evaluation every N steps."),
@@ -78,6 +81,7 @@ def train_default(
         "steps": steps,
         "existence_steps": existence_steps,
         "decay_steps": decay_steps,
+        "end_of_turn_steps": end_of_turn_steps,
         "batch": batch,
         "lr": lr,
         "eval_every": eval_every,

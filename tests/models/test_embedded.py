@@ -192,6 +192,59 @@ def test_training_batches_are_the_processors_prompts_and_give_the_models_logits(
             assert torch.allclose(logits[k, 0], full, atol=1e-4)
 
 
+def test_training_batches_attend_to_their_left_padding_in_place_of_the_templates_pads(tiny_run):
+    from transformers import AutoProcessor
+
+    from superneurons.models.embedded.architecture import LEADING_PADS
+    from superneurons.models.embedded.pool import Pool
+    from superneurons.models.embedded.train import QuestionSet
+
+    processor = AutoProcessor.from_pretrained(tiny_run / "export")
+    pool = Pool.load(tiny_run / "pool_val.pt")
+    questions = QuestionSet(pool, processor)
+    pad = processor.tokenizer.pad_token_id
+    assert all(ids[:LEADING_PADS] == [pad] * LEADING_PADS for ids in questions.ids)
+    assert all(ids[LEADING_PADS] != pad for ids in questions.ids)
+    lengths = np.array([len(ids) for ids in questions.ids])
+    rows = [int(lengths.argmax()), int(lengths.argmin())]
+    features = torch.zeros(len(pool.images), 64, 64)
+    batch = questions.batch(rows, features, attend_padding=True)
+    assert (batch["attention_mask"] == 1).all()
+    assert batch["position_ids"][1].tolist() == list(range(batch["input_ids"].shape[1]))
+    for k, row in enumerate(rows):
+        sequence = [*questions.ids[row][LEADING_PADS:], int(questions.answer[row])]
+        assert batch["input_ids"][k, -len(sequence) :].tolist() == sequence
+    # The longest question starts at position 0; the shortest after as many pads as it lacks.
+    assert batch["input_ids"][0, 0] != pad
+    padding = lengths.max() - lengths.min()
+    assert padding > 0 and batch["input_ids"][1, :padding].tolist() == [pad] * padding
+    # As the processor pads: the template's pads kept and attended, the padding masked.
+    masked = questions.batch(rows, features)
+    length = masked["input_ids"].shape[1]
+    assert masked["attention_mask"][1].tolist() == [0] * padding + [1] * (length - padding)
+    assert masked["input_ids"][1, padding : padding + LEADING_PADS].eq(pad).all()
+
+
+def test_the_end_of_turn_token_adds_to_the_loss_only_when_asked(tiny_run):
+    import torch.nn.functional as F
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    from superneurons.models.embedded.pool import Pool
+    from superneurons.models.embedded.train import QuestionSet, forward, stage2_loss
+
+    processor = AutoProcessor.from_pretrained(tiny_run / "export")
+    model = AutoModelForImageTextToText.from_pretrained(tiny_run / "export").eval()
+    questions = QuestionSet(Pool.load(tiny_run / "pool_val.pt"), processor)
+    features = torch.load(tiny_run / "features_val.pt").float()
+    batch = questions.batch([0, 1, 2], features, attend_padding=True)
+    with torch.no_grad():
+        logits, _ = forward(model, batch)
+        answer_only = stage2_loss(model, None, batch, grounding_layer=0, end_of_turn=False)
+        both = stage2_loss(model, None, batch, grounding_layer=0, end_of_turn=True)
+    assert torch.allclose(answer_only, F.cross_entropy(logits[:, 0], batch["answer"]))
+    assert torch.allclose(both - answer_only, F.cross_entropy(logits[:, 1], batch["end"]))
+
+
 def test_an_interrupted_run_resumes_to_the_same_model(tiny_run, tmp_path):
     from safetensors.torch import load_file
 

@@ -29,6 +29,7 @@ UNKNOWN_TOKEN = "<unk>"
 START_OF_TURN = "<|im_start|>"
 END_OF_TURN = "<|im_end|>"
 SPECIAL_TOKENS = (PAD_TOKEN, UNKNOWN_TOKEN, IMAGE_TOKEN, START_OF_TURN, END_OF_TURN)
+LEADING_PADS = 8  # pad tokens the chat template writes first, attended to like any token
 
 VISION_CONFIG = dict(
     hidden_size=64,
@@ -49,11 +50,14 @@ TEXT_CONFIG = dict(
     tie_word_embeddings=True,
 )
 
-# ChatML without a system prompt. Content may be a string or a list of {"type": "image"} /
-# {"type": "text", "text": ...} parts. The text comes before the image, whatever the order of the
-# parts: image tokens then attend to the question, so each can check its own patch against it (a
-# small decoder learns to answer from the image far more easily that way).
+# ChatML without a system prompt, after LEADING_PADS pads. Content may be a string or a list of
+# {"type": "image"} / {"type": "text", "text": ...} parts. The text comes before the image,
+# whatever the order of the parts: image tokens then attend to the question, so each can check its
+# own patch against it (a small decoder learns to answer from the image far more easily that way).
+# The decoder was trained with attended left padding and leans on it (docs/embedded-model.md, run
+# 26): the pads in front give it that context whatever the batch.
 CHAT_TEMPLATE = (
+    "{{ '" + PAD_TOKEN * LEADING_PADS + "' }}"
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' }}"
     "{% if message['content'] is string %}{{ message['content'] }}"

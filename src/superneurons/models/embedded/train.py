@@ -5,7 +5,11 @@
    frozen; its patch features are cached.
 3. Stage 2: the projector and a from-scratch Llama decoder learn to answer, on the cached
    features placed in the exact token layout the processor builds (chat template, question
-   before the 64 image tokens). The loss is on the answer and on the end-of-turn token after it.
+   before the 64 image tokens). Training batches are left-padded with pads the decoder attends
+   to, positions counted over them (the template's leading pads dropped: the padding stands for
+   them); a decoder trained so leans on pads in front, hence the template's (docs/
+   embedded-model.md, run 26). The loss is on the answer token, and over the last steps also on
+   the end-of-turn token after it (learnt from the start, it held the answer back).
    An auxiliary grounding loss supervises every image token at one early layer: a linear head
    must tell, from the token's hidden state, whether its patch shows the object the question's
    first phrase names, the second phrase's, or neither. The decoder first learns existence
@@ -36,6 +40,7 @@ from superneurons.data.prompts import chat_prompt
 from superneurons.models.embedded.architecture import (
     END_OF_TURN,
     IMAGE_TOKEN,
+    LEADING_PADS,
     NUM_IMAGE_TOKENS,
     build_config,
     build_processor,
@@ -60,7 +65,8 @@ class TrainConfig:
     vision_steps: int = 2500
     steps: int = 6000  # stage-2 steps in all
     existence_steps: int = 800  # of which the first ones on existence questions only
-    decay_steps: int = 1500  # the last ones, learning rate decaying linearly to a tenth
+    decay_steps: int = 1000  # the last ones, learning rate decaying linearly to a tenth
+    end_of_turn_steps: int = 500  # the last ones also learn the end-of-turn token
     warmup: int = 300
     batch: int = 64
     lr: float = 1e-3
@@ -80,7 +86,7 @@ class QuestionSet:
         prefix, suffix = chat_prompt(processor, "\x00").split("\x00")
         encoded = tokenizer([prefix + text + suffix for text in pool.text])["input_ids"]
         image_id = tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-        self.ids = [_expand_image(ids, image_id) for ids in encoded]
+        self.ids = [_expand_image(ids, image_id) for ids in encoded]  # LEADING_PADS pads first
         self.answer = torch.tensor(tokenizer.convert_tokens_to_ids(pool.answer))
         self.family = np.array(pool.family)
         self.scene = pool.scene.long()
@@ -91,16 +97,26 @@ class QuestionSet:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def batch(self, rows, features: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Left-padded prompt + answer ids, mask, positions, image features, targets."""
+    def batch(
+        self, rows, features: torch.Tensor, attend_padding: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Prompt + answer ids left-padded to the longest, mask, positions, image features, targets.
+
+        By default as the processor and ``generate`` pad: the padding masked, positions counted
+        from the first token. ``attend_padding`` (training): the template's leading pads dropped
+        and the padding attended to, positions counted over it.
+        """
         rows = torch.as_tensor(rows)
-        sequences = [self.ids[r] + [int(self.answer[r])] for r in rows]
+        start = LEADING_PADS if attend_padding else 0
+        sequences = [[*self.ids[r][start:], int(self.answer[r])] for r in rows]
         length = max(map(len, sequences))
         input_ids = torch.full((len(rows), length), self.pad_id)
         mask = torch.zeros((len(rows), length), dtype=torch.long)
         for k, sequence in enumerate(sequences):
             input_ids[k, length - len(sequence) :] = torch.tensor(sequence)
             mask[k, length - len(sequence) :] = 1
+        if attend_padding:
+            mask[:] = 1
         return {
             "input_ids": input_ids,
             "attention_mask": mask,
@@ -139,12 +155,13 @@ def forward(model: LlavaForConditionalGeneration, batch: dict, hidden_layer: int
     return logits, states
 
 
-def stage2_loss(model, head: torch.nn.Module, batch: dict, grounding_layer: int):
-    """Answer + end-of-turn cross-entropy, plus the grounding loss when ``grounding_layer``."""
+def stage2_loss(model, head: torch.nn.Module, batch: dict, grounding_layer: int, end_of_turn: bool):
+    """Answer cross-entropy, plus the end-of-turn token's when ``end_of_turn``, plus the
+    grounding loss when ``grounding_layer``."""
     logits, states = forward(model, batch, grounding_layer)
-    loss = F.cross_entropy(logits[:, 0], batch["answer"]) + F.cross_entropy(
-        logits[:, 1], batch["end"]
-    )
+    loss = F.cross_entropy(logits[:, 0], batch["answer"])
+    if end_of_turn:
+        loss = loss + F.cross_entropy(logits[:, 1], batch["end"])
     if grounding_layer:
         loss = loss + grounding_loss(head, states, batch["grounding"])
     return loss
@@ -158,7 +175,8 @@ def grounding_loss(head: torch.nn.Module, states: torch.Tensor, grounding: torch
 
 @torch.no_grad()
 def evaluate(model, questions: QuestionSet, features: torch.Tensor, batch: int = 256) -> dict:
-    """Held-out accuracy of the greedy first answer token, per family and over the yes/no ones."""
+    """Held-out accuracy of the greedy first answer token, per family and over the yes/no ones,
+    on batches laid out as the processor lays them out."""
     was_training = model.training
     model.eval()
     hits: Counter = Counter()
@@ -285,11 +303,10 @@ def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path | None:
         for group in optimizer.param_groups:
             group["lr"] = config.lr * lr_factor(config, step)
         rows = batch_rows(config, questions, existence, step)
-        batch = {
-            k: v.to(config.device)
-            for k, v in questions.batch(rows, stage1["features_train"]).items()
-        }
-        loss = stage2_loss(model, head, batch, config.grounding_layer)
+        batch = questions.batch(rows, stage1["features_train"], attend_padding=True)
+        batch = {k: v.to(config.device) for k, v in batch.items()}
+        end_of_turn = step >= config.steps - config.end_of_turn_steps
+        loss = stage2_loss(model, head, batch, config.grounding_layer, end_of_turn)
         optimizer.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
