@@ -1,11 +1,17 @@
 """Research probe (docs/embedded-model.md, run 26): not part of the package.
 
+``train-keep-pads OUT``: ``train-default``'s recipe with the template's 8 pads kept in the
+training batches (the trainer drops them and lets the left padding stand for them), so that every
+training question, the longest of its batch too, has at least 8 pads in front as at inference.
+Resumable; put a run's pool and stage-1 files in OUT first to skip those stages.
+
 ``pads OUT``: the checkpoint of a ``train-default`` run in OUT on 600 held-out questions asked
 one at a time, each with k attended pads in front instead of the template's 8 (k = 8 is what the
 processor feeds).
 """
 
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +25,12 @@ from superneurons.models.embedded.architecture import (
     build_tokenizer,
 )
 from superneurons.models.embedded.pool import Pool
+
+
+def train_keeping_pads(out: Path) -> None:
+    train.LEADING_PADS = 0  # QuestionSet.batch then drops none of the template's pads
+    log = lambda m: print(time.strftime("%H:%M:%S"), m, flush=True)  # noqa: E731
+    train.train_default(out, train.TrainConfig(), log=log)
 
 
 @torch.no_grad()
@@ -49,4 +61,4 @@ def accuracy_with_pads(out: Path, pads=(0, 2, 8, 12, 20), n: int = 600) -> None:
 
 if __name__ == "__main__":
     command, out = sys.argv[1], Path(sys.argv[2])
-    {"pads": accuracy_with_pads}[command](out)
+    {"train-keep-pads": train_keeping_pads, "pads": accuracy_with_pads}[command](out)
