@@ -335,17 +335,23 @@ def test_shipped_processor_builds_the_prompt_the_model_was_trained_on():
 
     from superneurons.data.prompts import chat_messages
     from superneurons.models import default_model_dir
-    from superneurons.models.embedded.architecture import IMAGE_TOKEN, NUM_IMAGE_TOKENS
+    from superneurons.models.embedded.architecture import (
+        IMAGE_TOKEN,
+        LEADING_PADS,
+        NUM_IMAGE_TOKENS,
+        PAD_TOKEN,
+    )
 
     processor = AutoProcessor.from_pretrained(default_model_dir())
     prompt = processor.apply_chat_template(
         chat_messages("Is there a cube?"), add_generation_prompt=True
     )
-    assert (
-        prompt == "<|im_start|>user\nIs there a cube?\n<image><|im_end|>\n<|im_start|>assistant\n"
-    )
-    ids = processor(images=np.zeros((64, 64, 3), np.uint8), text=prompt)["input_ids"][0]
-    tokens = processor.tokenizer.convert_ids_to_tokens(ids)
+    chat = "<|im_start|>user\nIs there a cube?\n<image><|im_end|>\n<|im_start|>assistant\n"
+    assert prompt == PAD_TOKEN * LEADING_PADS + chat
+    inputs = processor(images=np.zeros((64, 64, 3), np.uint8), text=prompt)
+    tokens = processor.tokenizer.convert_ids_to_tokens(inputs["input_ids"][0])
+    assert tokens[: LEADING_PADS + 1] == [PAD_TOKEN] * LEADING_PADS + ["<|im_start|>"]
+    assert all(inputs["attention_mask"][0])  # the template's pads are attended to
     assert tokens.count(IMAGE_TOKEN) == NUM_IMAGE_TOKENS
     assert "<unk>" not in tokens
 
