@@ -34,7 +34,7 @@ def train_keeping_pads(out: Path) -> None:
 
 
 @torch.no_grad()
-def accuracy_with_pads(out: Path, pads=(0, 2, 8, 12, 20), n: int = 600) -> None:
+def accuracy_with_pads(out: Path, pads=(0, 8, 16, 24, 32), n: int = 600) -> None:
     pool_train, pool_val = Pool.load(out / "pool_train.pt"), Pool.load(out / "pool_val.pt")
     processor = build_processor(build_tokenizer([*pool_train.text, *pool_train.answer]))
     model = LlavaForConditionalGeneration(build_config(processor.tokenizer)).eval()
