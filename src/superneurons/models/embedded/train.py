@@ -111,12 +111,10 @@ class QuestionSet:
         sequences = [[*self.ids[r][start:], int(self.answer[r])] for r in rows]
         length = max(map(len, sequences))
         input_ids = torch.full((len(rows), length), self.pad_id)
-        mask = torch.zeros((len(rows), length), dtype=torch.long)
+        mask = torch.full((len(rows), length), int(attend_padding))  # 1: padding attended
         for k, sequence in enumerate(sequences):
             input_ids[k, length - len(sequence) :] = torch.tensor(sequence)
             mask[k, length - len(sequence) :] = 1
-        if attend_padding:
-            mask[:] = 1
         return {
             "input_ids": input_ids,
             "attention_mask": mask,
