@@ -149,6 +149,10 @@ def test_train_default_exports_a_checkpoint_the_auto_classes_load(tiny_run):
     model = AutoModelForImageTextToText.from_pretrained(export)
     assert type(model).__name__ == "LlavaForConditionalGeneration"
     assert model.config.text_config.num_hidden_layers == 8
+    # The output layer is a matrix of its own (untied from the input embeddings), also reloaded.
+    embeddings = model.get_input_embeddings().weight
+    assert model.lm_head.weight.data_ptr() != embeddings.data_ptr()
+    assert not torch.equal(model.lm_head.weight, embeddings)
     image = np.zeros((64, 64, 3), np.uint8)
     inputs = processor(
         images=image, text=chat_prompt(processor, "Is there a cube?"), return_tensors="pt"

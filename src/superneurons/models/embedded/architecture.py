@@ -47,7 +47,9 @@ TEXT_CONFIG = dict(
     num_attention_heads=4,
     num_key_value_heads=4,
     max_position_embeddings=256,
-    tie_word_embeddings=True,
+    # Tied, the answer's softmax drags the embeddings of words not yet told apart together until
+    # the decoder cannot tell them apart at all (docs/embedded-model.md, runs 33-34).
+    tie_word_embeddings=False,
 )
 
 # ChatML without a system prompt, after LEADING_PADS pads. Content may be a string or a list of
@@ -146,5 +148,5 @@ def build_config(tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
-        tie_word_embeddings=True,
+        tie_word_embeddings=False,
     )
