@@ -10,7 +10,6 @@ the attribute asked and existence questions by subtype, adversarial negatives by
 changed (the validation questions are regenerated from the seed to know these).
 """
 
-import re
 import sys
 from collections import Counter
 from pathlib import Path
@@ -69,9 +68,7 @@ def question_keys(scene, question) -> list[str]:
     """The groups a validation question counts in."""
     keys = [question.family]
     if question.family == "attribute":
-        asked = re.fullmatch(r"Is the .*? (made of (\w+)|a (\w+)|(\w+))\?", question.question)
-        kind = "material" if asked[2] else "shape" if asked[3] else None
-        kind = kind or ("color" if asked[4] in VALUES["color"] else "size")
+        (kind,) = parse_reference(question.question.split()[-1])  # the value asked, last
         keys += [f"attribute: {kind}", f"attribute: {kind}: {question.label}"]
     if question.family == "existence":
         keys.append(f"existence: {question.label}: {question.subtype}")
@@ -83,11 +80,9 @@ def question_keys(scene, question) -> list[str]:
     return keys
 
 
-@torch.no_grad()
-def breakdown(out: Path, seed: int = 0, batch: int = 256) -> None:
+def breakdown(out: Path, seed: int = 0) -> None:
     pool_val, processor, model, step = load(out)
     questions = train.QuestionSet(pool_val, processor)
-    features = torch.load(out / "features_val.pt")
     keys = [
         question_keys(scene, question)
         for scene, _ in iter_scenes(seed, "val", len(pool_val.images), resolution=IMAGE_SIZE)
@@ -96,15 +91,12 @@ def breakdown(out: Path, seed: int = 0, batch: int = 256) -> None:
         )
     ]
     assert len(keys) == len(questions), "the pool was not made with this seed"
+    correct = train.correct_answers(model, questions, torch.load(out / "features_val.pt"))
     hits, totals = Counter(), Counter()
-    for start in range(0, len(questions), batch):
-        rows = list(range(start, min(start + batch, len(questions))))
-        b = questions.batch(rows, features)
-        correct = train.forward(model, b)[0][:, 0].argmax(-1) == b["answer"]
-        for row, ok in zip(rows, correct.tolist(), strict=True):
-            for key in keys[row]:
-                hits[key] += ok
-                totals[key] += 1
+    for groups, ok in zip(keys, correct, strict=True):
+        for key in groups:
+            hits[key] += ok
+            totals[key] += 1
     print(out, "step", step)
     for key in sorted(totals):
         print(f"  {key:40s} {hits[key] / totals[key]:.3f}  n={totals[key]}")

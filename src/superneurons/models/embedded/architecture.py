@@ -148,5 +148,5 @@ def build_config(tokenizer: PreTrainedTokenizerFast) -> LlavaConfig:
         vision_feature_layer=-1,
         vision_feature_select_strategy="default",
         projector_hidden_act="gelu",
-        tie_word_embeddings=False,
+        tie_word_embeddings=TEXT_CONFIG["tie_word_embeddings"],
     )

@@ -26,7 +26,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -172,26 +171,28 @@ def grounding_loss(head: torch.nn.Module, states: torch.Tensor, grounding: torch
 
 
 @torch.no_grad()
-def evaluate(model, questions: QuestionSet, features: torch.Tensor, batch: int = 256) -> dict:
-    """Held-out accuracy of the greedy first answer token, per family and over the yes/no ones,
-    on batches laid out as the processor lays them out."""
+def correct_answers(model, questions: QuestionSet, features: torch.Tensor, batch: int = 256):
+    """Per question, whether the greedy first answer token is right, on batches laid out as the
+    processor lays them out."""
     was_training = model.training
     model.eval()
-    hits: Counter = Counter()
-    totals: Counter = Counter(questions.family.tolist())
     device = next(model.parameters()).device
+    correct = []
     for start in range(0, len(questions), batch):
         rows = range(start, min(start + batch, len(questions)))
         b = {k: v.to(device) for k, v in questions.batch(rows, features).items()}
-        correct = (forward(model, b)[0][:, 0].argmax(-1) == b["answer"]).cpu()
-        for family, ok in zip(
-            questions.family[start : start + batch], correct.tolist(), strict=True
-        ):
-            hits[family] += ok
+        correct.append((forward(model, b)[0][:, 0].argmax(-1) == b["answer"]).cpu())
     model.train(was_training)
-    binary = [f for f in totals if f != "color_choice"]
-    result = {f: round(hits[f] / totals[f], 4) for f in sorted(totals)}
-    result["yes_no"] = round(sum(hits[f] for f in binary) / sum(totals[f] for f in binary), 4)
+    return torch.cat(correct).numpy()
+
+
+def evaluate(model, questions: QuestionSet, features: torch.Tensor, batch: int = 256) -> dict:
+    """Held-out accuracy of the greedy first answer token, per family and over the yes/no ones."""
+    correct = correct_answers(model, questions, features, batch)
+    families = sorted(set(questions.family.tolist()))
+    result = {f: round(float(correct[questions.family == f].mean()), 4) for f in families}
+    binary = questions.family != "color_choice"
+    result["yes_no"] = round(float(correct[binary].mean()), 4)
     return result
 
 
