@@ -50,7 +50,7 @@ def test_a_corrupt_image_names_the_file_and_leaves_no_finished_store(
         "--max-new-tokens",
         "2",
     )
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "broken.png" in done.stderr and "Traceback" not in done.stderr
     assert not is_complete(store)
 
@@ -94,7 +94,7 @@ def test_a_model_missing_from_the_cache_says_where_it_looked(tmp_path):
         "2",
         env={"HF_HUB_CACHE": str(tmp_path / "hub")},
     )
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "nobody/no-such-vlm" in done.stderr and str(tmp_path / "hub") in done.stderr
 
 

@@ -24,6 +24,6 @@ def test_scenes_command_writes_a_reproducible_dataset(tmp_path: Path):
 
 def test_unknown_split_is_a_clear_error(tmp_path: Path):
     done = superneurons("scenes", "--out", str(tmp_path), "--scenes", "1", "--split", "dev")
-    assert done.returncode != 0
-    assert "unknown split 'dev'" in done.stderr
+    assert done.returncode == 2
+    assert "'--split': 'dev' is not one of train, val, test" in done.stderr
     assert "Traceback" not in done.stderr

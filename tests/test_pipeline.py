@@ -104,7 +104,7 @@ def test_run_command_reports_an_unsupported_model_clearly(tmp_path):
     done = superneurons(
         "run", "--out", tmp_path / "run", "--model", path, "--n-probe", "8", "--n-val", "8"
     )
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "Traceback" not in done.stderr
     assert "LlamaForCausalLM" in done.stderr and "no superneurons adapter" in done.stderr
     assert not (tmp_path / "run" / "results.json").exists()

@@ -109,5 +109,5 @@ def test_data_inspect_prints_label_counts(tmp_path):
     missing = superneurons(
         "data", "inspect", "--task", "vizwiz", "--data-dir", tmp_path / "nowhere"
     )
-    assert missing.returncode == 1 and "nowhere" in missing.stderr
+    assert missing.returncode == 2 and "nowhere" in missing.stderr
     assert "Traceback" not in missing.stderr

@@ -38,10 +38,10 @@ def accuracy_with_pads(out: Path, pads=(0, 8, 16, 24, 32), n: int = 600) -> None
     pool_train, pool_val = Pool.load(out / "pool_train.pt"), Pool.load(out / "pool_val.pt")
     processor = build_processor(build_tokenizer([*pool_train.text, *pool_train.answer]))
     model = LlavaForConditionalGeneration(build_config(processor.tokenizer)).eval()
-    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])
     questions = train.QuestionSet(pool_val, processor)
-    features = torch.load(out / "features_val.pt").float()
+    features = torch.load(out / "features_val.pt", weights_only=True).float()
     rows = np.random.default_rng(0).choice(len(questions), n, replace=False)
     rows = [int(r) for r in rows if questions.family[r] != "color_choice"]
     for k in pads:

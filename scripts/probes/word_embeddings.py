@@ -47,7 +47,7 @@ def load(out: Path):
     pool_train, pool_val = Pool.load(out / "pool_train.pt"), Pool.load(out / "pool_val.pt")
     processor = build_processor(build_tokenizer([*pool_train.text, *pool_train.answer]))
     model = LlavaForConditionalGeneration(build_config(processor.tokenizer)).eval()
-    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    state = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
     model.load_state_dict(state["model"])  # tied checkpoints hold lm_head.weight too
     return pool_val, processor, model, state["step"]
 
@@ -91,7 +91,9 @@ def breakdown(out: Path, seed: int = 0) -> None:
         )
     ]
     assert len(keys) == len(questions), "the pool was not made with this seed"
-    correct = train.correct_answers(model, questions, torch.load(out / "features_val.pt"))
+    correct = train.correct_answers(
+        model, questions, torch.load(out / "features_val.pt", weights_only=True)
+    )
     hits, totals = Counter(), Counter()
     for groups, ok in zip(keys, correct, strict=True):
         for key in groups:

@@ -1,8 +1,15 @@
-"""The ``superneurons`` command line: a thin shell over the Python API."""
+"""The ``superneurons`` command line: a thin shell over the Python API.
+
+Option values are checked as they are parsed; bad input raises a ``SuperneuronsError`` (or an
+``OSError`` naming a path) before any work starts. Either is printed as one line per problem on
+stderr, exit status 2; anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
+import math
 import os
+import sys
 from pathlib import Path
 
 import typer
@@ -12,8 +19,79 @@ app = typer.Typer(
     no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False
 )
 console = Console(stderr=True)
-# Bad input raises these with a message naming what and where; the CLI prints it, no traceback.
-USER_ERRORS = (ValueError, FileNotFoundError, KeyError, RuntimeError)
+USER_ERROR_EXIT = 2
+
+
+def _finite(value: float | None) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise typer.BadParameter(f"must be a finite number, got {value}")
+    return value
+
+
+def _one_of(*allowed: str):
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in allowed:
+            raise typer.BadParameter(f"{value!r} is not one of {', '.join(allowed)}")
+        return value
+
+    return check
+
+
+def _device(value: str) -> str:
+    from superneurons.models.loading import pick_device
+
+    try:
+        pick_device(value)
+    except ValueError as error:  # ConfigError: an unknown or unavailable device
+        raise typer.BadParameter(str(error)) from None
+    return value
+
+
+def _site_list(value: str) -> str:
+    from superneurons.models.adapters import SITES
+
+    sites = _sites(value)
+    unknown = [s for s in sites if s not in SITES]
+    if unknown or not sites:
+        raise typer.BadParameter(f"{value!r}: sites are a comma-separated subset of {SITES}")
+    return value
+
+
+def _task(value: str) -> str:
+    from superneurons.data.loaders import TASKS
+
+    return _one_of("scenes", *TASKS)(value)
+
+
+def _template(value: str | None) -> str | None:
+    from superneurons.data.prompts import TEMPLATES
+
+    return _one_of(*TEMPLATES)(value)
+
+
+DTYPE = typer.Option("fp32", callback=_one_of("fp32", "bf16", "fp16"), help="fp32, bf16 or fp16.")
+SPLIT = typer.Option("train", callback=_one_of("train", "val", "test"), help="train, val or test.")
+METRIC = typer.Option(
+    "accuracy",
+    callback=_one_of("accuracy", "precision", "recall", "f1"),
+    help="accuracy, precision, recall or f1.",
+)
+AGGREGATE = typer.Option("mean", callback=_one_of("mean", "majority"), help="mean or majority.")
+POLARITY = typer.Option(
+    "positive", callback=_one_of("positive", "negative", "both"), help="positive, negative or both."
+)
+SELECTION = typer.Option(
+    "heldout",
+    callback=_one_of("heldout", "fixed", "top_k"),
+    help="heldout, fixed (--threshold) or top_k.",
+)
+ALPHA = typer.Option(0.0, callback=_finite, help="Binarisation threshold: a > alpha means yes.")
+THRESHOLD = typer.Option(None, callback=_finite, help="Score threshold t (selection fixed).")
+TOP_K = typer.Option(None, min=1, help="Number of super neurons (selection top_k).")
+SITES_OPTION = typer.Option("resid,mlp,attn", callback=_site_list, help="Comma-separated sites.")
+MAX_PIXELS = typer.Option(
+    89_478_485, min=1, help="Refuse images with more pixels than this (PIL's default limit)."
+)
 
 
 @app.command()
@@ -21,7 +99,7 @@ def scenes(
     out: Path = typer.Option(..., help="Output directory (images/, questions.jsonl, scenes.json)."),
     n_scenes: int = typer.Option(100, "--scenes", min=1, help="Number of scenes."),
     seed: int = typer.Option(0, help="Seed: the same seed gives the same bytes."),
-    split: str = typer.Option("train", help="train, val or test (never overlapping)."),
+    split: str = SPLIT,
     resolution: int = typer.Option(64, min=16, help="Image side in pixels."),
     min_objects: int = typer.Option(3, min=1),
     max_objects: int = typer.Option(6, min=1),
@@ -113,7 +191,9 @@ def _shard(value: str | None) -> tuple[int, int] | None:
     try:
         index, count = (int(x) for x in value.split("/"))
     except ValueError:
-        raise typer.BadParameter(f"--shard must look like 0/4, got {value!r}") from None
+        raise typer.BadParameter(f"must look like 0/4, got {value!r}") from None
+    if not 0 <= index < count:
+        raise typer.BadParameter(f"{value!r}: the index must be in 0..count-1 and count >= 1")
     return index, count
 
 
@@ -125,30 +205,46 @@ def extract(
     out: Path = typer.Option(..., help="Activation store directory (resumes if interrupted)."),
     model: str = typer.Option(None, help=MODEL_HELP),
     jsonl: Path = typer.Option(None, help="JSON-lines questions; default: generated scenes."),
-    split: str = typer.Option("train", help="Scene split when no --jsonl is given."),
-    n: int = typer.Option(1000, help="Number of samples (balanced yes/no)."),
+    split: str = SPLIT,
+    n: int = typer.Option(1000, min=2, help="Number of samples (balanced yes/no)."),
     seed: int = typer.Option(0),
-    sites: str = typer.Option("resid,mlp,attn", help="Comma-separated sites."),
-    template: str = typer.Option("plain", help="Prompt template name."),
+    sites: str = SITES_OPTION,
+    template: str = typer.Option("plain", callback=_template, help="Prompt template name."),
     batch_size: int = typer.Option(16, min=1),
     max_new_tokens: int = typer.Option(128, min=1),
-    dtype: str = typer.Option("fp32", help="fp32, bf16 or fp16."),
-    device: str = typer.Option("auto", help="cpu, cuda or auto."),
+    max_pixels: int = MAX_PIXELS,
+    dtype: str = DTYPE,
+    device: str = typer.Option("auto", callback=_device, help="cpu, cuda or auto."),
 ) -> None:
-    """Record activations at the first generated token, and the model's answers."""
+    """Record activations at the first generated token, and the model's answers.
+
+    Generated scenes (no --jsonl) are written under OUT/data.
+    """
     from superneurons.data.probing import balanced_sample
     from superneurons.data.records import load_jsonl
     from superneurons.data.tasks import scene_records
     from superneurons.extract import extract as run_extract
-    from superneurons.models.loading import load_model
+    from superneurons.models.loading import check_model, load_model
+    from superneurons.outputs import Claim
 
-    if jsonl is not None:
-        records = load_jsonl(jsonl)
-    else:
-        records = scene_records(out.parent / "data", split, int(n * 1.2), seed)
-    records = balanced_sample(records, n, seed, "sample set")
-    loaded = load_model(model, dtype, device)
-    store = run_extract(loaded, records, out, _sites(sites), template, batch_size, max_new_tokens)
+    check_model(model)
+    with Claim(out, "store", inputs=[jsonl] if jsonl is not None else []):
+        if jsonl is not None:
+            records = load_jsonl(jsonl)
+        else:
+            records = scene_records(out / "data", split, int(n * 1.2), seed)
+        records = balanced_sample(records, n, seed, "sample set")
+        loaded = load_model(model, dtype, device)
+        store = run_extract(
+            loaded,
+            records,
+            out,
+            _sites(sites),
+            template,
+            batch_size,
+            max_new_tokens,
+            max_pixels=max_pixels,
+        )
     console.print(f"{store.n} samples in {out}")
 
 
@@ -156,22 +252,22 @@ def extract(
 def discover(
     store: Path = typer.Option(..., help="Activation store of the probing set."),
     out: Path = typer.Option(..., help="Directory for the fitted classifier."),
-    alpha: float = typer.Option(0.0, help="Binarisation threshold: a > alpha means yes."),
-    metric: str = typer.Option("accuracy", help="accuracy, precision, recall or f1."),
-    sites: str = typer.Option("resid,mlp,attn"),
-    selection: str = typer.Option("heldout", help="heldout, fixed (--threshold) or top_k."),
-    threshold: float = typer.Option(None),
-    top_k: int = typer.Option(None),
-    aggregate: str = typer.Option("mean", help="mean or majority."),
-    polarity: str = typer.Option("positive", help="positive, negative or both."),
+    alpha: float = ALPHA,
+    metric: str = METRIC,
+    sites: str = SITES_OPTION,
+    selection: str = SELECTION,
+    threshold: float = THRESHOLD,
+    top_k: int = TOP_K,
+    aggregate: str = AGGREGATE,
+    polarity: str = POLARITY,
     seed: int = typer.Option(0, help="Seed of the held-out split."),
 ) -> None:
     """Score every neuron on the probing set and keep the super neurons."""
     from superneurons.classifiers import SuperNeuronClassifier
     from superneurons.classifiers.artifact import save_classifier
+    from superneurons.outputs import Claim
     from superneurons.store import ActivationStore
 
-    probe = ActivationStore.open(store)
     classifier = SuperNeuronClassifier(
         alpha=alpha,
         metric=metric,
@@ -182,8 +278,12 @@ def discover(
         aggregate=aggregate,
         polarity=polarity,
         random_state=seed,
-    ).fit(probe, probe.labels)
-    save_classifier(out, classifier, probe.meta)
+    )
+    classifier.check_params()
+    with Claim(out, "classifier", inputs=[store]):
+        probe = ActivationStore.open(store)
+        classifier.fit(probe, probe.labels)
+        save_classifier(out, classifier, probe.meta)
     best = classifier.selected_[0]
     console.print(
         f"{len(classifier.selected_)} super neurons (t = {classifier.threshold_}); best: "
@@ -195,29 +295,34 @@ def discover(
 def evaluate(
     classifier: Path = typer.Option(..., help="Directory written by `discover`."),
     store: Path = typer.Option(..., help="Activation store of the validation set."),
-    out: Path = typer.Option(None, help="Write the results JSON here."),
+    out: Path = typer.Option(
+        None, help="Write the results JSON here (a new file, or one it wrote)."
+    ),
     seed: int = typer.Option(0, help="Bootstrap seed."),
 ) -> None:
     """Compare super neurons with the model's own answers on validation data."""
-
-    from superneurons import atomic
     from superneurons.classifiers.artifact import load_classifier
-    from superneurons.evaluate import describe_selection
+    from superneurons.evaluate import RESULTS_FORMAT, check_same_model, describe_selection
     from superneurons.evaluate import evaluate as run_evaluate
+    from superneurons.outputs import check_output_file, write_output_json
     from superneurons.report import print_results
     from superneurons.store import ActivationStore
 
+    if out is not None:
+        check_output_file(out, [classifier, store])
     fitted, document = load_classifier(classifier)
     val = ActivationStore.open(store)
     provenance = document["provenance"]
+    check_same_model(provenance, val, classifier, store)
     results = {
+        "format": RESULTS_FORMAT,
         "model": provenance.get("model"),
         "dataset": str(store),
         **describe_selection(fitted),
         **run_evaluate(fitted, val, seed=seed),
     }
     if out is not None:
-        atomic.write_json(out, results)
+        write_output_json(out, results, [classifier, store])
     print_results(results, Console())
 
 
@@ -226,29 +331,36 @@ def run(
     out: Path = typer.Option(Path("runs/default"), help="Everything the run produces."),
     model: str = typer.Option(None, help=MODEL_HELP),
     task: str = typer.Option(
-        "scenes", help="scenes (generated) or a dataset, see docs/datasets.md."
+        "scenes", callback=_task, help="scenes (generated) or a dataset, see docs/datasets.md."
     ),
     data_dir: str = typer.Option(None, help="The dataset's directory (not for scenes)."),
     seed: int = typer.Option(0, help="Picks the generated scenes and the samples."),
     n_probe: int = typer.Option(
-        None, help="Probing-set size, balanced (default 1000 for scenes, 3000 for datasets)."
+        None,
+        min=2,
+        help="Probing-set size, balanced (default 1000 for scenes, 3000 for datasets).",
     ),
     n_val: int = typer.Option(
-        None, help="Validation-set size, balanced (default 600 for scenes, the whole split else)."
+        None,
+        min=2,
+        help="Validation-set size, balanced (default 600 for scenes, the whole split else).",
     ),
-    sites: str = typer.Option("resid,mlp,attn"),
-    alpha: float = typer.Option(0.0),
-    metric: str = typer.Option("accuracy"),
-    aggregate: str = typer.Option("mean"),
-    polarity: str = typer.Option("positive"),
-    selection: str = typer.Option("heldout", help="heldout, fixed (--threshold) or top_k."),
-    threshold: float = typer.Option(None),
-    top_k: int = typer.Option(None),
-    template: str = typer.Option(None, help="Prompt template (default: the task's)."),
+    sites: str = SITES_OPTION,
+    alpha: float = ALPHA,
+    metric: str = METRIC,
+    aggregate: str = AGGREGATE,
+    polarity: str = POLARITY,
+    selection: str = SELECTION,
+    threshold: float = THRESHOLD,
+    top_k: int = TOP_K,
+    template: str = typer.Option(
+        None, callback=_template, help="Prompt template (default: the task's)."
+    ),
     batch_size: int = typer.Option(16, min=1),
     max_new_tokens: int = typer.Option(128, min=1),
-    dtype: str = typer.Option("fp32"),
-    device: str = typer.Option("auto"),
+    max_pixels: int = MAX_PIXELS,
+    dtype: str = DTYPE,
+    device: str = typer.Option("auto", callback=_device, help="cpu, cuda or auto."),
     shard: str = typer.Option(
         None, help="i/n: extract only shard i of n (0-based); a run without it merges them."
     ),
@@ -276,6 +388,7 @@ def run(
         template=template,
         batch_size=batch_size,
         max_new_tokens=max_new_tokens,
+        max_pixels=max_pixels,
         dtype=dtype,
         device=device,
         shard=_shard(shard),
@@ -297,29 +410,41 @@ def predict(
     ),
     model: str = typer.Option(None, help="Default: the model the classifier was fitted on."),
     fallback_margin: float = typer.Option(
-        None, help="Cascade: run the full model when |score - 0.5| is below this."
+        None,
+        min=0.0,
+        max=0.5,
+        help="Cascade: run the full model when |score - 0.5| is below this (0 to 0.5).",
     ),
-    dtype: str = typer.Option("fp32"),
-    device: str = typer.Option("auto"),
+    max_pixels: int = MAX_PIXELS,
+    dtype: str = DTYPE,
+    device: str = typer.Option("auto", callback=_device, help="cpu, cuda or auto."),
 ) -> None:
     """Answer from super neurons, stopping after their deepest layer: one JSON object per line."""
     import json
 
+    from superneurons.data.images import open_rgb
     from superneurons.data.records import load_jsonl
+    from superneurons.errors import ConfigError
     from superneurons.predictor import SuperNeuronPredictor
+    from superneurons.preflight import check_images
 
     if batch is None and (image is None or question is None):
-        raise typer.BadParameter("give IMAGE and QUESTION, or --batch FILE")
-    predictor = SuperNeuronPredictor.from_pretrained(
-        classifier, model, dtype=dtype, device=device, fallback_margin=fallback_margin
-    )
+        raise ConfigError("give IMAGE and QUESTION, or --batch FILE")
+    if batch is not None and (image is not None or question is not None):
+        raise ConfigError("give IMAGE and QUESTION, or --batch FILE, not both")
     if batch is not None:
         records = load_jsonl(batch, require_label=False)
-        images = [r.load_image() for r in records]
+        check_images(records, max_pixels)
+        images = [r.load_image(max_pixels) for r in records]
         questions = [r.question for r in records]
         choices = [r.choices for r in records]
     else:
-        images, questions, choices = [image], [question], None
+        if not question.strip():
+            raise ConfigError("QUESTION is empty")
+        images, questions, choices = [open_rgb(image, max_pixels=max_pixels)], [question], None
+    predictor = SuperNeuronPredictor.from_pretrained(
+        classifier, model, dtype=dtype, device=device, fallback_margin=fallback_margin
+    )
     for prediction in predictor.predict(images, questions, choices):
         print(json.dumps(prediction.to_json()))
 
@@ -343,7 +468,9 @@ def bench_early_exit(
 ) -> None:
     """Time the full model against early exit at the classifier's layer and at k = 0, 1."""
     from superneurons.bench import rows_table, run_early_exit_bench
+    from superneurons.outputs import check_output_file
 
+    check_output_file(out)
     if not (classifier / "classifier.json").is_file():
         console.print(f"no classifier at {classifier}: timing k = 0 and 1 only")
         classifier = None
@@ -364,21 +491,24 @@ def bench_early_exit(
 def bench_cascade(
     classifier: Path = typer.Option(Path("runs/default/classifier"), help="From `run`/`discover`."),
     out: Path = typer.Option(Path("runs/bench-cascade.json"), help="Results JSON."),
-    n: int = typer.Option(200, help="Validation questions (balanced)."),
+    n: int = typer.Option(200, min=2, help="Validation questions (balanced)."),
     seed: int = typer.Option(7, help="Picks the validation scenes."),
 ) -> None:
     """Accuracy and time of the super-neuron → full-model cascade as its margin varies."""
+    import tempfile
 
-    from superneurons import atomic
     from superneurons.bench.cascade import cascade_curve
     from superneurons.data.probing import balanced_sample
     from superneurons.data.tasks import scene_records
+    from superneurons.outputs import check_output_file, write_output_json
     from superneurons.predictor import SuperNeuronPredictor
 
+    check_output_file(out, [classifier])
     predictor = SuperNeuronPredictor.from_pretrained(classifier)
-    records = scene_records(out.parent / "data", "val", int(n * 1.2), seed)
-    result = cascade_curve(predictor, balanced_sample(records, n, seed, "validation set"))
-    atomic.write_json(out, result)
+    with tempfile.TemporaryDirectory(prefix="superneurons-scenes-") as scenes:
+        records = scene_records(Path(scenes), "val", int(n * 1.2), seed)
+        result = cascade_curve(predictor, balanced_sample(records, n, seed, "validation set"))
+    write_output_json(out, {"format": "superneurons-bench-cascade/1", **result}, [classifier])
     for point in result["curve"]:
         console.print(point)
     console.print(f"results: {out}")
@@ -392,13 +522,15 @@ def bench_flops(
     """Prefill FLOPs of one scene question, split into vision side, decoder layers and lm_head."""
     import json
 
-    from superneurons import atomic
     from superneurons.bench.flops import prefill_flop_split
     from superneurons.capture import prepare_inputs
     from superneurons.data.prompts import chat_prompt
     from superneurons.data.scenes import iter_scenes
     from superneurons.models.loading import load_model
+    from superneurons.outputs import check_output_file, write_output_json
 
+    if out is not None:
+        check_output_file(out)
     loaded = load_model(model, "fp32", "cpu")
     _, render = next(iter_scenes(seed=0, split="val", n=1))
     prompt = chat_prompt(loaded.processor, "Is there a large red metal cube?")
@@ -407,7 +539,7 @@ def bench_flops(
     )
     split = {"model": loaded.model_id, **split}
     if out is not None:
-        atomic.write_json(out, split)
+        write_output_json(out, {"format": "superneurons-bench-flops/1", **split})
     print(json.dumps(split))
 
 
@@ -435,13 +567,39 @@ def data_inspect(
     )
 
 
-def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit status 1."""
+def _fail(lines: list[str]) -> None:
+    # Plain writes: one line per problem, never wrapped (rich would wrap at 80 columns in a log).
+    for line in lines:
+        sys.stderr.write(f"error: {line}\n")
+    raise SystemExit(USER_ERROR_EXIT)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors become one line each on stderr, exit status 2.
+
+    ``SUPERNEURONS_DEBUG=1`` shows their tracebacks too.
+    """
+    from superneurons.errors import SuperneuronsError
+
+    debug = bool(os.environ.get("SUPERNEURONS_DEBUG"))
     try:
-        app(prog_name="superneurons")
-    except USER_ERRORS as error:
-        if os.environ.get("SUPERNEURONS_DEBUG"):
+        code = app(args=argv, prog_name="superneurons", standalone_mode=False)
+    except typer.TyperException as error:  # click's usage errors: unknown option, bad value
+        context = getattr(error, "ctx", None)
+        if type(error).__name__ == "NoArgsIsHelpError" and context is not None:
+            print(context.get_help())
+            raise SystemExit(0) from None
+        hint = f" (see `{context.command_path} --help`)" if context is not None else ""
+        _fail([f"{error.format_message()}{hint}"])
+    except typer.Abort:
+        sys.stderr.write("aborted\n")
+        raise SystemExit(130) from None
+    except SuperneuronsError as error:
+        if debug:
             raise
-        message = error.args[0] if isinstance(error, KeyError) and error.args else error
-        console.print(f"[bold red]error:[/] {message}", highlight=False)
-        raise SystemExit(1) from None
+        _fail(error.problems)
+    except OSError as error:
+        if error.filename is None or debug:
+            raise
+        _fail([f"{error.filename}: {error.strerror or error}"])
+    raise SystemExit(code or 0)

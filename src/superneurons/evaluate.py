@@ -2,7 +2,8 @@
 
 Results schema (``results.json``)::
 
-    {"model", "dataset", "n_probe", "n_val", "alpha", "metric", "threshold", "aggregate",
+    {"format": "superneurons-results/1",
+     "model", "dataset", "n_probe", "n_val", "alpha", "metric", "threshold", "aggregate",
      "selected": [{"site", "layer", "index", "polarity", "score"}],
      "sn": METRICS, "model_answers": METRICS, "agreement_rate",
      "question_only": METRICS, "model_unparseable": int, "sn_layers": {layer: count},
@@ -24,8 +25,25 @@ from collections.abc import Sequence
 import numpy as np
 
 from superneurons.classifiers import SuperNeuronClassifier
+from superneurons.errors import ClassifierError
 from superneurons.metrics import METRICS, agreement_rate, binary_metrics, bootstrap_ci
 from superneurons.store import ActivationStore
+
+RESULTS_FORMAT = "superneurons-results/1"
+# What must agree between a classifier's provenance and a store it reads: the same weights.
+_SAME_MODEL_KEYS = ("weights_fingerprint", "architecture")
+
+
+def check_same_model(provenance: dict, store: ActivationStore, classifier_dir, store_dir) -> None:
+    """Refuse a store extracted with another model than the classifier was fitted on."""
+    for key in _SAME_MODEL_KEYS:
+        fitted, given = provenance.get(key), store.meta.get(key)
+        if fitted != given:
+            raise ClassifierError(
+                f"{classifier_dir} was fitted on {provenance.get('model')!r} ({key} {fitted}), "
+                f"but {store_dir} was extracted with {store.meta.get('model')!r} ({key} {given}); "
+                "a classifier reads only the model it was fitted on"
+            )
 
 
 def _rounded(value: float) -> float | None:

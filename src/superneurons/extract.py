@@ -13,13 +13,16 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from superneurons.capture import capture
+from superneurons.data.images import DEFAULT_MAX_PIXELS
 from superneurons.data.prompts import PromptTemplate, chat_prompt, format_prompt, template_for
 from superneurons.data.records import Record
+from superneurons.errors import ConfigError
 from superneurons.metrics import parse_choice, parse_yes_no
 from superneurons.models.adapters import SITES, adapter_for
 from superneurons.models.fingerprint import model_fingerprint
 from superneurons.models.loading import LoadedModel
-from superneurons.store import ActivationStore, ActivationWriter
+from superneurons.preflight import check_images, check_prompt_lengths
+from superneurons.store import ActivationStore, ActivationWriter, is_complete
 
 
 def dataset_fingerprint(records: Sequence[Record]) -> str:
@@ -65,6 +68,7 @@ def extract(
     max_new_tokens: int = 128,
     description: str = "extract",
     shard: tuple[int, int] | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
 ) -> ActivationStore:
     """Capture every site's activations at the first generated token, and the model's answers.
 
@@ -72,19 +76,22 @@ def extract(
     finished store is returned as is, and a store made with other arguments (model, weights,
     records, template, sites) is refused. ``shard=(i, n)`` extracts only samples ``i, i + n, …``
     (for splitting the work across machines; ``store.merge_shards`` joins the parts).
+
+    Before a store is started every image is decoded and every prompt measured against the
+    model's context (:mod:`superneurons.preflight`), so bad input never leaves a partial store.
     """
     out_dir = Path(out_dir)
     if not records:
-        raise ValueError(f"{out_dir}: no records to extract")
+        raise ConfigError(f"{out_dir}: no records to extract")
     fingerprint = dataset_fingerprint(records)
     if shard is not None:
         index, count = shard
         if not 0 <= index < count:
-            raise ValueError(f"shard {index}/{count}: the index must be in 0..{count - 1}")
+            raise ConfigError(f"shard {index}/{count}: the index must be in 0..{count - 1}")
         records = records[index::count]
     unknown = [s for s in sites if s not in SITES]
     if unknown:
-        raise ValueError(f"unknown site(s) {unknown}; known: {list(SITES)}")
+        raise ConfigError(f"unknown site(s) {unknown}; known: {list(SITES)}")
     model, processor = loaded.model, loaded.processor
     adapter = adapter_for(model)
     shapes = {s: (adapter.n_layers(model), adapter.site_width(model, s)) for s in sites}
@@ -103,6 +110,11 @@ def extract(
     }
     if shard is not None:
         meta["shard"] = list(shard)
+    prompts = [build_prompt(processor, r, prompt) for r in records]
+    if not is_complete(out_dir):
+        check_images(records, max_pixels)
+        first = records[0].load_image(max_pixels)
+        check_prompt_lengths(model, processor, prompts, [r.id for r in records], first)
     dtype = "bfloat16" if model.dtype == torch.bfloat16 else "float16"
     with (
         ActivationWriter(out_dir, shapes, len(records), dtype, meta) as writer,
@@ -111,9 +123,10 @@ def extract(
         task = bar.add_task(description, total=len(records), completed=writer.n_done)
         for start in range(writer.n_done, len(records), batch_size):
             batch = records[start : start + batch_size]
-            images = [r.load_image() for r in batch]
-            prompts = [build_prompt(processor, r, prompt) for r in batch]
-            result = capture(model, processor, images, prompts, sites, max_new_tokens)
+            images = [r.load_image(max_pixels) for r in batch]
+            result = capture(
+                model, processor, images, prompts[start : start + batch_size], sites, max_new_tokens
+            )
             rows = [
                 {
                     "id": r.id,

@@ -11,6 +11,8 @@ import string
 
 import numpy as np
 
+from superneurons.errors import ConfigError
+
 METRICS: tuple[str, ...] = ("accuracy", "precision", "recall", "f1")
 LETTERS = string.ascii_uppercase
 
@@ -20,7 +22,7 @@ _BOOT_CELLS = 2_000_000  # resampled labels held at once in bootstrap_ci
 
 def _check_metric(metric: str) -> None:
     if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+        raise ConfigError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
 
 
 def _check_polarity(polarity: int) -> None:

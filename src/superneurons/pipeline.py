@@ -10,13 +10,23 @@ from pathlib import Path
 from superneurons import atomic
 from superneurons.classifiers import QuestionOnlyClassifier, SuperNeuronClassifier
 from superneurons.classifiers.artifact import save_classifier
+from superneurons.data.images import DEFAULT_MAX_PIXELS
 from superneurons.data.probing import balanced_sample
+from superneurons.data.prompts import template_for
 from superneurons.data.records import Record
 from superneurons.data.tasks import scene_records
-from superneurons.evaluate import describe_selection, evaluate
+from superneurons.errors import ConfigError
+from superneurons.evaluate import RESULTS_FORMAT, describe_selection, evaluate
 from superneurons.extract import extract
 from superneurons.models.adapters import SITES
-from superneurons.models.loading import LoadedModel, load_model
+from superneurons.models.loading import (
+    DTYPES,
+    LoadedModel,
+    check_model,
+    load_model,
+    pick_device,
+)
+from superneurons.outputs import Claim
 from superneurons.store import is_complete, merge_shards
 
 
@@ -41,9 +51,48 @@ class RunConfig:
     template: str | None = None  # default: the task's template
     batch_size: int = 16
     max_new_tokens: int = 128
+    max_pixels: int = DEFAULT_MAX_PIXELS  # images with more pixels are refused
     dtype: str = "fp32"
     device: str = "auto"
     shard: tuple[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse settings that cannot work, naming the field, before anything runs."""
+        for name in ("n_probe", "n_val"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 2):
+                raise ConfigError(f"{name} must be an integer >= 2 (one per class), got {value!r}")
+        for name in ("batch_size", "max_new_tokens", "max_pixels"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"{name} must be an integer >= 1, got {value!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {sorted(DTYPES)}, got {self.dtype!r}")
+        unknown = [site for site in self.sites if site not in SITES]
+        if unknown or not self.sites:
+            raise ConfigError(f"sites must be a non-empty subset of {SITES}, got {self.sites!r}")
+        if self.shard is not None:
+            index, count = self.shard
+            if not 0 <= index < count:
+                raise ConfigError(f"shard {index}/{count}: the index must be in 0..count-1")
+        if self.template is not None:
+            template_for(self.template)
+        pick_device(self.device)
+        self.classifier().check_params()
+
+    def classifier(self) -> SuperNeuronClassifier:
+        """The (unfitted) super-neuron classifier these settings describe."""
+        return SuperNeuronClassifier(
+            alpha=self.alpha,
+            metric=self.metric,
+            sites=list(self.sites),
+            aggregate=self.aggregate,
+            polarity=self.polarity,
+            selection=self.selection,
+            threshold=self.threshold,
+            top_k=self.top_k,
+            random_state=self.seed,
+        )
 
 
 def task_records(config: RunConfig, out: Path) -> tuple[list[Record], list[Record], str]:
@@ -58,7 +107,7 @@ def task_records(config: RunConfig, out: Path) -> tuple[list[Record], list[Recor
         from superneurons.data.loaders import TASKS, load_task
 
         if config.data_dir is None:
-            raise ValueError(f"task {config.task!r} needs --data-dir (see docs/datasets.md)")
+            raise ConfigError(f"task {config.task!r} needs --data-dir (see docs/datasets.md)")
         n_probe, n_val = config.n_probe or 3000, config.n_val
         train = load_task(config.task, config.data_dir, "train", config.seed)
         val = load_task(config.task, config.data_dir, "val", config.seed)
@@ -98,8 +147,18 @@ def run(config: RunConfig, out: str | Path, log=print, loaded: LoadedModel | Non
     ``loaded`` passes a model already in memory instead of loading ``config.model``.
     """
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    inputs = [config.data_dir] if config.data_dir is not None else []
+    if config.model is not None and Path(config.model).is_dir():
+        inputs.append(config.model)
+    with Claim(out, "run", inputs) as claim:
+        return _run(config, claim, log, loaded)
+
+
+def _run(config: RunConfig, claim: Claim, log, loaded: LoadedModel | None) -> dict:
+    out = claim.path
     started = time.time()
+    if loaded is None:
+        check_model(config.model)  # before any scene is rendered or dataset read
     probe, val, template = task_records(config, out)
     loaded = loaded or load_model(config.model, config.dtype, config.device)
     log(f"model {loaded.model_id} ({type(loaded.model).__name__}) on {loaded.device}")
@@ -119,25 +178,22 @@ def run(config: RunConfig, out: str | Path, log=print, loaded: LoadedModel | Non
             log(f"merging {len(shards)} shards into {path}")
             merge_shards(shards, path)
         stores[part] = extract(
-            loaded, records, path, **common, description=part, shard=config.shard
+            loaded,
+            records,
+            path,
+            **common,
+            description=part,
+            shard=config.shard,
+            max_pixels=config.max_pixels,
         )
     if config.shard is not None:
         log(f"shard {config.shard[0]}/{config.shard[1]} extracted; run without --shard to merge")
         return {"shard": list(config.shard), "n": {k: v.n for k, v in stores.items()}}
     probe_store, val_store = stores["probe"], stores["val"]
-    classifier = SuperNeuronClassifier(
-        alpha=config.alpha,
-        metric=config.metric,
-        sites=list(config.sites),
-        aggregate=config.aggregate,
-        polarity=config.polarity,
-        selection=config.selection,
-        threshold=config.threshold,
-        top_k=config.top_k,
-        random_state=config.seed,
-    ).fit(probe_store, [r["label"] for r in probe_store.records])
+    classifier = config.classifier().fit(probe_store, [r["label"] for r in probe_store.records])
     save_classifier(out / "classifier", classifier, probe_store.meta)
     results = {
+        "format": RESULTS_FORMAT,
         "model": loaded.model_id,
         "revision": loaded.revision,
         "dataset": config.task,
@@ -151,5 +207,5 @@ def run(config: RunConfig, out: str | Path, log=print, loaded: LoadedModel | Non
         "seconds": round(time.time() - started, 1),
         "config": {**asdict(config), "sites": list(config.sites)},
     }
-    atomic.write_json(out / "results.json", results)
+    atomic.write_json(out / "results.json", results, claim.tmp)
     return results

@@ -21,6 +21,7 @@ from PIL import Image
 from superneurons.capture import capture, prepare_inputs
 from superneurons.classifiers import SuperNeuronClassifier
 from superneurons.classifiers.artifact import load_classifier
+from superneurons.data.images import open_rgb
 from superneurons.data.prompts import (
     LETTERS,
     binary_choice_question,
@@ -29,13 +30,15 @@ from superneurons.data.prompts import (
     template_for,
 )
 from superneurons.early_exit import early_exit_activations
+from superneurons.errors import ConfigError, ModelError
 from superneurons.metrics import parse_yes_no
 from superneurons.models.adapters import adapter_for
 from superneurons.models.fingerprint import model_fingerprint
 from superneurons.models.loading import LoadedModel, load_model
+from superneurons.preflight import check_prompt_lengths
 
 
-class ModelMismatchError(ValueError):
+class ModelMismatchError(ModelError):
     """The classifier was fitted on another model's activations."""
 
 
@@ -113,6 +116,14 @@ class SuperNeuronPredictor:
                 f"fingerprint {expected}); {model.model_id!r} has fingerprint {found}: refusing "
                 f"to read super neurons from a different model"
             )
+        adapter = adapter_for(model.model)
+        for site, shape in classifier.sites_.items():
+            actual = (adapter.n_layers(model.model), adapter.site_width(model.model, site))
+            if tuple(shape) != actual:
+                raise ModelMismatchError(
+                    f"{classifier_dir}: site {site!r} is {tuple(shape)} (layers, width) in the "
+                    f"classifier but {actual} in {model.model_id!r}"
+                )
         return cls(classifier, model, provenance.get("template", "plain"), **kwargs)
 
     def _prompts(self, questions: Sequence[str]) -> list[str]:
@@ -151,8 +162,8 @@ class SuperNeuronPredictor:
     ) -> list[Prediction]:
         """One prediction per (image, question); ``choices[i]`` makes question i multiple choice."""
         if len(images) != len(questions):
-            raise ValueError(f"{len(images)} images for {len(questions)} questions")
-        images = [Image.open(i).convert("RGB") if isinstance(i, (str, Path)) else i for i in images]
+            raise ConfigError(f"{len(images)} images for {len(questions)} questions")
+        images = [open_rgb(i, f"image {k}") for k, i in enumerate(images)]
         choices = list(choices) if choices is not None else [None] * len(questions)
         # Expand every multiple-choice question into one binary question per choice.
         flat_images, flat_questions, owner = [], [], []
@@ -165,6 +176,13 @@ class SuperNeuronPredictor:
                 flat_images.append(image)
                 flat_questions.append(text)
                 owner.append(i)
+        check_prompt_lengths(
+            self.loaded.model,
+            self.loaded.processor,
+            self._prompts(flat_questions),
+            [f"question {owner[k]}" for k in range(len(flat_questions))],
+            flat_images[0],
+        )
         votes = self.votes(flat_images, flat_questions)
         scores, answers = votes.mean(axis=1), self.classifier.aggregate_votes(votes)
         owner = np.array(owner)

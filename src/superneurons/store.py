@@ -18,16 +18,21 @@ last, atomically. Memory is bounded by one chunk: rows go straight to the memory
 
 from __future__ import annotations
 
+import errno
 import json
 import operator
 import os
 import re
+import shutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from superneurons.errors import OutputError, StoreError
+from superneurons.outputs import Claim
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -39,7 +44,7 @@ _SITE_NAME = re.compile(r"[A-Za-z0-9_.-]+")  # a site name becomes a file name
 _RESUME_FIELDS = ("format_version", "meta", "sites", "dtype", "n_samples")
 
 
-class IncompleteStoreError(RuntimeError):
+class IncompleteStoreError(StoreError, RuntimeError):
     """The store exists but its extraction did not finish."""
 
 
@@ -77,7 +82,14 @@ class ActivationWriter:
         self._arrays: dict[str, np.memmap] = {}
         self._closed = False
 
-        self.path.mkdir(parents=True, exist_ok=True)
+        self._claim = Claim(self.path, "store")
+        try:
+            self._open()
+        except BaseException:
+            self._claim.release()
+            raise
+
+    def _open(self) -> None:
         for name in (MANIFEST, PROGRESS):  # left over by a kill during an atomic write
             _tmp_path(self.path / name).unlink(missing_ok=True)
         if is_complete(self.path):
@@ -89,14 +101,30 @@ class ActivationWriter:
             self._check_resumable(state)
             self.records = state["records"]
             self._arrays = {site: self._open_existing(site) for site in self.sites}
+            _reserve(self.path, [self._file(site) for site in self.sites])
         else:
-            # Files first, progress second: files without progress are simply created again.
-            self._arrays = {
-                site: np.lib.format.open_memmap(
-                    self._file(site), mode="w+", dtype=STORAGE[dtype], shape=self._shape(site)
-                )
+            needed = sum(
+                int(np.prod(self._shape(site))) * STORAGE[self.dtype].itemsize
                 for site in self.sites
-            }
+            )
+            _check_space(self.path, needed)
+            # Files first, progress second: files without progress are simply created again.
+            try:
+                self._arrays = {
+                    site: np.lib.format.open_memmap(
+                        self._file(site),
+                        mode="w+",
+                        dtype=STORAGE[self.dtype],
+                        shape=self._shape(site),
+                    )
+                    for site in self.sites
+                }
+                _reserve(self.path, [self._file(site) for site in self.sites])
+            except BaseException:
+                self._arrays = {}
+                for site in self.sites:  # created just now, nothing committed: not left behind
+                    self._file(site).unlink(missing_ok=True)
+                raise
             self._commit(self.records)
 
     @property
@@ -157,6 +185,8 @@ class ActivationWriter:
         for array in self._arrays.values():
             array.flush()
         self._arrays = {}
+        if not self._closed:
+            self._claim.release()
         self._closed = True
 
     def __enter__(self) -> ActivationWriter:
@@ -204,7 +234,7 @@ class ActivationWriter:
                 )
             else:
                 detail = f"stored {old!r}, given {new!r}"
-            raise ValueError(
+            raise StoreError(
                 f"{self.path} holds a store written with a different {key} ({detail}); "
                 "rerun with the original arguments to resume, or write to another directory"
             )
@@ -212,12 +242,12 @@ class ActivationWriter:
     def _open_existing(self, site: str) -> np.memmap:
         file = self._file(site)
         if not file.is_file():
-            raise FileNotFoundError(
+            raise StoreError(
                 f"partial store {self.path} lacks {file.name}; delete the directory and start again"
             )
-        array = np.load(file, mmap_mode="r+")
+        array = _load_npy(file, "r+")
         if array.shape != self._shape(site) or array.dtype != STORAGE[self.dtype]:
-            raise ValueError(
+            raise StoreError(
                 f"{file} holds {array.dtype} {array.shape}, "
                 f"expected {STORAGE[self.dtype]} {self._shape(site)}"
             )
@@ -254,13 +284,18 @@ class ActivationStore:
                     f"{progress['n_done']}/{progress['n_samples']} samples; "
                     "rerun the same command to resume"
                 )
-            raise FileNotFoundError(f"no activation store at {path} (no {MANIFEST})")
+            raise StoreError(f"no activation store at {path} (no {MANIFEST})")
         manifest = _read_json(path / MANIFEST)
         if manifest.get("format_version") != FORMAT_VERSION:
-            raise ValueError(
+            raise StoreError(
                 f"{path}: store format {manifest.get('format_version')!r} is not supported "
                 f"(expected {FORMAT_VERSION})"
             )
+        missing = [key for key in ("meta", "sites", "dtype", "records") if key not in manifest]
+        if missing:
+            raise StoreError(f"{path / MANIFEST}: not a valid manifest (no {', '.join(missing)})")
+        if manifest["dtype"] not in STORAGE:
+            raise StoreError(f"{path / MANIFEST}: unknown dtype {manifest['dtype']!r}")
         store = cls(path, manifest)
         for site in store.sites:  # fail now, not halfway through an analysis
             store.array(site)
@@ -310,11 +345,11 @@ class ActivationStore:
         """The raw read-only memory map ``(n_layers, n, width)`` in its storage dtype."""
         if site not in self._arrays:
             shape = self._site_shape(site)
-            array = np.load(self.path / f"{site}.npy", mmap_mode="r")
+            array = _load_npy(self.path / f"{site}.npy", "r")
             expected = (shape[0], self.n, shape[1])
             storage = STORAGE[self.dtype]
             if array.shape != expected or array.dtype != storage:
-                raise ValueError(
+                raise StoreError(
                     f"{self.path / f'{site}.npy'} holds {array.dtype} {array.shape}, "
                     f"expected {storage} {expected}"
                 )
@@ -399,9 +434,9 @@ def _to_float16(x: np.ndarray, site: str) -> np.ndarray:
         out = x.astype(np.float16)
     if not np.isfinite(out).all():
         if np.isnan(x).any():
-            raise ValueError(f"site {site!r}: activations contain NaN")
+            raise StoreError(f"site {site!r}: activations contain NaN")
         peak = float(np.abs(x.astype(np.float64)).max())
-        raise ValueError(
+        raise StoreError(
             f"site {site!r}: values outside the float16 range (max |value| = {peak:.6g}, "
             f"float16 max = {float(np.finfo(np.float16).max):g}); store as dtype='bfloat16'"
         )
@@ -451,6 +486,34 @@ def _jsonable(obj: Any, what: str) -> Any:
         raise TypeError(f"{what} must be JSON-serialisable: {err}") from err
 
 
+def _check_space(path: Path, needed: int) -> None:
+    free = shutil.disk_usage(path).free
+    if needed > free:
+        raise OutputError(
+            f"{path}: the store needs {needed:,} bytes and the disk has {free:,} free; "
+            "free some space or write the store elsewhere"
+        )
+
+
+def _reserve(path: Path, files: list[Path]) -> None:
+    """Allocate every block of ``files`` now: a memory-mapped write to a full disk is a SIGBUS,
+    not an error, so the space is claimed before any sample is written."""
+    for file in files:
+        with open(file, "r+b") as f:
+            info = os.fstat(f.fileno())
+            try:
+                os.posix_fallocate(f.fileno(), 0, info.st_size)
+            except OSError as error:
+                if error.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                missing = max(0, info.st_size - info.st_blocks * 512)
+                free = shutil.disk_usage(path).free
+                raise OutputError(
+                    f"{path}: the store needs {missing:,} more bytes for {file.name} and the disk "
+                    f"has {free:,} free; free some space and rerun (the store resumes)"
+                ) from None
+
+
 def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp")
 
@@ -467,8 +530,23 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
 
 
 def _read_json(path: Path) -> dict:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
+    try:
+        with open(path, encoding="utf-8") as f:
+            document = json.load(f)
+    except (ValueError, UnicodeDecodeError) as error:
+        raise StoreError(f"{path}: not a valid store file ({error})") from None
+    if not isinstance(document, dict):
+        raise StoreError(f"{path}: not a valid store file (a JSON object was expected)")
+    return document
+
+
+def _load_npy(file: Path, mode: str) -> np.memmap:
+    try:
+        return np.load(file, mmap_mode=mode)
+    except FileNotFoundError:
+        raise StoreError(f"{file}: missing from the store") from None
+    except (ValueError, OSError) as error:
+        raise StoreError(f"{file}: not a readable array ({error})") from None
 
 
 def merge_shards(shards: list[str | os.PathLike], out: str | os.PathLike, chunk: int = 256):
@@ -483,9 +561,9 @@ def merge_shards(shards: list[str | os.PathLike], out: str | os.PathLike, chunk:
     metas = [{k: v for k, v in s.meta.items() if k != "shard"} for s in stores]
     for path, store, meta in zip(shards, stores, metas, strict=True):
         if meta != metas[0] or store.sites != stores[0].sites or store.dtype != stores[0].dtype:
-            raise ValueError(f"{path}: not a shard of the same extraction as {shards[0]}")
+            raise StoreError(f"{path}: not a shard of the same extraction as {shards[0]}")
         if store.meta.get("shard", [None, n_shards])[1] != n_shards:
-            raise ValueError(f"{path}: shard {store.meta.get('shard')} is not one of {n_shards}")
+            raise StoreError(f"{path}: shard {store.meta.get('shard')} is not one of {n_shards}")
     order = sorted(range(n_shards), key=lambda i: stores[i].meta.get("shard", [i])[0])
     stores = [stores[i] for i in order]
     total = sum(s.n for s in stores)

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from rich.table import Table
 
-from superneurons import atomic
 from superneurons.bench.early_exit import BenchTarget, bench_target
+from superneurons.outputs import write_output_json
 
 EXIT_LAYERS = {"k=0": {"resid": [0]}, "k=1": {"resid": [1]}}
 
@@ -73,12 +73,18 @@ def run_early_exit_bench(
 ) -> dict:
     """Benchmark every model in ``models``, writing ``out`` after each (atomically)."""
     rows: list[dict] = []
-    result = {"rows": rows, "repeats": repeats, "warmup": warmup, "statistic": "median"}
+    result = {
+        "format": "superneurons-bench-early-exit/1",
+        "rows": rows,
+        "repeats": repeats,
+        "warmup": warmup,
+        "statistic": "median",
+    }
     for name in models:
         target = embedded_target(classifier_dir) if name == "embedded" else shape_target(name)
         rows += bench_target(target, batch_sizes, repeats, warmup, log=log)
         del target
-        atomic.write_json(out, result)
+        write_output_json(out, result)
     return result
 
 

@@ -2,24 +2,35 @@
 
 ``DIR/classifier.json`` holds the hyper-parameters, the threshold, the provenance of the
 activations it was fitted on (model id, revision, weights fingerprint, architecture, prompt
-template) and the label names; ``DIR/neurons.safetensors`` holds the selected neurons (site code,
-layer, index, polarity, score) and every neuron's probe score (``scores.<site>``). No pickle.
+template), the label names and the name of its tensor file, ``DIR/neurons-<hash>.safetensors``
+(``neurons.safetensors`` in classifiers written before): the selected neurons (site code, layer,
+index, polarity, score) and every neuron's probe score (``scores.<site>``). No pickle.
+
+Replacing a classifier is atomic: the new tensor file is written under its own (content-hashed)
+name, then ``classifier.json`` is replaced in one rename, then the old tensor file is removed; a
+kill at any instant leaves the old classifier or the new one.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.numpy import load, save
 
 from superneurons import atomic
 from superneurons.classifiers.super_neurons import SelectedNeuron, SuperNeuronClassifier
+from superneurons.errors import ClassifierError
+from superneurons.outputs import Claim
 
 FORMAT = "superneurons-classifier/1"
 JSON_FILE, TENSOR_FILE = "classifier.json", "neurons.safetensors"
+_SELECTED = ("site", "layer", "index", "polarity", "score")
 
 
 def save_classifier(
@@ -28,7 +39,7 @@ def save_classifier(
     provenance: dict,
     extra: dict | None = None,
 ) -> Path:
-    """Write ``classifier`` to ``out_dir`` atomically (a temporary directory, then a rename)."""
+    """Write ``classifier`` to ``out_dir``, replacing a classifier there atomically."""
     out_dir = Path(out_dir)
     state = classifier.to_dict()
     selected = state.pop("selected")
@@ -42,46 +53,102 @@ def save_classifier(
     }
     for site, scores in classifier.scores_.items():
         tensors[f"scores.{site}"] = np.ascontiguousarray(scores, dtype=np.float32)
+    data = save(tensors)
+    tensor_file = f"neurons-{hashlib.sha256(data).hexdigest()[:16]}.safetensors"
     document = {
         "format": FORMAT,
         "classifier": state,
         "site_codes": sites,
         "labels": ["no", "yes"],
+        "tensors": tensor_file,
         "provenance": provenance,
         **(extra or {}),
     }
-    with atomic.directory(out_dir) as tmp:
-        save_file(tensors, str(tmp / TENSOR_FILE))
-        (tmp / JSON_FILE).write_text(json.dumps(document, indent=1) + "\n")
+    with Claim(out_dir, "classifier") as claim:
+        atomic.write_bytes(out_dir / tensor_file, data, claim.tmp)
+        atomic.write_json(out_dir / JSON_FILE, document, claim.tmp)  # the commit point
+        for old in out_dir.glob("neurons*.safetensors"):
+            if old.name != tensor_file:
+                old.unlink()
     return out_dir
 
 
+def _document(path: Path) -> dict:
+    file = path / JSON_FILE
+    if not file.is_file():
+        raise ClassifierError(f"{path}: not a saved classifier (no {JSON_FILE})")
+    try:
+        document = json.loads(file.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as error:
+        raise ClassifierError(f"{file}: not valid JSON ({error})") from None
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        found = document.get("format") if isinstance(document, dict) else None
+        raise ClassifierError(f"{file}: unknown format {found!r} (expected {FORMAT!r})")
+    for key, kind in (("classifier", dict), ("site_codes", list), ("provenance", dict)):
+        if not isinstance(document.get(key), kind):
+            raise ClassifierError(f"{file}: key {key!r} is missing or not a {kind.__name__}")
+    name = document.get("tensors", TENSOR_FILE)
+    if not isinstance(name, str) or Path(name).name != name or not name.endswith(".safetensors"):
+        raise ClassifierError(f"{file}: 'tensors' should name a .safetensors file beside it")
+    return document
+
+
+def _tensors(file: Path) -> dict[str, np.ndarray]:
+    try:
+        return load(file.read_bytes())
+    except FileNotFoundError:
+        raise ClassifierError(f"{file}: missing (named by {JSON_FILE})") from None
+    except (SafetensorError, ValueError, OSError) as error:
+        raise ClassifierError(f"{file}: not a readable safetensors file ({error})") from None
+
+
+def _selected(document: dict, tensors: dict[str, np.ndarray], file: Path) -> list[SelectedNeuron]:
+    """The selected neurons, each checked against the site shapes the classifier records."""
+    columns = []
+    for name in _SELECTED:
+        column = tensors.get(f"selected.{name}")
+        if column is None or column.ndim != 1:
+            raise ClassifierError(f"{file}: tensor 'selected.{name}' is missing or not 1-D")
+        columns.append(column)
+    if len({len(c) for c in columns}) != 1 or len(columns[0]) == 0:
+        raise ClassifierError(f"{file}: the 'selected.*' tensors disagree in length or are empty")
+    codes = document["site_codes"]
+    shapes = document["classifier"].get("sites")
+    if not isinstance(shapes, dict):
+        raise ClassifierError(f"{file.parent / JSON_FILE}: key 'classifier.sites' is missing")
+    selected = []
+    for k, (code, layer, index, polarity, score) in enumerate(zip(*columns, strict=True)):
+        site = codes[int(code)] if 0 <= int(code) < len(codes) else None
+        n_layers, width = shapes.get(site, (0, 0)) if site is not None else (0, 0)
+        if not (0 <= layer < n_layers and 0 <= index < width and polarity in (1, -1)):
+            raise ClassifierError(
+                f"{file}: super neuron {k} (site code {int(code)}, layer {int(layer)}, "
+                f"index {int(index)}, polarity {int(polarity)}) is outside the recorded shapes "
+                f"{shapes}"
+            )
+        if not math.isfinite(float(score)):
+            raise ClassifierError(f"{file}: super neuron {k} has a non-finite score")
+        selected.append(SelectedNeuron(site, int(layer), int(index), int(polarity), float(score)))
+    return selected
+
+
 def load_classifier(path: str | Path) -> tuple[SuperNeuronClassifier, dict]:
-    """(classifier, its JSON document) from ``save_classifier``'s directory."""
+    """(classifier, its JSON document) from ``save_classifier``'s directory, every field checked:
+    a malformed or tampered file is a ClassifierError naming it."""
     path = Path(path)
-    if not (path / JSON_FILE).is_file() or not (path / TENSOR_FILE).is_file():
-        raise FileNotFoundError(
-            f"{path}: not a saved classifier (needs {JSON_FILE}, {TENSOR_FILE})"
+    document = _document(path)
+    file = path / document.get("tensors", TENSOR_FILE)
+    tensors = _tensors(file)
+    selected = _selected(document, tensors, file)
+    try:
+        classifier = SuperNeuronClassifier.from_dict(
+            {**document["classifier"], "selected": [asdict(s) for s in selected]}
         )
-    document = json.loads((path / JSON_FILE).read_text())
-    if document.get("format") != FORMAT:
-        raise ValueError(f"{path / JSON_FILE}: unknown format {document.get('format')!r}")
-    tensors = load_file(str(path / TENSOR_FILE))
-    sites = document["site_codes"]
-    selected = [
-        SelectedNeuron(sites[int(c)], int(layer), int(index), int(polarity), float(score))
-        for c, layer, index, polarity, score in zip(
-            tensors["selected.site"],
-            tensors["selected.layer"],
-            tensors["selected.index"],
-            tensors["selected.polarity"],
-            tensors["selected.score"],
-            strict=True,
-        )
-    ]
-    classifier = SuperNeuronClassifier.from_dict(
-        {**document["classifier"], "selected": [asdict(s) for s in selected]}
-    )
+        classifier.check_params()
+    except (KeyError, TypeError, ValueError) as error:
+        raise ClassifierError(
+            f"{path / JSON_FILE}: invalid classifier settings ({error})"
+        ) from None
     classifier.scores_ = {
         k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("scores.")
     }

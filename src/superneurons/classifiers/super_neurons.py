@@ -13,12 +13,14 @@ time, so memory-mapped activations much larger than RAM are fine.
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
+from superneurons.errors import ClassifierError, ConfigError, DataError
 from superneurons.metrics import METRICS, binary_metrics, confusion_counts, metric_from_counts
 
 SELECTIONS: tuple[str, ...] = ("heldout", "fixed", "top_k")
@@ -144,11 +146,12 @@ class SuperNeuronClassifier:
         known = self.get_params()
         for name, value in params.items():
             if name not in known:
-                raise ValueError(f"unknown parameter {name!r}; known: {sorted(known)}")
+                raise ConfigError(f"unknown parameter {name!r}; known: {sorted(known)}")
             setattr(self, name, value)
         return self
 
-    def _check_params(self) -> None:
+    def check_params(self) -> None:
+        """Raise ConfigError for hyper-parameters that cannot work (``fit`` calls it first)."""
         for name, value, allowed in (
             ("metric", self.metric, METRICS),
             ("selection", self.selection, SELECTIONS),
@@ -157,26 +160,31 @@ class SuperNeuronClassifier:
             ("pos_label", self.pos_label, ("yes", "no")),
         ):
             if value not in allowed:
-                raise ValueError(f"{name}={value!r} is not one of {allowed}")
+                raise ConfigError(f"{name}={value!r} is not one of {allowed}")
+        for name, value in (("alpha", self.alpha), ("threshold", self.threshold)):
+            if value is not None and not _is_finite(value):
+                raise ConfigError(f"{name} must be a finite number, got {value!r}")
         if self.selection == "fixed" and self.threshold is None:
-            raise ValueError("selection='fixed' needs a threshold")
+            raise ConfigError("selection='fixed' needs a threshold")
         if self.selection == "top_k" and (self.top_k is None or self.top_k < 1):
-            raise ValueError(f"selection='top_k' needs top_k >= 1, got {self.top_k}")
+            raise ConfigError(f"selection='top_k' needs top_k >= 1, got {self.top_k}")
         if self.selection == "heldout":
             if self.t_step <= 0 or self.t_range < 0:
-                raise ValueError(
+                raise ConfigError(
                     f"need t_step > 0 and t_range >= 0, got {self.t_step} and {self.t_range}"
                 )
             if not 0.0 < self.heldout_fraction < 1.0:
-                raise ValueError(f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}")
+                raise ConfigError(
+                    f"heldout_fraction must be in (0, 1), got {self.heldout_fraction}"
+                )
         if self.max_neurons is not None and self.max_neurons < 1:
-            raise ValueError(f"max_neurons must be None or >= 1, got {self.max_neurons}")
+            raise ConfigError(f"max_neurons must be None or >= 1, got {self.max_neurons}")
 
     # -- fitting ------------------------------------------------------------------------------
 
     def fit(self, activations: Any, labels: Any) -> SuperNeuronClassifier:
         """Score every neuron on the probing set and select the super neurons; returns self."""
-        self._check_params()
+        self.check_params()
         source = as_activation_source(activations)
         sites = self._fit_sites(source)
         y = _encode_labels(labels, self.pos_label)
@@ -196,7 +204,7 @@ class SuperNeuronClassifier:
         top_k = self.top_k if self.selection == "top_k" else None
         self.selected_ = _rank(scores, polarities, self.threshold_, top_k, self.max_neurons)
         if not self.selected_:
-            raise ValueError(
+            raise ConfigError(
                 f"no neuron scores >= threshold {self.threshold_}; the best scores {_best(scores)}"
             )
         self.scores_ = {
@@ -216,7 +224,9 @@ class SuperNeuronClassifier:
             names = list(self.sites)
         unknown = [name for name in names if name not in available]
         if unknown or not names:
-            raise ValueError(f"sites {names} not available; the activations hold {list(available)}")
+            raise ConfigError(
+                f"sites {names} not available; the activations hold {list(available)}"
+            )
         return {name: (int(available[name][0]), int(available[name][1])) for name in names}
 
     def _sweep_heldout(
@@ -302,7 +312,7 @@ class SuperNeuronClassifier:
         """A fitted classifier from ``to_dict``'s output; it predicts as the original did."""
         name = data.get("estimator", cls.__name__)
         if name != cls.__name__:
-            raise ValueError(f"this dict describes a {name}, not a {cls.__name__}")
+            raise ClassifierError(f"this dict describes a {name}, not a {cls.__name__}")
         estimator = cls(**data["params"])
         estimator.selected_ = [SelectedNeuron(**neuron) for neuron in data["selected"]]
         threshold = data["threshold"]
@@ -318,6 +328,13 @@ class SuperNeuronClassifier:
 # -- helpers ----------------------------------------------------------------------------------
 
 
+def _is_finite(value: Any) -> bool:
+    try:
+        return not isinstance(value, bool) and math.isfinite(float(value))
+    except (TypeError, ValueError):
+        return False
+
+
 def _plain(value: Any) -> Any:
     """Numpy scalars as Python ones, so that the value is JSON-able."""
     return value.item() if isinstance(value, np.generic) else value
@@ -327,25 +344,25 @@ def _encode_labels(labels: Any, pos_label: str) -> np.ndarray:
     """Labels as a bool vector (True = positive class), checked for the two classes."""
     array = np.asarray(labels)
     if array.ndim != 1:
-        raise ValueError(f"labels must be one-dimensional, got shape {array.shape}")
+        raise DataError(f"labels must be one-dimensional, got shape {array.shape}")
     if array.size == 0:
-        raise ValueError("the probing set is empty: no labels")
+        raise DataError("the probing set is empty: no labels")
     if array.dtype == bool:
         y = array
     elif array.dtype.kind in "iuf":
         found = sorted(set(np.unique(array).tolist()))
         if not set(found) <= {0, 1}:
-            raise ValueError(f"numeric labels must be 0 or 1; found {found[:10]}")
+            raise DataError(f"numeric labels must be 0 or 1; found {found[:10]}")
         y = array == 1
     else:
         text = np.char.lower(np.char.strip(array.astype(str)))
         found = sorted(set(np.unique(text).tolist()))
         if not set(found) <= {"yes", "no"}:
-            raise ValueError(f"string labels must be 'yes' or 'no'; found {found[:10]}")
+            raise DataError(f"string labels must be 'yes' or 'no'; found {found[:10]}")
         y = text == pos_label
     if y.all() or not y.any():
         only = "positive" if y.all() else "negative"
-        raise ValueError(f"all {y.size} labels are {only}; the probing set needs both classes")
+        raise DataError(f"all {y.size} labels are {only}; the probing set needs both classes")
     return y
 
 
@@ -369,7 +386,7 @@ def _stratified_heldout(y: np.ndarray, fraction: float, seed: int | None) -> np.
     for cls in (False, True):
         rows = np.flatnonzero(y == cls)
         if rows.size < 2:
-            raise ValueError(
+            raise DataError(
                 f"selection='heldout' needs at least 2 samples per class; class {cls} has "
                 f"{rows.size}"
             )
@@ -467,10 +484,12 @@ def _check_source(source: ActivationSource, selected: list[SelectedNeuron]) -> N
     """The source must reach every SN; it may hold fewer layers (e.g. an early-exit run)."""
     for neuron in selected:
         if neuron.site not in source.sites:
-            raise ValueError(f"activations lack site {neuron.site!r}, which holds selected SNs")
+            raise ClassifierError(
+                f"activations lack site {neuron.site!r}, which holds selected SNs"
+            )
         n_layers, width = source.sites[neuron.site]
-        if neuron.layer >= n_layers or neuron.index >= width:
-            raise ValueError(
+        if not (0 <= neuron.layer < n_layers and 0 <= neuron.index < width):
+            raise ClassifierError(
                 f"activations for {neuron.site!r} are ({n_layers}, {width}) layers x width; "
                 f"an SN sits at layer {neuron.layer}, index {neuron.index}"
             )

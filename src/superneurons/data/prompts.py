@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from superneurons.errors import ConfigError
+
 LETTERS = "ABCDEFGHIJ"
 
 
@@ -50,7 +52,7 @@ def binary_choice_question(question: str, choice: str) -> str:
 def template_for(name: str, architecture: str | None = None) -> PromptTemplate:
     """The template ``name``, or its override for ``architecture`` when one is declared."""
     if name not in TEMPLATES:
-        raise ValueError(f"unknown prompt template {name!r}; known: {sorted(TEMPLATES)}")
+        raise ConfigError(f"unknown prompt template {name!r}; known: {sorted(TEMPLATES)}")
     return MODEL_OVERRIDES.get((architecture, name), TEMPLATES[name])
 
 

@@ -13,13 +13,12 @@ from pathlib import Path
 
 from PIL import Image
 
+from superneurons.data.images import DEFAULT_MAX_PIXELS, open_rgb
 from superneurons.data.prompts import LETTERS
+from superneurons.errors import DataError, problems_error
 
 BINARY_LABELS = ("yes", "no")
-
-
-class DataError(ValueError):
-    """A dataset file or record is malformed; the message names the file, line or key."""
+__all__ = ["BINARY_LABELS", "DataError", "Record", "check_label", "load_jsonl"]
 
 
 @dataclass
@@ -39,17 +38,10 @@ class Record:
     def is_binary(self) -> bool:
         return not self.choices
 
-    def load_image(self) -> Image.Image:
-        """The image as RGB; an unreadable file is a DataError naming it and the record."""
-        if isinstance(self.image, Image.Image):
-            return self.image.convert("RGB")
-        try:
-            with Image.open(self.image) as image:
-                return image.convert("RGB")
-        except (OSError, ValueError) as error:
-            raise DataError(
-                f"record {self.id!r}: cannot read image {self.image}: {error}"
-            ) from None
+    def load_image(self, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+        """The image as 8-bit RGB; an unreadable or oversized one is a DataError naming it."""
+        where = f"record {self.id!r}" + (f": {self.image}" if isinstance(self.image, Path) else "")
+        return open_rgb(self.image, where, max_pixels)
 
 
 def check_label(record: Record, where: str) -> None:
@@ -59,40 +51,86 @@ def check_label(record: Record, where: str) -> None:
         raise DataError(f"{where}: label {record.label!r} is not one of {list(allowed)}")
 
 
+_KNOWN = {"id", "image", "question", "label", "choices", "family", "context"}
+_OPTIONAL_TEXT = ("family", "context")
+
+
+def _record(raw: object, path: Path, number: int, require_label: bool) -> Record:
+    where = f"{path}:{number}"
+    if not isinstance(raw, dict):
+        raise DataError(f"{where}: expected a JSON object, got {type(raw).__name__}")
+    required = ("image", "question", "label") if require_label else ("image", "question")
+    missing = [key for key in required if key not in raw]
+    if missing:
+        raise DataError(f"{where}: missing key(s) {missing}")
+    for key in ("image", "question"):
+        if not isinstance(raw[key], str) or not raw[key].strip():
+            raise DataError(f"{where}: {key!r} should be a non-empty string, got {raw[key]!r}")
+    for key in ("label", "id", *_OPTIONAL_TEXT):
+        if raw.get(key) is not None and not isinstance(raw[key], str | int):
+            raise DataError(f"{where}: {key!r} should be a string, got {raw[key]!r}")
+    choices = raw.get("choices")
+    if choices is not None and (
+        not isinstance(choices, list)
+        or not 2 <= len(choices) <= len(LETTERS)
+        or not all(isinstance(c, str) and c.strip() for c in choices)
+    ):
+        raise DataError(
+            f"{where}: 'choices' should be a list of 2 to {len(LETTERS)} non-empty strings, "
+            f"got {choices!r}"
+        )
+    record = Record(
+        id=str(raw.get("id", f"{path.stem}-{number}")),
+        image=path.parent / raw["image"],
+        question=raw["question"],
+        label=str(raw.get("label") or ""),
+        choices=choices,
+        family=str(raw.get("family") or ""),
+        context=None if raw.get("context") is None else str(raw["context"]),
+        extra={k: v for k, v in raw.items() if k not in _KNOWN},
+    )
+    if require_label:
+        check_label(record, where)
+    return record
+
+
 def load_jsonl(path: str | Path, require_label: bool = True) -> list[Record]:
-    """Records of a JSON-lines file; errors name the file, the line and what is wrong.
+    """Records of a JSON-lines file, every line checked; all problems are reported at once,
+    each naming the file, the line and what is wrong. Ids must be unique.
 
     Without ``require_label`` (questions to answer), a missing label is allowed and left empty.
     """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file")
-    records = []
-    with path.open() as lines:
+    records, problems, first_line = [], [], {}
+    with path.open("rb") as lines:
         for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
             where = f"{path}:{number}"
             try:
-                raw = json.loads(line)
+                text = line.decode("utf-8")
+            except UnicodeDecodeError as error:
+                problems.append(f"{where}: not UTF-8 text (byte {error.start})")
+                continue
+            if not text.strip():
+                continue
+            try:
+                record = _record(json.loads(text), path, number, require_label)
             except json.JSONDecodeError as error:
-                raise DataError(f"{where}: not valid JSON ({error.msg})") from None
-            required = ("image", "question", "label") if require_label else ("image", "question")
-            missing = [key for key in required if key not in raw]
-            if missing:
-                raise DataError(f"{where}: missing key(s) {missing}")
-            known = {"id", "image", "question", "label", "choices", "family", "context"}
-            record = Record(
-                id=str(raw.get("id", f"{path.stem}-{number}")),
-                image=path.parent / raw["image"],
-                question=raw["question"],
-                label=str(raw.get("label", "")),
-                choices=raw.get("choices"),
-                family=raw.get("family", ""),
-                context=raw.get("context"),
-                extra={k: v for k, v in raw.items() if k not in known},
-            )
-            if require_label:
-                check_label(record, where)
+                problems.append(f"{where}: not valid JSON ({error.msg})")
+                continue
+            except DataError as error:
+                problems.append(str(error))
+                continue
+            if record.id in first_line:
+                problems.append(
+                    f"{where}: duplicate id {record.id!r} (first on line {first_line[record.id]})"
+                )
+                continue
+            first_line[record.id] = number
             records.append(record)
+    if problems:
+        raise problems_error(DataError, str(path), problems)
+    if not records:
+        raise DataError(f"{path}: no records (the file is empty)")
     return records

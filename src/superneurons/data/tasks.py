@@ -8,6 +8,7 @@ from pathlib import Path
 from superneurons.data.records import Record, load_jsonl
 from superneurons.data.scenes import write_scene_dataset
 from superneurons.data.scenes.write import SPLIT_CODE, is_current_dataset
+from superneurons.errors import ConfigError
 
 SCENE_BINARY_FAMILIES = ("existence", "attribute", "count", "spatial", "occlusion", "depth")
 # Each scene yields one yes/no pair per family (a family that does not fit a scene is skipped).
@@ -27,7 +28,7 @@ def scene_records(
     dataset written with the same arguments by this generator version is reused.
     """
     if split not in SPLIT_CODE:
-        raise ValueError(f"unknown split {split!r}; known: {tuple(SPLIT_CODE)}")
+        raise ConfigError(f"unknown split {split!r}; known: {tuple(SPLIT_CODE)}")
     n_scenes = max(1, math.ceil(n_questions / _SCENE_QUESTIONS_PER_SCENE * 1.1))
     out = data_dir / f"{split}-seed{seed}-{n_scenes}"
     if not is_current_dataset(out):

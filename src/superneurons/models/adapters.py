@@ -22,12 +22,14 @@ from typing import Literal
 from torch import nn
 from transformers import PretrainedConfig
 
+from superneurons.errors import ConfigError, ModelError
+
 SITES: tuple[str, ...] = ("resid", "mlp", "attn")
 Site = Literal["resid", "mlp", "attn"]
 HookPoint = Literal["input", "output"]
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(ModelError):
     """The model's class has no adapter."""
 
 
@@ -70,7 +72,7 @@ class Adapter:
             return block.get_submodule(self.mlp_path), "input"
         if site == "attn":
             return block.get_submodule(self.attn_path), "input"
-        raise ValueError(f"unknown site {site!r}; known: {SITES}")
+        raise ConfigError(f"unknown site {site!r}; known: {SITES}")
 
     def site_width(self, model: nn.Module, site: str) -> int:
         """Scalars per position at ``site`` in every layer.

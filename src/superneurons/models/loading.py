@@ -8,11 +8,13 @@ from pathlib import Path
 
 import torch
 
+from superneurons.errors import ConfigError, ModelError
+
 EMBEDDED = "embedded"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class ModelNotFoundError(FileNotFoundError):
+class ModelNotFoundError(ModelError, FileNotFoundError):
     """The model is neither a local directory nor in the Hugging Face cache."""
 
 
@@ -67,18 +69,47 @@ def check_supported(path: Path) -> None:
     """Refuse, before loading anything, a checkpoint whose architecture has no adapter."""
     from superneurons.models.adapters import UnsupportedModelError, supported_classes
 
-    architectures = json.loads((path / "config.json").read_text()).get("architectures") or []
-    if not set(architectures) & set(supported_classes()):
+    config = path / "config.json"
+    try:
+        document = json.loads(config.read_text(encoding="utf-8"))
+        architectures = document.get("architectures") or []
+    except (ValueError, UnicodeDecodeError, AttributeError) as error:
+        raise ModelError(f"{config}: not a valid model config ({error})") from None
+    if not isinstance(architectures, list) or not set(architectures) & set(supported_classes()):
         raise UnsupportedModelError(
             f"{path}: architecture {architectures or 'unknown'} has no superneurons adapter; "
             f"supported: {', '.join(supported_classes())}"
         )
 
 
+def check_model(model_id: str | None) -> tuple[str, Path]:
+    """(id, local directory) of a supported model, checked without loading any weights."""
+    model_id, path = resolve_model_path(model_id)
+    check_supported(path)
+    return model_id, path
+
+
 def pick_device(device: str = "auto") -> torch.device:
+    """The torch device for ``device`` ("auto": CUDA when there is one); ConfigError when it is
+    unknown or not on this machine."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        chosen = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ConfigError(
+            f"unknown device {device!r}; use cpu, cuda, cuda:N, mps or auto"
+        ) from None
+    available = {
+        "cpu": lambda: True,
+        "cuda": lambda: (
+            torch.cuda.is_available() and (chosen.index or 0) < torch.cuda.device_count()
+        ),
+        "mps": lambda: torch.backends.mps.is_available(),
+    }
+    if not available.get(chosen.type, lambda: False)():
+        raise ConfigError(f"device {device!r} is not available on this machine")
+    return chosen
 
 
 def load_model(
@@ -88,10 +119,14 @@ def load_model(
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
-    model_id, path = resolve_model_path(model_id)
-    check_supported(path)
-    processor = AutoProcessor.from_pretrained(path)
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[dtype])
-    model = model.to(pick_device(device)).eval()
+        raise ConfigError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
+    target = pick_device(device)
+    model_id, path = check_model(model_id)
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[dtype])
+    except (OSError, ValueError, KeyError) as error:  # a damaged or incomplete checkpoint
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ModelError(f"{path}: cannot load the model ({message})") from None
+    model = model.to(target).eval()
     return LoadedModel(model, processor, model_id, path, _revision(path))

@@ -32,6 +32,7 @@ from superneurons.data.loaders.common import (
     unique_ids,
 )
 from superneurons.data.records import DataError, Record
+from superneurons.errors import ConfigError
 
 SPLITS = ("train", "val")
 
@@ -62,7 +63,7 @@ def _records(
 def load_aokvqa(data_dir: str | Path, split: str, seed: int = 0) -> list[Record]:
     """Two balanced binary questions per A-OKVQA multiple-choice question (test has no answers)."""
     if split not in SPLITS:
-        raise ValueError(f"A-OKVQA splits with answers are {SPLITS}; got {split!r}")
+        raise ConfigError(f"A-OKVQA splits with answers are {SPLITS}; got {split!r}")
     data_dir = Path(data_dir)
     name = f"aokvqa_v1p0_{split}.json"
     candidates = [data_dir / name, data_dir / "aokvqa" / name]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from superneurons.data.loaders.common import first_existing, need, read_json, unique_ids
 from superneurons.data.records import BINARY_LABELS, DataError, Record
+from superneurons.errors import ConfigError
 
 SPLITS = ("train", "val")
 
@@ -23,7 +24,7 @@ def load_clevr(data_dir: str | Path, split: str, seed: int = 0) -> list[Record]:
     """The yes/no questions of a CLEVR split (test has no answers)."""
     del seed  # nothing is drawn
     if split not in SPLITS:
-        raise ValueError(f"CLEVR splits with answers are {SPLITS}; got {split!r}")
+        raise ConfigError(f"CLEVR splits with answers are {SPLITS}; got {split!r}")
     data_dir = Path(data_dir)
     path = data_dir / "questions" / f"CLEVR_{split}_questions.json"
     if not path.is_file():

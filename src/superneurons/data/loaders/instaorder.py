@@ -38,6 +38,7 @@ from superneurons.data.loaders.common import (
     unique_ids,
 )
 from superneurons.data.records import DataError, Record
+from superneurons.errors import ConfigError
 
 SPLITS = ("train", "val")
 RELATIONS = ("occlusion", "depth")
@@ -70,9 +71,9 @@ def load_instaorder(
     """Balanced yes/no questions on the ``relation`` ("occlusion" or "depth") of instance pairs."""
     del seed  # nothing is drawn
     if relation not in RELATIONS:
-        raise ValueError(f"unknown InstaOrder relation {relation!r}; known: {RELATIONS}")
+        raise ConfigError(f"unknown InstaOrder relation {relation!r}; known: {RELATIONS}")
     if split not in SPLITS:
-        raise ValueError(f"InstaOrder splits are {SPLITS}; got {split!r}")
+        raise ConfigError(f"InstaOrder splits are {SPLITS}; got {split!r}")
     data_dir = Path(data_dir)
     folders = [data_dir / "annotations", data_dir]
     order_path = first_existing(

@@ -45,6 +45,7 @@ from superneurons.data.loaders.common import (
     unique_ids,
 )
 from superneurons.data.records import BINARY_LABELS, DataError, Record
+from superneurons.errors import ConfigError
 
 VARIANTS = ("random", "popular", "adversarial")
 QUESTION = "Is there a {name} in the image?"
@@ -61,13 +62,13 @@ def load_pope(
     """POPE ``val`` questions of ``variant``, or a ``train`` probing set built from COCO train2014
     with the variant's negative sampling (``n_images`` images, None for all)."""
     if variant not in VARIANTS:
-        raise ValueError(f"unknown POPE variant {variant!r}; known: {VARIANTS}")
+        raise ConfigError(f"unknown POPE variant {variant!r}; known: {VARIANTS}")
     data_dir = Path(data_dir)
     if split == "val":
         return _val(data_dir, variant)
     if split == "train":
         return _train(data_dir, variant, seed, n_images, per_image)
-    raise ValueError(f"POPE splits are 'train' (built from COCO) and 'val'; got {split!r}")
+    raise ConfigError(f"POPE splits are 'train' (built from COCO) and 'val'; got {split!r}")
 
 
 def _record(variant: str, qid: object, image, text: str, label: str, **extra) -> Record:

@@ -24,6 +24,7 @@ from superneurons.data.loaders.pope import load_pope
 from superneurons.data.loaders.scienceqa import load_scienceqa
 from superneurons.data.loaders.vizwiz import load_vizwiz
 from superneurons.data.records import DataError, Record, load_jsonl
+from superneurons.errors import ConfigError
 
 Loader = Callable[[Path, str, int], list[Record]]
 
@@ -131,10 +132,10 @@ def load_task(name: str, data_dir: str | Path, split: str, seed: int = 0) -> lis
     is a DataError saying what was expected where.
     """
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+        raise ConfigError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
     spec = TASKS[name]
     if spec.splits and split not in spec.splits:
-        raise ValueError(f"task {name!r} has splits {list(spec.splits)}; got {split!r}")
+        raise ConfigError(f"task {name!r} has splits {list(spec.splits)}; got {split!r}")
     data_dir = Path(data_dir)
     if not data_dir.exists():
         raise DataError(f"task {name!r}: {data_dir} does not exist; expected {spec.description}")

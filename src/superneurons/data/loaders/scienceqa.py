@@ -32,6 +32,7 @@ from superneurons.data.loaders.common import (
     unique_ids,
 )
 from superneurons.data.records import DataError, Record
+from superneurons.errors import ConfigError
 
 SPLITS = ("train", "val", "test")
 
@@ -72,7 +73,7 @@ def _records(
 def load_scienceqa(data_dir: str | Path, split: str, seed: int = 0) -> list[Record]:
     """Two balanced binary questions per ScienceQA problem with an image in ``split``."""
     if split not in SPLITS:
-        raise ValueError(f"ScienceQA splits are {SPLITS}; got {split!r}")
+        raise ConfigError(f"ScienceQA splits are {SPLITS}; got {split!r}")
     data_dir = Path(data_dir)
     path = data_dir / "problems.json"
     if not path.is_file():

@@ -30,6 +30,7 @@ from superneurons.data.loaders.common import (
     unique_ids,
 )
 from superneurons.data.records import BINARY_LABELS, DataError, Record
+from superneurons.errors import ConfigError
 
 SPLITS = ("train", "val")
 
@@ -69,7 +70,7 @@ def load_vizwiz(data_dir: str | Path, split: str, seed: int = 0) -> list[Record]
     """The yes/no questions of a VizWiz split, labelled by their majority answer."""
     del seed  # nothing is drawn
     if split not in SPLITS:
-        raise ValueError(f"VizWiz splits are {SPLITS}; got {split!r}")
+        raise ConfigError(f"VizWiz splits are {SPLITS}; got {split!r}")
     data_dir = Path(data_dir)
     candidates = [data_dir / f"{split}.json", data_dir / "Annotations" / f"{split}.json"]
     path = next((p for p in candidates if p.is_file()), None)

@@ -14,6 +14,7 @@ from itertools import combinations
 import numpy as np
 
 from superneurons.data.scenes.sample import ATTRIBUTES, VALUES, Scene
+from superneurons.errors import ConfigError
 
 YES_NO_FAMILIES: tuple[str, ...] = (
     "existence",
@@ -390,7 +391,7 @@ def generate_questions(
 
     for family in FAMILIES if families is None else families:
         if family not in FAMILIES:
-            raise ValueError(f"unknown question family {family!r}; known: {FAMILIES}")
+            raise ConfigError(f"unknown question family {family!r}; known: {FAMILIES}")
         for k in range(per_family):
             if family == "color_choice":
                 for _ in range(_TRIES):

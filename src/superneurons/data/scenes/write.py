@@ -19,6 +19,8 @@ from superneurons import atomic
 from superneurons.data.scenes.questions import FAMILIES, Question, generate_questions
 from superneurons.data.scenes.render import RenderResult
 from superneurons.data.scenes.sample import Scene, sample_scene, scale_pixels
+from superneurons.errors import ConfigError
+from superneurons.outputs import Claim
 
 SPLIT_CODE: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 SCENE_STREAM, QUESTION_STREAM = 0, 1
@@ -29,15 +31,17 @@ FORMAT_VERSION = 2
 def is_current_dataset(out_dir: str | os.PathLike[str]) -> bool:
     """Whether ``out_dir`` holds a scene dataset written by this generator version."""
     index = Path(out_dir) / "scenes.json"
-    return (
-        index.is_file() and json.loads(index.read_text())["info"].get("version") == FORMAT_VERSION
-    )
+    try:
+        info = json.loads(index.read_text())["info"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return isinstance(info, dict) and info.get("version") == FORMAT_VERSION
 
 
 def scene_rng(seed: int, split: str, index: int, stream: int = SCENE_STREAM) -> np.random.Generator:
     """The random stream of one scene (``stream`` 0: layout, 1: questions)."""
     if split not in SPLIT_CODE:
-        raise ValueError(f"unknown split {split!r}; known: {tuple(SPLIT_CODE)}")
+        raise ConfigError(f"unknown split {split!r}; known: {tuple(SPLIT_CODE)}")
     return np.random.default_rng(np.random.SeedSequence([seed, SPLIT_CODE[split], index, stream]))
 
 
@@ -96,31 +100,37 @@ def write_scene_dataset(
 ) -> Path:
     """Write images/, scenes.json and questions.jsonl under ``out_dir``; return ``out_dir``.
 
-    Images are written first and the index files last, each atomically.
+    Images are written first and the index files last, each atomically. ``out_dir`` must be
+    new, empty or a scene dataset (:mod:`superneurons.outputs`).
     """
     out = Path(out_dir)
-    (out / "images").mkdir(parents=True, exist_ok=True)
     families = list(FAMILIES if families is None else families)
-    scenes, questions = [], []
-    for scene, render in iter_scenes(seed, split, n_scenes, resolution, min_objects, max_objects):
-        atomic.write_bytes(out / "images" / scene.image_filename, png_bytes(render.image))
-        scenes.append(scene.to_json())
-        questions.extend(scene_questions(scene, seed, families, per_family))
-    info = {
-        "generator": "superneurons.data.scenes",
-        "version": FORMAT_VERSION,
-        "seed": seed,
-        "split": split,
-        "n_scenes": n_scenes,
-        "resolution": resolution,
-        "min_objects": min_objects,
-        "max_objects": max_objects,
-        "min_visible_pixels": scale_pixels(12, resolution),
-        "min_occluded_pixels": scale_pixels(3, resolution),
-        "families": families,
-        "per_family": per_family,
-    }
-    lines = "".join(json.dumps(q.to_json()) + "\n" for q in questions)
-    atomic.write_bytes(out / "questions.jsonl", lines.encode())
-    atomic.write_bytes(out / "scenes.json", json.dumps({"info": info, "scenes": scenes}).encode())
+    with Claim(out, "scenes") as claim:
+        (out / "images").mkdir(exist_ok=True)
+        scenes, questions = [], []
+        for scene, render in iter_scenes(
+            seed, split, n_scenes, resolution, min_objects, max_objects
+        ):
+            path = out / "images" / scene.image_filename
+            atomic.write_bytes(path, png_bytes(render.image), claim.tmp)
+            scenes.append(scene.to_json())
+            questions.extend(scene_questions(scene, seed, families, per_family))
+        info = {
+            "generator": "superneurons.data.scenes",
+            "version": FORMAT_VERSION,
+            "seed": seed,
+            "split": split,
+            "n_scenes": n_scenes,
+            "resolution": resolution,
+            "min_objects": min_objects,
+            "max_objects": max_objects,
+            "min_visible_pixels": scale_pixels(12, resolution),
+            "min_occluded_pixels": scale_pixels(3, resolution),
+            "families": families,
+            "per_family": per_family,
+        }
+        lines = "".join(json.dumps(q.to_json()) + "\n" for q in questions)
+        index = json.dumps({"info": info, "scenes": scenes}).encode()
+        atomic.write_bytes(out / "questions.jsonl", lines.encode(), claim.tmp)
+        atomic.write_bytes(out / "scenes.json", index, claim.tmp)
     return out

@@ -49,7 +49,7 @@ class Pool:
 
     @classmethod
     def load(cls, path: Path) -> Pool:
-        return cls(**torch.load(path, weights_only=False))
+        return cls(**torch.load(path, weights_only=True))
 
 
 def _render_chunk(job: tuple[int, str, int, int, int]) -> tuple:

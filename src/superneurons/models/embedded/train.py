@@ -53,6 +53,7 @@ from superneurons.models.embedded.supervision import (
     balanced_cross_entropy,
 )
 from superneurons.models.embedded.vision import patch_features, train_tower
+from superneurons.outputs import Claim
 
 
 @dataclass
@@ -227,15 +228,19 @@ def _stage1(out_dir: Path, config: TrainConfig, train: Pool, val: Pool, log) -> 
         atomic_torch_save(tower.state_dict(), paths["vision_tower"])
         atomic_torch_save(patch_features(tower, train.images), paths["features_train"])
         atomic_torch_save(patch_features(tower, val.images), paths["features_val"])
-    return {name: torch.load(path) for name, path in paths.items()}
+    return {name: torch.load(path, weights_only=True) for name, path in paths.items()}
 
 
 def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path | None:
-    """Run (or resume) every stage into ``out_dir``.
+    """Run (or resume) every stage into ``out_dir`` (claimed: new, empty or a training run).
 
     Returns the exported checkpoint's directory, or None when ``max_minutes`` stopped it first.
     """
-    out_dir.mkdir(parents=True, exist_ok=True)
+    with Claim(out_dir, "train"):
+        return _train(Path(out_dir), config, log)
+
+
+def _train(out_dir: Path, config: TrainConfig, log) -> Path | None:
     started = time.time()
     pool_args = dict(seed=config.seed, workers=config.workers, log=log)
     train = render_pool(
@@ -269,7 +274,7 @@ def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path | None:
     step, history, elapsed = 0, [], 0.0
     checkpoint = out_dir / "checkpoint.pt"
     if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=config.device, weights_only=False)
+        state = torch.load(checkpoint, map_location=config.device, weights_only=True)
         model.load_state_dict(state["model"])
         head.load_state_dict(state["grounding_head"])
         optimizer.load_state_dict(state["optimizer"])

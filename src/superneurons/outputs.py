@@ -1,0 +1,242 @@
+"""Output directories and files: never touch what superneurons did not write.
+
+Every command writes into outputs it *claims* first:
+
+- An output directory is taken only if it is absent, empty, or already superneurons' own output
+  of the same kind (a run, a store, a classifier, …). Anything else is refused before any work
+  starts, and so is an output that equals, contains or lies inside one of the command's inputs.
+- A claimed directory holds ``.superneurons/``: ``owner.json`` (its kind), and while a process
+  works there ``lock`` (held with ``flock``, naming the holder's process id: a second writer is
+  refused at once) and ``tmp/``, where every temporary file of the claim lives. A new claim
+  empties ``tmp/``: what is there was left by a process that was killed.
+- A directory holding nothing but superneurons outputs (a store's generated scenes, say) may be
+  claimed as another kind; nothing in it is ever deleted.
+- An output file (``evaluate --out``, ``bench … --out``) replaces only a JSON file of
+  superneurons' own, never a directory or another file.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from superneurons import atomic
+from superneurons.errors import OutputError
+
+STATE = ".superneurons"
+# Every JSON document superneurons writes names its "format": "superneurons-…/N".
+FORMAT_PREFIX = "superneurons-"
+
+
+def _is_json_format(path: Path, prefix: str) -> bool:
+    try:
+        document = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(document, dict) and str(document.get("format", "")).startswith(prefix)
+
+
+# Outputs written before claims existed carry no owner file: each kind is recognised by the files
+# only superneurons writes there, so earlier runs still resume.
+_EARLIER: dict[str, Callable[[Path], bool]] = {
+    "run": lambda p: (p / "results.json").is_file() or (p / "activations").is_dir(),
+    "store": lambda p: (p / "manifest.json").is_file() or (p / "progress.json").is_file(),
+    "classifier": lambda p: _is_json_format(p / "classifier.json", "superneurons-classifier/"),
+    "scenes": lambda p: (p / "scenes.json").is_file() and (p / "questions.jsonl").is_file(),
+    "train": lambda p: any((p / f).is_file() for f in ("pool_train.pt", "checkpoint.pt")),
+}
+KINDS = tuple(_EARLIER)
+# Temporary names of earlier versions, removed when such an output is claimed again.
+_EARLIER_LEFTOVERS = (".classifier-*", ".clf-*", ".export-*", ".*.tmp", ".*.dir", "images/.*.tmp")
+
+
+def owner(path: Path) -> str | None:
+    """The kind of superneurons output ``path`` is, or None."""
+    marker = path / STATE / "owner.json"
+    if marker.is_file():
+        try:
+            return json.loads(marker.read_text(encoding="utf-8"))["kind"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+    return next((kind for kind, test in _EARLIER.items() if test(path)), None)
+
+
+def _describe(path: Path) -> str:
+    names = sorted(p.name for p in path.iterdir())
+    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
+    return shown
+
+
+def check_disjoint(output: Path, inputs: Sequence[str | os.PathLike], what: str = "--out") -> None:
+    """Refuse an output that is an input, contains one, or lies inside one."""
+    out = output.resolve()
+    for given in inputs:
+        source = Path(given).resolve()
+        if out == source or source.is_relative_to(out) or out.is_relative_to(source):
+            relation = (
+                "is"
+                if out == source
+                else "contains"
+                if source.is_relative_to(out)
+                else "lies inside"
+            )
+            raise OutputError(
+                f"{what} {output} {relation} the input {given}; write the output elsewhere"
+            )
+
+
+def _only_ours(path: Path) -> bool:
+    """Whether every entry under ``path`` is a superneurons output (or an empty folder)."""
+    for entry in path.iterdir():
+        if entry.name == STATE or (entry.is_dir() and owner(entry) is not None):
+            continue
+        if not entry.is_dir() or not _only_ours(entry):
+            return False
+    return True
+
+
+def check_directory(path: Path, kind: str) -> None:
+    """Refuse ``path`` unless it is absent, holds nothing but superneurons outputs, or is
+    superneurons' own ``kind`` output."""
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise OutputError(f"{path} exists and is not a directory; give a directory for the {kind}")
+    found = owner(path)
+    if found == kind:
+        return
+    if found is not None:
+        raise OutputError(
+            f"{path} holds a superneurons {found}, not a {kind}; choose another output directory"
+        )
+    if not _only_ours(path):
+        raise OutputError(
+            f"{path} is not empty ({_describe(path)}) and was not written by superneurons; "
+            "choose another output directory or empty it"
+        )
+
+
+def _lock(path: Path):
+    """An open lock file on which this process holds ``flock``; refused at once if held."""
+    while True:
+        file = open(path, "a+b")  # noqa: SIM115 - held until Claim.release
+        try:
+            fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            file.seek(0)
+            holder = file.read(32).decode(errors="replace").strip() or "unknown"
+            file.close()
+            raise OutputError(
+                f"{path.parent.parent} is in use by process {holder}; wait for it to finish"
+            ) from None
+        try:
+            same = os.stat(path).st_ino == os.fstat(file.fileno()).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            file.truncate(0)
+            file.write(f"{os.getpid()}\n".encode())
+            file.flush()
+            return file
+        file.close()  # its holder removed it between our open and our lock: lock the new one
+
+
+# Claims this process holds: claiming one of them again shares it.
+_HELD: dict[Path, Claim] = {}
+
+
+class Claim:
+    """Own ``path`` as a ``kind`` output until ``release`` (or the end of a ``with`` block):
+    checked, locked against other processes, its temporary folder emptied.
+
+    Claiming a directory this process already holds (as the same kind) shares that claim, so a
+    command can claim its output up front and the functions it calls claim it again.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike, kind: str, inputs: Sequence[str | os.PathLike] = ()
+    ) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"unknown output kind {kind!r}; known: {KINDS}")
+        self.path, self.kind = Path(path), kind
+        check_disjoint(self.path, inputs)
+        self._key = self.path.resolve()
+        self._released = False
+        self._first = _HELD.get(self._key)
+        if self._first is not None:
+            if self._first.kind != kind:
+                raise OutputError(f"{path} is already claimed as a {self._first.kind}, not {kind}")
+            self._first._users += 1
+            return
+        check_directory(self.path, kind)
+        self._users = 1
+        (self.path / STATE).mkdir(parents=True, exist_ok=True)
+        self._lock = _lock(self.path / STATE / "lock")
+        try:
+            check_directory(self.path, kind)  # again under the lock: another writer was faster?
+            marker = self.path / STATE / "owner.json"
+            if not marker.is_file():
+                atomic.write_json(marker, {"format": "superneurons-output/1", "kind": kind})
+            shutil.rmtree(self.tmp, ignore_errors=True)  # left by a killed process
+            self.tmp.mkdir()
+            for pattern in _EARLIER_LEFTOVERS:
+                for leftover in self.path.glob(pattern):
+                    if leftover.is_dir():
+                        shutil.rmtree(leftover, ignore_errors=True)
+                    else:
+                        leftover.unlink(missing_ok=True)
+        except BaseException:
+            self._unlock()
+            raise
+        _HELD[self._key] = self
+
+    @property
+    def tmp(self) -> Path:
+        """Where this output's temporary files go (same file system: renames are atomic)."""
+        return self.path / STATE / "tmp"
+
+    def release(self) -> None:
+        """Give the output up; the last release of a shared claim unlocks it."""
+        if self._released:
+            return
+        self._released = True
+        first = self._first or self
+        first._users -= 1
+        if first._users == 0:
+            _HELD.pop(first._key, None)
+            shutil.rmtree(first.tmp, ignore_errors=True)
+            first._unlock()
+
+    def _unlock(self) -> None:
+        # Unlinked while still held, so nobody can lock a file that is about to disappear.
+        (self.path / STATE / "lock").unlink(missing_ok=True)
+        self._lock.close()
+
+    def __enter__(self) -> Claim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def check_output_file(path: Path, inputs: Sequence[str | os.PathLike] = (), what="--out") -> None:
+    """Refuse an output file that is a directory, an input, or a file superneurons did not write."""
+    check_disjoint(path, inputs, what)
+    if path.is_dir():
+        raise OutputError(f"{what} {path} is a directory; give a file name such as {path}/x.json")
+    if path.exists() and not _is_json_format(path, FORMAT_PREFIX):
+        raise OutputError(
+            f"{what} {path} exists and is not a JSON file written by superneurons; "
+            "choose another name or remove it"
+        )
+
+
+def write_output_json(path: str | os.PathLike, document: dict, inputs=(), what="--out") -> None:
+    """Write ``document`` (which names its ``format``) to an output file, atomically."""
+    path = Path(path)
+    check_output_file(path, inputs, what)
+    atomic.write_json(path, document)
