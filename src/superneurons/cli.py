@@ -38,6 +38,8 @@ def _one_of(*allowed: str):
 
 
 def _device(value: str) -> str:
+    if value == "auto":
+        return value  # parsing stays cheap: torch is imported only for an explicit device
     from superneurons.models.loading import pick_device
 
     try:
@@ -185,6 +187,11 @@ def _sites(value: str) -> list[str]:
     return [s.strip() for s in value.split(",") if s.strip()]
 
 
+def _shard_option(value: str | None) -> str | None:
+    _shard(value)
+    return value
+
+
 def _shard(value: str | None) -> tuple[int, int] | None:
     if value is None:
         return None
@@ -223,17 +230,21 @@ def extract(
     from superneurons.data.probing import balanced_sample
     from superneurons.data.records import load_jsonl
     from superneurons.data.tasks import scene_records
+    from superneurons.extract import check_records
     from superneurons.extract import extract as run_extract
-    from superneurons.models.loading import check_model, load_model
+    from superneurons.models.loading import load_model, open_model
     from superneurons.outputs import Claim
+    from superneurons.store import is_complete
 
-    check_model(model)
+    files = open_model(model)
     with Claim(out, "store", inputs=[jsonl] if jsonl is not None else []):
         if jsonl is not None:
             records = load_jsonl(jsonl)
         else:
             records = scene_records(out / "data", split, int(n * 1.2), seed)
         records = balanced_sample(records, n, seed, "sample set")
+        if not is_complete(out):
+            check_records(files, records, template, max_pixels)
         loaded = load_model(model, dtype, device)
         store = run_extract(
             loaded,
@@ -244,6 +255,7 @@ def extract(
             batch_size,
             max_new_tokens,
             max_pixels=max_pixels,
+            check_inputs=False,
         )
     console.print(f"{store.n} samples in {out}")
 
@@ -362,7 +374,9 @@ def run(
     dtype: str = DTYPE,
     device: str = typer.Option("auto", callback=_device, help="cpu, cuda or auto."),
     shard: str = typer.Option(
-        None, help="i/n: extract only shard i of n (0-based); a run without it merges them."
+        None,
+        callback=_shard_option,
+        help="i/n: extract only shard i of n (0-based); a run without it merges them.",
     ),
 ) -> None:
     """The whole method: probing set → extract → discover → evaluate (resumable)."""

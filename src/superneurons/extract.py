@@ -20,7 +20,7 @@ from superneurons.errors import ConfigError
 from superneurons.metrics import parse_choice, parse_yes_no
 from superneurons.models.adapters import SITES, adapter_for
 from superneurons.models.fingerprint import model_fingerprint
-from superneurons.models.loading import LoadedModel
+from superneurons.models.loading import LoadedModel, ModelFiles
 from superneurons.preflight import check_images, check_prompt_lengths
 from superneurons.store import ActivationStore, ActivationWriter, is_complete
 
@@ -48,6 +48,27 @@ def parse_answer(record: Record, answer: str) -> str | None:
     return parse_yes_no(answer)
 
 
+def check_records(
+    model: LoadedModel | ModelFiles,
+    records: Sequence[Record],
+    template: str,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    prompts: Sequence[str] | None = None,
+) -> None:
+    """Decode every image and measure every prompt against the model's context; one error
+    lists every problem (:mod:`superneurons.preflight`). ``model`` may be opened without its
+    weights (:func:`~superneurons.models.loading.open_model`)."""
+    if not records:
+        return
+    check_images(records, max_pixels)
+    if prompts is None:
+        prompt = template_for(template, model.architecture)
+        prompts = [build_prompt(model.processor, r, prompt) for r in records]
+    first = records[0].load_image(max_pixels)
+    names = [r.id for r in records]
+    check_prompt_lengths(model.config, model.processor, prompts, names, first)
+
+
 def progress_bar() -> Progress:
     return Progress(
         TextColumn("{task.description}"),
@@ -69,6 +90,7 @@ def extract(
     description: str = "extract",
     shard: tuple[int, int] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    check_inputs: bool = True,
 ) -> ActivationStore:
     """Capture every site's activations at the first generated token, and the model's answers.
 
@@ -78,7 +100,8 @@ def extract(
     (for splitting the work across machines; ``store.merge_shards`` joins the parts).
 
     Before a store is started every image is decoded and every prompt measured against the
-    model's context (:mod:`superneurons.preflight`), so bad input never leaves a partial store.
+    model's context (:func:`check_records`; ``check_inputs=False`` when the caller did it), so
+    bad input never leaves a partial store.
     """
     out_dir = Path(out_dir)
     if not records:
@@ -111,10 +134,8 @@ def extract(
     if shard is not None:
         meta["shard"] = list(shard)
     prompts = [build_prompt(processor, r, prompt) for r in records]
-    if not is_complete(out_dir):
-        check_images(records, max_pixels)
-        first = records[0].load_image(max_pixels)
-        check_prompt_lengths(model, processor, prompts, [r.id for r in records], first)
+    if check_inputs and not is_complete(out_dir):
+        check_records(loaded, records, template, max_pixels, prompts)
     dtype = "bfloat16" if model.dtype == torch.bfloat16 else "float16"
     with (
         ActivationWriter(out_dir, shapes, len(records), dtype, meta) as writer,

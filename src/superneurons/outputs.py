@@ -8,7 +8,8 @@ Every command writes into outputs it *claims* first:
 - A claimed directory holds ``.superneurons/``: ``owner.json`` (its kind), and while a process
   works there ``lock`` (held with ``flock``, naming the holder's process id: a second writer is
   refused at once) and ``tmp/``, where every temporary file of the claim lives. A new claim
-  empties ``tmp/``: what is there was left by a process that was killed.
+  empties ``tmp/``: what is there was left by a process that was killed. A claim that wrote
+  nothing leaves no trace (no marker, no folder it created).
 - A directory holding nothing but superneurons outputs (a store's generated scenes, say) may be
   claimed as another kind; nothing in it is ever deleted.
 - An output file (``evaluate --out``, ``bench … --out``) replaces only a JSON file of
@@ -174,6 +175,8 @@ class Claim:
             return
         check_directory(self.path, kind)
         self._users = 1
+        # The folders this claim creates, deepest first: removed again if it writes nothing.
+        self._created = [p for p in (self.path, *self.path.parents) if not p.exists()]
         (self.path / STATE).mkdir(parents=True, exist_ok=True)
         self._lock = _lock(self.path / STATE / "lock")
         try:
@@ -191,6 +194,7 @@ class Claim:
                         leftover.unlink(missing_ok=True)
         except BaseException:
             self._unlock()
+            self._remove_if_unused()
             raise
         _HELD[self._key] = self
 
@@ -210,6 +214,18 @@ class Claim:
             _HELD.pop(first._key, None)
             shutil.rmtree(first.tmp, ignore_errors=True)
             first._unlock()
+            first._remove_if_unused()
+
+    def _remove_if_unused(self) -> None:
+        """A claim that wrote nothing leaves no trace: no marker, no folder it created."""
+        if any(entry.name != STATE for entry in self.path.iterdir()):
+            return
+        shutil.rmtree(self.path / STATE, ignore_errors=True)
+        for folder in self._created:
+            try:
+                folder.rmdir()
+            except OSError:  # not empty: something else was written there meanwhile
+                break
 
     def _unlock(self) -> None:
         # Unlinked while still held, so nobody can lock a file that is about to disappear.

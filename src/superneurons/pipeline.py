@@ -17,13 +17,13 @@ from superneurons.data.records import Record
 from superneurons.data.tasks import scene_records
 from superneurons.errors import ConfigError
 from superneurons.evaluate import RESULTS_FORMAT, describe_selection, evaluate
-from superneurons.extract import extract
+from superneurons.extract import check_records, extract
 from superneurons.models.adapters import SITES
 from superneurons.models.loading import (
     DTYPES,
     LoadedModel,
-    check_model,
     load_model,
+    open_model,
     pick_device,
 )
 from superneurons.outputs import Claim
@@ -157,9 +157,12 @@ def run(config: RunConfig, out: str | Path, log=print, loaded: LoadedModel | Non
 def _run(config: RunConfig, claim: Claim, log, loaded: LoadedModel | None) -> dict:
     out = claim.path
     started = time.time()
-    if loaded is None:
-        check_model(config.model)  # before any scene is rendered or dataset read
+    # Checked before any scene is rendered, dataset read or weight loaded.
+    model = loaded or open_model(config.model)
     probe, val, template = task_records(config, out)
+    for part, records in (("probe", probe), ("val", val)):
+        if not is_complete(out / "activations" / part):
+            check_records(model, records, template, config.max_pixels)
     loaded = loaded or load_model(config.model, config.dtype, config.device)
     log(f"model {loaded.model_id} ({type(loaded.model).__name__}) on {loaded.device}")
     common = dict(
@@ -185,6 +188,7 @@ def _run(config: RunConfig, claim: Claim, log, loaded: LoadedModel | None) -> di
             description=part,
             shard=config.shard,
             max_pixels=config.max_pixels,
+            check_inputs=False,
         )
     if config.shard is not None:
         log(f"shard {config.shard[0]}/{config.shard[1]} extracted; run without --shard to merge")

@@ -177,7 +177,7 @@ class SuperNeuronPredictor:
                 flat_questions.append(text)
                 owner.append(i)
         check_prompt_lengths(
-            self.loaded.model,
+            self.loaded.config,
             self.loaded.processor,
             self._prompts(flat_questions),
             [f"question {owner[k]}" for k in range(len(flat_questions))],

@@ -27,10 +27,10 @@ def check_images(records: Sequence[Record], max_pixels: int = DEFAULT_MAX_PIXELS
         raise problems_error(DataError, "images", problems)
 
 
-def context_length(model) -> int | None:
-    """The language model's context in tokens, when its config states one."""
-    config = getattr(model.config, "text_config", None) or model.config
-    return getattr(config, "max_position_embeddings", None)
+def context_length(config) -> int | None:
+    """The language model's context in tokens, when its (transformers) config states one."""
+    text = getattr(config, "text_config", None) or config
+    return getattr(text, "max_position_embeddings", None)
 
 
 def image_token_count(processor, image: Image.Image, prompt: str) -> int:
@@ -40,7 +40,7 @@ def image_token_count(processor, image: Image.Image, prompt: str) -> int:
 
 
 def check_prompt_lengths(
-    model,
+    config,
     processor,
     prompts: Sequence[str],
     names: Sequence[str],
@@ -51,7 +51,7 @@ def check_prompt_lengths(
     The activations are read at the last prompt position, so the prompt itself must fit; a
     longer one runs many times slower and answers nonsense.
     """
-    context = context_length(model)
+    context = context_length(config)
     if context is None or not prompts:
         return
     extra = image_token_count(processor, image, prompts[0])

@@ -19,6 +19,17 @@ class ModelNotFoundError(ModelError, FileNotFoundError):
 
 
 @dataclass
+class ModelFiles:
+    """A supported model opened without its weights: what checking inputs needs."""
+
+    model_id: str
+    path: Path
+    processor: object
+    config: object  # the transformers config
+    architecture: str  # the adapter's name
+
+
+@dataclass
 class LoadedModel:
     model: torch.nn.Module
     processor: object
@@ -29,6 +40,16 @@ class LoadedModel:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def config(self) -> object:
+        return self.model.config
+
+    @property
+    def architecture(self) -> str:
+        from superneurons.models.adapters import adapter_for
+
+        return adapter_for(self.model).name
 
 
 def resolve_model_path(model_id: str | None) -> tuple[str, Path]:
@@ -89,6 +110,29 @@ def check_model(model_id: str | None) -> tuple[str, Path]:
     return model_id, path
 
 
+def _damaged(path: Path, error: Exception) -> ModelError:
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    return ModelError(f"{path}: cannot load the model ({message})")
+
+
+def open_model(model_id: str | None) -> ModelFiles:
+    """The processor and config of a supported model, for checking inputs before the (slow)
+    weights load."""
+    from transformers import AutoConfig, AutoProcessor
+
+    from superneurons.models.adapters import ADAPTERS
+
+    model_id, path = check_model(model_id)
+    try:
+        processor = AutoProcessor.from_pretrained(path)
+        config = AutoConfig.from_pretrained(path)
+    except (OSError, ValueError, KeyError) as error:
+        raise _damaged(path, error) from None
+    classes = set(config.architectures or [])
+    architecture = next(a.name for a in ADAPTERS.values() if classes & set(a.model_classes))
+    return ModelFiles(model_id, path, processor, config, architecture)
+
+
 def pick_device(device: str = "auto") -> torch.device:
     """The torch device for ``device`` ("auto": CUDA when there is one); ConfigError when it is
     unknown or not on this machine."""
@@ -126,7 +170,6 @@ def load_model(
         processor = AutoProcessor.from_pretrained(path)
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[dtype])
     except (OSError, ValueError, KeyError) as error:  # a damaged or incomplete checkpoint
-        message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise ModelError(f"{path}: cannot load the model ({message})") from None
+        raise _damaged(path, error) from None
     model = model.to(target).eval()
     return LoadedModel(model, processor, model_id, path, _revision(path))
