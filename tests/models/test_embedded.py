@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from superneurons.errors import DataError
 from superneurons.models.embedded.shipped import WEIGHTS_DIR
 
 # ---------------------------------------------------------------- ground-truth supervision
@@ -373,3 +374,23 @@ def test_stage1_pixel_values_equal_the_shipped_image_processors():
     processor = AutoProcessor.from_pretrained(default_model_dir())
     expected = processor.image_processor(list(images), return_tensors="pt")["pixel_values"]
     assert torch.allclose(pixel_values(torch.from_numpy(images)), expected, atol=1e-5)
+
+
+class _Planted:
+    """Unpickling this runs code: what a malicious file planted in a training folder does."""
+
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (Path(self.marker),))
+
+
+def test_a_planted_pickle_in_a_training_folder_does_not_run(tmp_path):
+    from superneurons.models.embedded.pool import Pool
+
+    marker = tmp_path / "it-ran"
+    torch.save({"images": _Planted(str(marker))}, tmp_path / "pool_train.pt")
+    with pytest.raises(DataError, match=r"pool_train\.pt: not a file written by train-default"):
+        Pool.load(tmp_path / "pool_train.pt")
+    assert not marker.exists()

@@ -25,6 +25,7 @@ from superneurons.models.embedded.supervision import (
     ATTRIBUTES,
     atomic_torch_save,
     grounding_labels,
+    load_torch,
     patch_labels,
 )
 
@@ -49,7 +50,7 @@ class Pool:
 
     @classmethod
     def load(cls, path: Path) -> Pool:
-        return cls(**torch.load(path, weights_only=True))
+        return cls(**load_torch(path))
 
 
 def _render_chunk(job: tuple[int, str, int, int, int]) -> tuple:

@@ -7,6 +7,7 @@ stage 2's grounding loss learns, per image token, whether it shows an object the
 from __future__ import annotations
 
 import io
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import torch.nn.functional as F
 
 from superneurons import atomic
 from superneurons.data.scenes import COLORS, MATERIALS, SHAPES, SIZES, mentioned_objects
+from superneurons.errors import DataError
 from superneurons.models.embedded.architecture import PATCH_SIZE
 
 ATTRIBUTES = {
@@ -82,3 +84,13 @@ def atomic_torch_save(obj, path: Path) -> None:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     atomic.write_bytes(path, buffer.getvalue())
+
+
+def load_torch(path: Path, map_location: str | None = None):
+    """What ``atomic_torch_save`` wrote: tensors and plain containers only, never pickled code
+    (``weights_only``); anything else is a DataError naming the file."""
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"{path}: not a file written by train-default ({message})") from None

@@ -51,6 +51,7 @@ from superneurons.models.embedded.supervision import (
     GROUNDING_CLASSES,
     atomic_torch_save,
     balanced_cross_entropy,
+    load_torch,
 )
 from superneurons.models.embedded.vision import patch_features, train_tower
 from superneurons.outputs import Claim
@@ -228,7 +229,7 @@ def _stage1(out_dir: Path, config: TrainConfig, train: Pool, val: Pool, log) -> 
         atomic_torch_save(tower.state_dict(), paths["vision_tower"])
         atomic_torch_save(patch_features(tower, train.images), paths["features_train"])
         atomic_torch_save(patch_features(tower, val.images), paths["features_val"])
-    return {name: torch.load(path, weights_only=True) for name, path in paths.items()}
+    return {name: load_torch(path) for name, path in paths.items()}
 
 
 def train_default(out_dir: Path, config: TrainConfig, log=print) -> Path | None:
@@ -274,7 +275,7 @@ def _train(out_dir: Path, config: TrainConfig, log) -> Path | None:
     step, history, elapsed = 0, [], 0.0
     checkpoint = out_dir / "checkpoint.pt"
     if checkpoint.is_file():
-        state = torch.load(checkpoint, map_location=config.device, weights_only=True)
+        state = load_torch(checkpoint, map_location=config.device)
         model.load_state_dict(state["model"])
         head.load_state_dict(state["grounding_head"])
         optimizer.load_state_dict(state["optimizer"])

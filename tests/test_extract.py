@@ -1,0 +1,141 @@
+"""Extraction through the real command line: killed at random moments it resumes to the same
+bytes; a full disk is one clear error before anything is written, and the store resumes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from command import superneurons
+from superneurons.store import PROGRESS, ActivationStore
+
+N = 160
+
+
+def _questions(root: Path, n: int = N) -> Path:
+    rng = np.random.default_rng(0)
+    for k in range(4):
+        pixels = rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / f"{k}.png")
+    rows = [
+        {
+            "id": f"q{i}",
+            "image": f"{i % 4}.png",
+            "question": f"Is it {i}?",
+            "label": ("yes", "no")[i % 2],
+        }
+        for i in range(n)
+    ]
+    path = root / "q.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _extract_args(questions: Path, out: Path, model: Path, n: int = N) -> list[str]:
+    return [
+        "extract", "--out", str(out), "--jsonl", str(questions), "--model", str(model),
+        "--n", str(n), "--batch-size", "2", "--max-new-tokens", "2",
+    ]  # fmt: skip
+
+
+def _store_files(path: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(path.iterdir()) if p.is_file()}
+
+
+def test_extraction_killed_at_random_moments_resumes_to_identical_bytes(
+    tmp_path, tiny_llava_checkpoint
+):
+    questions = _questions(tmp_path)
+    reference = superneurons(*_extract_args(questions, tmp_path / "ref", tiny_llava_checkpoint))
+    assert reference.returncode == 0, reference.stderr
+
+    out = tmp_path / "killed"
+    command = [sys.executable, "-m", "superneurons",
+               *_extract_args(questions, out, tiny_llava_checkpoint)]  # fmt: skip
+    rng = np.random.default_rng(7)
+    partial = []
+    for _ in range(3):
+        process = subprocess.Popen(command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        deadline = time.time() + 120
+        while not (out / PROGRESS).is_file() and process.poll() is None:
+            assert time.time() < deadline
+            time.sleep(0.01)
+        time.sleep(float(rng.uniform(0.0, 0.6)))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        if (out / PROGRESS).is_file():
+            partial.append(json.loads((out / PROGRESS).read_text())["n_done"])
+    assert any(0 < n_done < N for n_done in partial), partial  # some kill landed mid-way
+
+    finished = superneurons(*_extract_args(questions, out, tiny_llava_checkpoint))
+    assert finished.returncode == 0, finished.stderr
+    assert _store_files(out) == _store_files(tmp_path / "ref")
+    assert ActivationStore.open(out).n == N
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB tmpfs when this process may mount one, else None."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0:
+        yield None
+        return
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True
+    )
+    if mounted.returncode != 0:
+        yield None
+        return
+    try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+# Without a small disk to fill, the reservation itself is made to fail as a full disk would.
+NO_SPACE = """
+import errno, os, sys
+def full(*args):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+os.posix_fallocate = full
+from superneurons.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_a_full_disk_is_one_clear_error_and_the_store_resumes(
+    tmp_path, tiny_llava_checkpoint, small_disk
+):
+    questions = _questions(tmp_path)
+    if small_disk is not None:
+        out = small_disk / "store"
+        # Leave 64 KiB: less than the store's 160 x 3 sites x 2 layers x 2 bytes x width.
+        free = os.statvfs(small_disk).f_bavail * os.statvfs(small_disk).f_frsize
+        filler = small_disk / "filler"
+        filler.write_bytes(b"\0" * (free - 64 * 1024))
+        done = superneurons(*_extract_args(questions, out, tiny_llava_checkpoint))
+        filler.unlink()
+    else:
+        out = tmp_path / "store"
+        args = _extract_args(questions, out, tiny_llava_checkpoint)
+        done = subprocess.run([sys.executable, "-c", NO_SPACE, *args], capture_output=True,
+                              text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in done.stderr
+    assert str(out) in errors[0] and "bytes" in errors[0] and "free" in errors[0]
+    assert not out.exists() or not any(p.suffix == ".npy" for p in out.iterdir())
+
+    again = superneurons(*_extract_args(questions, out, tiny_llava_checkpoint))
+    assert again.returncode == 0, again.stderr
+    assert ActivationStore.open(out).n == N
