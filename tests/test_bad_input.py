@@ -222,6 +222,18 @@ CASES: dict[str, Case | object] = {
     "top-k-0": Case(lambda w: _discover(w, "--selection", "top_k", "--top-k", "0"), ("--top-k",)),
     "split": Case(lambda w: ["scenes", "--out", w.tmp / "sc", "--split", "dev"], ("'--split'",)),
     "max-pixels-0": Case(lambda w: _predict(w, "--max-pixels", "0"), ("'--max-pixels'",)),
+    "bench-models": Case(
+        lambda w: ["bench", "early-exit", "--out", w.tmp / "b.json", "--models", "gpt-9"],
+        ("'--models'", "gpt-9"),
+    ),
+    "bench-batch-sizes": Case(
+        lambda w: ["bench", "early-exit", "--out", w.tmp / "b.json", "--batch-sizes", "1,x"],
+        ("'--batch-sizes'",),
+    ),
+    "scenes-objects": Case(
+        lambda w: ["scenes", "--out", w.tmp / "sc", "--min-objects", "5", "--max-objects", "2"],
+        ("min (5) <= max (2)",),
+    ),
     "unknown-option": Case(lambda w: ["run", "--bogus"], ("--bogus",)),
     "predict-without-question": Case(
         lambda w: ["predict", "--classifier", w.run / "classifier"], ("IMAGE and QUESTION",)
@@ -283,7 +295,8 @@ CASES: dict[str, Case | object] = {
         ("not written by superneurons",),
     ),
     "run-into-a-store": Case(
-        lambda w: ["run", "--out", _probe(w), "--model", w.model], ("holds a superneurons store",)
+        lambda w: ["run", "--out", _probe(w), "--model", w.model],
+        ("holds a superneurons activation store, not a run",),
     ),
     "run-inside-its-data": Case(
         lambda w: (

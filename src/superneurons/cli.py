@@ -325,7 +325,7 @@ def evaluate(
     fitted, document = load_classifier(classifier)
     val = ActivationStore.open(store)
     provenance = document["provenance"]
-    check_same_model(provenance, val, classifier, store)
+    check_same_model(fitted, provenance, val, f"{classifier} and {store}")
     results = {
         "format": RESULTS_FORMAT,
         "model": provenance.get("model"),
@@ -463,6 +463,21 @@ def predict(
         print(json.dumps(prediction.to_json()))
 
 
+def _bench_models(value: str) -> str:
+    from superneurons.bench.shapes import SHAPES
+
+    unknown = [m for m in _sites(value) if m != "embedded" and m not in SHAPES]
+    if unknown or not _sites(value):
+        raise typer.BadParameter(f"{value!r}: choose from embedded, {', '.join(SHAPES)}")
+    return value
+
+
+def _batch_sizes(value: str) -> str:
+    if not all(b.isdigit() and int(b) >= 1 for b in _sites(value)) or not _sites(value):
+        raise typer.BadParameter(f"{value!r}: comma-separated integers >= 1, such as 1,16")
+    return value
+
+
 bench_app = typer.Typer(no_args_is_help=True, help="Speed benchmarks (JSON results).")
 app.add_typer(bench_app, name="bench")
 
@@ -471,12 +486,16 @@ app.add_typer(bench_app, name="bench")
 def bench_early_exit(
     out: Path = typer.Option(Path("runs/bench-early-exit.json"), help="Results JSON."),
     models: str = typer.Option(
-        "embedded", help="Comma-separated: embedded, llava-1.5-7b, qwen3-vl-4b (random weights)."
+        "embedded",
+        callback=_bench_models,
+        help="Comma-separated: embedded, llava-1.5-7b, qwen3-vl-4b (random weights).",
     ),
     classifier: Path = typer.Option(
         Path("runs/default/classifier"), help="Classifier of the embedded model (from `run`)."
     ),
-    batch_sizes: str = typer.Option("1,16", help="Comma-separated batch sizes."),
+    batch_sizes: str = typer.Option(
+        "1,16", callback=_batch_sizes, help="Comma-separated batch sizes."
+    ),
     repeats: int = typer.Option(5, min=1, help="Timed rounds (median reported)."),
     warmup: int = typer.Option(1, min=0, help="Untimed rounds first."),
 ) -> None:

@@ -34,15 +34,25 @@ RESULTS_FORMAT = "superneurons-results/1"
 _SAME_MODEL_KEYS = ("weights_fingerprint", "architecture")
 
 
-def check_same_model(provenance: dict, store: ActivationStore, classifier_dir, store_dir) -> None:
-    """Refuse a store extracted with another model than the classifier was fitted on."""
+def check_same_model(
+    classifier: SuperNeuronClassifier, provenance: dict, store: ActivationStore, where: str
+) -> None:
+    """Refuse a store extracted with another model than the classifier was fitted on, or one
+    lacking a site (or its shape) that the super neurons read. ``where`` names the two."""
     for key in _SAME_MODEL_KEYS:
         fitted, given = provenance.get(key), store.meta.get(key)
         if fitted != given:
             raise ClassifierError(
-                f"{classifier_dir} was fitted on {provenance.get('model')!r} ({key} {fitted}), "
-                f"but {store_dir} was extracted with {store.meta.get('model')!r} ({key} {given}); "
-                "a classifier reads only the model it was fitted on"
+                f"{where}: the classifier was fitted on {provenance.get('model')!r} ({key} "
+                f"{fitted}), the store was extracted with {store.meta.get('model')!r} ({key} "
+                f"{given}); a classifier reads only the model it was fitted on"
+            )
+    for site in {neuron.site for neuron in classifier.selected_}:
+        fitted, given = classifier.sites_.get(site), store.sites.get(site)
+        if given is None or tuple(fitted) != tuple(given):
+            raise ClassifierError(
+                f"{where}: the super neurons read site {site!r} {tuple(fitted)} (layers, width); "
+                f"the store has {'no such site' if given is None else tuple(given)}"
             )
 
 

@@ -51,6 +51,13 @@ _EARLIER: dict[str, Callable[[Path], bool]] = {
     "train": lambda p: any((p / f).is_file() for f in ("pool_train.pt", "checkpoint.pt")),
 }
 KINDS = tuple(_EARLIER)
+_NAMES = {
+    "run": "run",
+    "store": "activation store",
+    "classifier": "classifier",
+    "scenes": "scene dataset",
+    "train": "training run",
+}
 # Temporary names of earlier versions, removed when such an output is claimed again.
 _EARLIER_LEFTOVERS = (".classifier-*", ".clf-*", ".export-*", ".*.tmp", ".*.dir", "images/.*.tmp")
 
@@ -106,13 +113,16 @@ def check_directory(path: Path, kind: str) -> None:
     if not path.exists():
         return
     if not path.is_dir():
-        raise OutputError(f"{path} exists and is not a directory; give a directory for the {kind}")
+        raise OutputError(
+            f"{path} exists and is not a directory; give a directory for the {_NAMES[kind]}"
+        )
     found = owner(path)
     if found == kind:
         return
     if found is not None:
         raise OutputError(
-            f"{path} holds a superneurons {found}, not a {kind}; choose another output directory"
+            f"{path} holds a superneurons {_NAMES[found]}, not a {_NAMES[kind]}; "
+            "choose another output directory"
         )
     if not _only_ours(path):
         raise OutputError(
@@ -218,9 +228,12 @@ class Claim:
 
     def _remove_if_unused(self) -> None:
         """A claim that wrote nothing leaves no trace: no marker, no folder it created."""
-        if any(entry.name != STATE for entry in self.path.iterdir()):
+        entries = [p for p in self.path.rglob("*") if STATE not in p.relative_to(self.path).parts]
+        if any(not p.is_dir() or p.is_symlink() for p in entries):
             return
         shutil.rmtree(self.path / STATE, ignore_errors=True)
+        for folder in sorted(entries, reverse=True):  # empty folders only, deepest first
+            folder.rmdir()
         for folder in self._created:
             try:
                 folder.rmdir()

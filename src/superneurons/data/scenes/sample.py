@@ -16,6 +16,7 @@ from superneurons.data.scenes.render import (
     RenderResult,
     render_scene,
 )
+from superneurons.errors import ConfigError
 
 ATTRIBUTES: tuple[str, ...] = ("size", "color", "material", "shape")
 VALUES: dict[str, tuple[str, ...]] = {
@@ -204,6 +205,10 @@ def sample_scene(
     Layouts where an occluder is farther from the camera than what it hides are resampled, so
     that occlusion and depth questions never contradict each other.
     """
+    if not 1 <= min_objects <= max_objects:
+        raise ConfigError(
+            f"objects per scene: need 1 <= min ({min_objects}) <= max ({max_objects})"
+        )
     if min_visible_pixels is None:
         min_visible_pixels = scale_pixels(12, resolution)
     if min_occluded_pixels is None:
@@ -223,4 +228,7 @@ def sample_scene(
         strong = [(i, j) for i, j in pairs if counts[i, j] >= min_occluded_pixels]
         weak = [(i, j) for i, j in pairs if counts[i, j] < min_occluded_pixels]
         return Scene(index, split, resolution, objects, strong, weak), render
-    raise RuntimeError(f"no valid layout after {max_tries} tries; loosen the constraints")
+    raise ConfigError(
+        f"no valid layout of {min_objects}-{max_objects} objects at {resolution} px after "
+        f"{max_tries} tries; ask for fewer objects or a higher resolution"
+    )
