@@ -100,12 +100,16 @@ def write_scene_dataset(
 ) -> Path:
     """Write images/, scenes.json and questions.jsonl under ``out_dir``; return ``out_dir``.
 
-    Images are written first and the index files last, each atomically. ``out_dir`` must be
-    new, empty or a scene dataset (:mod:`superneurons.outputs`).
+    Images are written first and the index files last, each atomically; a dataset there before
+    is replaced. ``out_dir`` must be new, empty or a scene dataset (:mod:`superneurons.outputs`).
     """
     out = Path(out_dir)
     families = list(FAMILIES if families is None else families)
     with Claim(out, "scenes") as claim:
+        # An index names the images beside it: drop a stale one first, so that a rewrite killed
+        # halfway leaves no index (and is written again), never an index over other images.
+        for index_file in ("scenes.json", "questions.jsonl"):
+            (out / index_file).unlink(missing_ok=True)
         (out / "images").mkdir(exist_ok=True)
         scenes, questions = [], []
         for scene, render in iter_scenes(
