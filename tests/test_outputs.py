@@ -143,3 +143,33 @@ def test_every_file_a_run_writes_honours_the_umask(tiny_llava_checkpoint, tmp_pa
     assert _modes(out) == {("dir", 0o750), ("file", 0o640)}
     kinds = {p.suffix for p in out.rglob("*") if p.is_file()}
     assert {".json", ".npy", ".png", ".jsonl", ".safetensors"} <= kinds
+
+
+def test_a_users_files_that_merely_share_our_names_are_not_taken_for_ours(tmp_path):
+    for files in ({"scenes.json": "{}", "questions.jsonl": "{}"}, {"results.json": "{}"},
+                  {"manifest.json": '{"mine": 1}'}):  # fmt: skip
+        folder = tmp_path / str(len(list(tmp_path.iterdir())))
+        folder.mkdir()
+        for name, text in files.items():
+            (folder / name).write_text(text)
+        for kind in ("scenes", "run", "store"):
+            with pytest.raises(OutputError, match="not written by superneurons"):
+                Claim(folder, kind)
+        assert {p.name: p.read_text() for p in folder.iterdir()} == files
+
+
+def test_a_claim_that_writes_nothing_keeps_the_users_empty_folders(tmp_path):
+    (tmp_path / "out" / "figures").mkdir(parents=True)
+    with Claim(tmp_path / "out", "run") as claim:
+        (claim.path / "data").mkdir()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["figures"]
+
+
+def test_a_planted_link_in_place_of_the_lock_is_refused(tmp_path):
+    target = tmp_path / "precious.txt"
+    target.write_text("keep me")
+    (tmp_path / "out" / STATE).mkdir(parents=True)
+    (tmp_path / "out" / STATE / "lock").symlink_to(target)
+    with pytest.raises(OutputError, match="cannot open the lock file"):
+        Claim(tmp_path / "out", "run")
+    assert target.read_text() == "keep me"

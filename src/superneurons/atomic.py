@@ -87,12 +87,16 @@ def directory(out_dir: str | os.PathLike) -> Iterator[Path]:
         if not out_dir.exists():
             os.rename(tmp, out_dir)
         elif exchange(tmp, out_dir):
-            shutil.rmtree(tmp)  # now the old directory
-        else:
+            shutil.rmtree(tmp, ignore_errors=True)  # now the old directory
+        else:  # two renames: a kill between them leaves the old one as .NAME.*.old
             old = temporary_path(out_dir.parent, out_dir.name, suffix=".old")
             os.rename(out_dir, old)
-            os.rename(tmp, out_dir)
-            shutil.rmtree(old)
+            try:
+                os.rename(tmp, out_dir)
+            except BaseException:
+                os.rename(old, out_dir)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -33,22 +33,44 @@ STATE = ".superneurons"
 FORMAT_PREFIX = "superneurons-"
 
 
-def _is_json_format(path: Path, prefix: str) -> bool:
+def _json(path: Path) -> object:
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return False
+        return None
+
+
+def _is_json_format(path: Path, prefix: str) -> bool:
+    document = _json(path)
     return isinstance(document, dict) and str(document.get("format", "")).startswith(prefix)
 
 
-# Outputs written before claims existed carry no owner file: each kind is recognised by the files
-# only superneurons writes there, so earlier runs still resume.
+def _earlier_store(path: Path) -> bool:
+    document = _json(path / "manifest.json") or _json(path / "progress.json")
+    return isinstance(document, dict) and str(document.get("layout", "")).startswith("{site}.npy")
+
+
+def _earlier_run(path: Path) -> bool:
+    results = _json(path / "results.json")
+    if isinstance(results, dict) and {"sn", "model_answers", "selected"} <= results.keys():
+        return True
+    return any(_earlier_store(p) for p in (path / "activations").glob("*") if p.is_dir())
+
+
+def _earlier_scenes(path: Path) -> bool:
+    index = _json(path / "scenes.json")
+    info = index.get("info") if isinstance(index, dict) else None
+    return isinstance(info, dict) and info.get("generator") == "superneurons.data.scenes"
+
+
+# Outputs written before claims existed carry no owner file: each kind is recognised by what
+# only superneurons writes there (the contents, not just a file name), so earlier runs resume.
 _EARLIER: dict[str, Callable[[Path], bool]] = {
-    "run": lambda p: (p / "results.json").is_file() or (p / "activations").is_dir(),
-    "store": lambda p: (p / "manifest.json").is_file() or (p / "progress.json").is_file(),
+    "run": _earlier_run,
+    "store": _earlier_store,
     "classifier": lambda p: _is_json_format(p / "classifier.json", "superneurons-classifier/"),
-    "scenes": lambda p: (p / "scenes.json").is_file() and (p / "questions.jsonl").is_file(),
-    "train": lambda p: any((p / f).is_file() for f in ("pool_train.pt", "checkpoint.pt")),
+    "scenes": _earlier_scenes,
+    "train": lambda p: all((p / f).is_file() for f in ("pool_train.pt", "pool_val.pt")),
 }
 KINDS = tuple(_EARLIER)
 _NAMES = {
@@ -58,18 +80,23 @@ _NAMES = {
     "scenes": "scene dataset",
     "train": "training run",
 }
-# Temporary names of earlier versions, removed when such an output is claimed again.
-_EARLIER_LEFTOVERS = (".classifier-*", ".clf-*", ".export-*", ".*.tmp", ".*.dir", "images/.*.tmp")
+# Temporary names that killed processes of earlier versions left beside their files.
+_EARLIER_LEFTOVERS = (
+    ".classifier-*",
+    ".clf-*",
+    ".export-*",
+    ".*.json.*.tmp",
+    ".*.jsonl.*.tmp",
+    ".*.pt.*.tmp",
+    "images/.*.png.*.tmp",
+)
 
 
 def owner(path: Path) -> str | None:
     """The kind of superneurons output ``path`` is, or None."""
-    marker = path / STATE / "owner.json"
-    if marker.is_file():
-        try:
-            return json.loads(marker.read_text(encoding="utf-8"))["kind"]
-        except (OSError, ValueError, KeyError, TypeError):
-            return None
+    marker = _json(path / STATE / "owner.json")
+    if isinstance(marker, dict):
+        return marker.get("kind") if marker.get("kind") in KINDS else None
     return next((kind for kind, test in _EARLIER.items() if test(path)), None)
 
 
@@ -134,18 +161,27 @@ def check_directory(path: Path, kind: str) -> None:
 def _lock(path: Path):
     """An open lock file on which this process holds ``flock``; refused at once if held."""
     while True:
-        file = open(path, "a+b")  # noqa: SIM115 - held until Claim.release
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:  # never through a planted symbolic link
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except FileNotFoundError:
+            continue  # its folder was removed by a claim finishing just now
+        except OSError as error:
+            raise OutputError(f"{path}: cannot open the lock file ({error.strerror})") from None
+        file = os.fdopen(fd, "r+b")
         try:
             fcntl.flock(file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            file.seek(0)
             holder = file.read(32).decode(errors="replace").strip() or "unknown"
             file.close()
             raise OutputError(
                 f"{path.parent.parent} is in use by process {holder}; wait for it to finish"
             ) from None
+        except OSError as error:
+            file.close()
+            raise OutputError(f"{path}: cannot lock ({error.strerror})") from None
         try:
-            same = os.stat(path).st_ino == os.fstat(file.fileno()).st_ino
+            same = os.stat(path, follow_symlinks=False).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
             same = False
         if same:
@@ -185,8 +221,9 @@ class Claim:
             return
         check_directory(self.path, kind)
         self._users = 1
-        # The folders this claim creates, deepest first: removed again if it writes nothing.
+        # What this claim creates is removed again if it writes nothing; what was there stays.
         self._created = [p for p in (self.path, *self.path.parents) if not p.exists()]
+        self._existing = set(self.path.rglob("*")) if self.path.is_dir() else set()
         (self.path / STATE).mkdir(parents=True, exist_ok=True)
         self._lock = _lock(self.path / STATE / "lock")
         try:
@@ -203,8 +240,7 @@ class Claim:
                     else:
                         leftover.unlink(missing_ok=True)
         except BaseException:
-            self._unlock()
-            self._remove_if_unused()
+            self._finish()
             raise
         _HELD[self._key] = self
 
@@ -222,34 +258,48 @@ class Claim:
         first._users -= 1
         if first._users == 0:
             _HELD.pop(first._key, None)
-            shutil.rmtree(first.tmp, ignore_errors=True)
-            first._unlock()
-            first._remove_if_unused()
+            first._finish()
 
-    def _remove_if_unused(self) -> None:
-        """A claim that wrote nothing leaves no trace: no marker, no folder it created."""
-        entries = [p for p in self.path.rglob("*") if STATE not in p.relative_to(self.path).parts]
-        if any(not p.is_dir() or p.is_symlink() for p in entries):
-            return
-        shutil.rmtree(self.path / STATE, ignore_errors=True)
-        for folder in sorted(entries, reverse=True):  # empty folders only, deepest first
-            folder.rmdir()
-        for folder in self._created:
-            try:
-                folder.rmdir()
-            except OSError:  # not empty: something else was written there meanwhile
-                break
-
-    def _unlock(self) -> None:
-        # Unlinked while still held, so nobody can lock a file that is about to disappear.
-        (self.path / STATE / "lock").unlink(missing_ok=True)
+    def _finish(self) -> None:
+        """Clean up while still holding the lock, then unlock; a claim that wrote nothing
+        leaves no trace (no marker, no folder it created)."""
+        state = self.path / STATE
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        new = [
+            p
+            for p in self.path.rglob("*")
+            if STATE not in p.relative_to(self.path).parts and p not in self._existing
+        ]
+        unused = all(p.is_dir() and not p.is_symlink() for p in new) and not any(
+            p.is_file() or p.is_symlink() for p in self._existing
+        )
+        if unused:
+            (state / "owner.json").unlink(missing_ok=True)
+            for folder in sorted(new, reverse=True):  # folders it created, deepest first
+                _rmdir(folder)
+        # Unlinked while still held, so nobody locks a file that is about to disappear.
+        (state / "lock").unlink(missing_ok=True)
         self._lock.close()
+        if unused:
+            _rmdir(state)
+            for folder in self._created:
+                if not _rmdir(folder):
+                    break
 
     def __enter__(self) -> Claim:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _rmdir(folder: Path) -> bool:
+    """Remove an empty folder; False (and nothing removed) when something is in it."""
+    try:
+        folder.rmdir()
+    except OSError:
+        return False
+    return True
 
 
 def check_output_file(path: Path, inputs: Sequence[str | os.PathLike] = (), what="--out") -> None:

@@ -163,7 +163,7 @@ class SuperNeuronPredictor:
         """One prediction per (image, question); ``choices[i]`` makes question i multiple choice."""
         if len(images) != len(questions):
             raise ConfigError(f"{len(images)} images for {len(questions)} questions")
-        images = [open_rgb(i, f"image {k}") for k, i in enumerate(images)]
+        images = [open_rgb(i) if isinstance(i, str | Path) else i for i in images]
         choices = list(choices) if choices is not None else [None] * len(questions)
         # Expand every multiple-choice question into one binary question per choice.
         flat_images, flat_questions, owner = [], [], []

@@ -504,6 +504,8 @@ def _reserve(path: Path, files: list[Path]) -> None:
             try:
                 os.posix_fallocate(f.fileno(), 0, info.st_size)
             except OSError as error:
+                if error.errno in (errno.EOPNOTSUPP, errno.EINVAL):
+                    return  # no reservation on this file system: the store stays sparse
                 if error.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
                 missing = max(0, info.st_size - info.st_blocks * 512)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 from dataclasses import asdict
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from superneurons.outputs import Claim
 FORMAT = "superneurons-classifier/1"
 JSON_FILE, TENSOR_FILE = "classifier.json", "neurons.safetensors"
 _SELECTED = ("site", "layer", "index", "polarity", "score")
+_HASHED = re.compile(r"neurons-[0-9a-f]{16}\.safetensors")
 
 
 def save_classifier(
@@ -65,12 +67,21 @@ def save_classifier(
         **(extra or {}),
     }
     with Claim(out_dir, "classifier") as claim:
+        previous = _previous_tensor_file(out_dir)
         atomic.write_bytes(out_dir / tensor_file, data, claim.tmp)
         atomic.write_json(out_dir / JSON_FILE, document, claim.tmp)  # the commit point
-        for old in out_dir.glob("neurons*.safetensors"):
-            if old.name != tensor_file:
-                old.unlink()
+        # The replaced classifier's file, and those of saves killed before their commit point.
+        stale = {previous, *(p.name for p in out_dir.iterdir() if _HASHED.fullmatch(p.name))}
+        for name in stale - {None, tensor_file}:
+            (out_dir / name).unlink(missing_ok=True)
     return out_dir
+
+
+def _previous_tensor_file(out_dir: Path) -> str | None:
+    try:
+        return _document(out_dir).get("tensors", TENSOR_FILE)
+    except ClassifierError:
+        return None
 
 
 def _document(path: Path) -> dict:
@@ -114,8 +125,13 @@ def _selected(document: dict, tensors: dict[str, np.ndarray], file: Path) -> lis
         raise ClassifierError(f"{file}: the 'selected.*' tensors disagree in length or are empty")
     codes = document["site_codes"]
     shapes = document["classifier"].get("sites")
-    if not isinstance(shapes, dict):
-        raise ClassifierError(f"{file.parent / JSON_FILE}: key 'classifier.sites' is missing")
+    if not isinstance(shapes, dict) or not all(
+        isinstance(v, list) and len(v) == 2 and all(isinstance(d, int) for d in v)
+        for v in shapes.values()
+    ):
+        raise ClassifierError(
+            f"{file.parent / JSON_FILE}: 'classifier.sites' should map sites to [layers, width]"
+        )
     selected = []
     for k, (code, layer, index, polarity, score) in enumerate(zip(*columns, strict=True)):
         site = codes[int(code)] if 0 <= int(code) < len(codes) else None
