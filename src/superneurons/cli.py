@@ -91,6 +91,9 @@ ALPHA = typer.Option(0.0, callback=_finite, help="Binarisation threshold: a > al
 THRESHOLD = typer.Option(None, callback=_finite, help="Score threshold t (selection fixed).")
 TOP_K = typer.Option(None, min=1, help="Number of super neurons (selection top_k).")
 SITES_OPTION = typer.Option("resid,mlp,attn", callback=_site_list, help="Comma-separated sites.")
+TASK = typer.Option(
+    "scenes", callback=_task, help="scenes (generated) or a dataset, see docs/datasets.md."
+)
 MAX_PIXELS = typer.Option(
     89_478_485, min=1, help="Refuse images with more pixels than this (PIL's default limit)."
 )
@@ -211,12 +214,18 @@ MODEL_HELP = "Local checkpoint directory or Hugging Face id (from the cache); de
 def extract(
     out: Path = typer.Option(..., help="Activation store directory (resumes if interrupted)."),
     model: str = typer.Option(None, help=MODEL_HELP),
-    jsonl: Path = typer.Option(None, help="JSON-lines questions; default: generated scenes."),
+    task: str = TASK,
+    data_dir: Path = typer.Option(None, help="The dataset's directory (scenes: OUT/data)."),
+    jsonl: Path = typer.Option(None, help="JSON-lines questions: --task jsonl --data-dir FILE."),
     split: str = SPLIT,
-    n: int = typer.Option(1000, min=2, help="Number of samples (balanced yes/no)."),
+    n: int = typer.Option(
+        None, min=2, help="Number of samples, balanced yes/no (default: the task's)."
+    ),
     seed: int = typer.Option(0),
     sites: str = SITES_OPTION,
-    template: str = typer.Option("plain", callback=_template, help="Prompt template name."),
+    template: str = typer.Option(
+        None, callback=_template, help="Prompt template (default: the task's)."
+    ),
     batch_size: int = typer.Option(16, min=1),
     max_new_tokens: int = typer.Option(128, min=1),
     max_pixels: int = MAX_PIXELS,
@@ -225,24 +234,26 @@ def extract(
 ) -> None:
     """Record activations at the first generated token, and the model's answers.
 
-    Generated scenes (no --jsonl) are written under OUT/data.
+    Generated scenes (the default task) are written under OUT/data.
     """
-    from superneurons.data.probing import balanced_sample
-    from superneurons.data.records import load_jsonl
-    from superneurons.data.tasks import scene_records
+    from superneurons.data.loaders import select
+    from superneurons.data.loaders import task as task_spec
+    from superneurons.errors import ConfigError
     from superneurons.extract import check_records
     from superneurons.extract import extract as run_extract
     from superneurons.models.loading import load_model, open_model
     from superneurons.outputs import Claim
     from superneurons.store import is_complete
 
+    if jsonl is not None:
+        task, data_dir = "jsonl", jsonl
+    spec = task_spec(task)
+    if data_dir is None and not spec.generated:
+        raise ConfigError(f"--task {task} needs --data-dir (see docs/datasets.md)")
+    template = template or spec.template
     files = open_model(model)
-    with Claim(out, "store", inputs=[jsonl] if jsonl is not None else []):
-        if jsonl is not None:
-            records = load_jsonl(jsonl)
-        else:
-            records = scene_records(out / "data", split, int(n * 1.2), seed)
-        records = balanced_sample(records, n, seed, "sample set")
+    with Claim(out, "store", inputs=[data_dir] if data_dir is not None else []):
+        records = select(task, data_dir or out / "data", split, n, seed, "sample set")
         if not is_complete(out):
             check_records(files, records, template, max_pixels)
         loaded = load_model(model, dtype, device)
@@ -342,10 +353,8 @@ def evaluate(
 def run(
     out: Path = typer.Option(Path("runs/default"), help="Everything the run produces."),
     model: str = typer.Option(None, help=MODEL_HELP),
-    task: str = typer.Option(
-        "scenes", callback=_task, help="scenes (generated) or a dataset, see docs/datasets.md."
-    ),
-    data_dir: str = typer.Option(None, help="The dataset's directory (not for scenes)."),
+    task: str = TASK,
+    data_dir: str = typer.Option(None, help="The dataset's directory (scenes: OUT/data)."),
     seed: int = typer.Option(0, help="Picks the generated scenes and the samples."),
     n_probe: int = typer.Option(
         None,
@@ -531,16 +540,15 @@ def bench_cascade(
     import tempfile
 
     from superneurons.bench.cascade import cascade_curve
-    from superneurons.data.probing import balanced_sample
-    from superneurons.data.tasks import scene_records
+    from superneurons.data.loaders import select
     from superneurons.outputs import check_output_file, write_output_json
     from superneurons.predictor import SuperNeuronPredictor
 
     check_output_file(out, [classifier])
     predictor = SuperNeuronPredictor.from_pretrained(classifier)
     with tempfile.TemporaryDirectory(prefix="superneurons-scenes-") as scenes:
-        records = scene_records(Path(scenes), "val", int(n * 1.2), seed)
-        result = cascade_curve(predictor, balanced_sample(records, n, seed, "validation set"))
+        records = select("scenes", scenes, "val", n, seed, "validation set")
+        result = cascade_curve(predictor, records)
     write_output_json(out, {"format": "superneurons-bench-cascade/1", **result}, [classifier])
     for point in result["curve"]:
         console.print(point)
@@ -582,17 +590,31 @@ app.add_typer(data_app, name="data")
 
 @data_app.command("inspect")
 def data_inspect(
-    task: str = typer.Option(..., help="Task name, see docs/datasets.md."),
-    data_dir: Path = typer.Option(..., help="The dataset's directory (or .jsonl file)."),
+    task: str = typer.Option(..., callback=_task, help="Task name, see docs/datasets.md."),
+    data_dir: Path = typer.Option(
+        None, help="The dataset's directory (or .jsonl file); scenes: generated in a temporary one."
+    ),
     split: str = typer.Option("val"),
+    n: int = typer.Option(None, min=2, help="A balanced sample of this size (default: all)."),
     seed: int = typer.Option(0),
 ) -> None:
     """Print the number of questions per label as JSON."""
     import json
+    import tempfile
 
-    from superneurons.data.loaders import label_counts, load_task
+    from superneurons.data.loaders import label_counts, load_task, select
+    from superneurons.data.loaders import task as task_spec
+    from superneurons.errors import ConfigError
 
-    records = load_task(task, data_dir, split, seed)
+    spec = task_spec(task)
+    if data_dir is None and not spec.generated:
+        raise ConfigError(f"--task {task} needs --data-dir (see docs/datasets.md)")
+    with tempfile.TemporaryDirectory(prefix="superneurons-scenes-") as scratch:
+        folder = data_dir or Path(scratch)
+        if n is None:
+            records = load_task(task, folder, split, seed)
+        else:
+            records = select(task, folder, split, n, seed)
     print(
         json.dumps(
             {"task": task, "split": split, "n": len(records), "labels": label_counts(records)}

@@ -11,10 +11,9 @@ from superneurons import atomic
 from superneurons.classifiers import QuestionOnlyClassifier, SuperNeuronClassifier
 from superneurons.classifiers.artifact import save_classifier
 from superneurons.data.images import DEFAULT_MAX_PIXELS
-from superneurons.data.probing import balanced_sample
+from superneurons.data.loaders import select, task
 from superneurons.data.prompts import template_for
 from superneurons.data.records import Record
-from superneurons.data.tasks import scene_records
 from superneurons.errors import ConfigError
 from superneurons.evaluate import RESULTS_FORMAT, describe_selection, evaluate
 from superneurons.extract import check_records, extract
@@ -36,10 +35,10 @@ class RunConfig:
 
     model: str | None = None
     task: str = "scenes"
-    data_dir: str | None = None  # where a real task's files are (not needed for scenes)
+    data_dir: str | None = None  # the dataset's files (a generated task: default OUT/data)
     seed: int = 0
-    n_probe: int | None = None  # default: 1000 for scenes (≈10 min on 2 CPU cores), 3000 else
-    n_val: int | None = None  # default: 600 for scenes, the whole validation split else
+    n_probe: int | None = None  # default: the task's (1000 for scenes, 3000 for datasets)
+    n_val: int | None = None  # default: the task's (600 for scenes, the whole split for datasets)
     sites: Sequence[str] = SITES
     alpha: float = 0.0
     metric: str = "accuracy"
@@ -97,25 +96,17 @@ class RunConfig:
 
 def task_records(config: RunConfig, out: Path) -> tuple[list[Record], list[Record], str]:
     """(probing set, validation set, prompt template): balanced, seeded, from the train and
-    validation splits, which never share an image."""
-    if config.task == "scenes":
-        n_probe, n_val = config.n_probe or 1000, config.n_val or 600
-        train = scene_records(out / "data", "train", int(n_probe * 1.2), config.seed)
-        val = scene_records(out / "data", "val", int(n_val * 1.2), config.seed)
-        template = "plain"
+    validation splits, which never share an image. A generated task writes under ``out/data``."""
+    spec = task(config.task)
+    if config.data_dir is not None:
+        data_dir = Path(config.data_dir)
+    elif spec.generated:
+        data_dir = out / "data"
     else:
-        from superneurons.data.loaders import TASKS, load_task
-
-        if config.data_dir is None:
-            raise ConfigError(f"task {config.task!r} needs --data-dir (see docs/datasets.md)")
-        n_probe, n_val = config.n_probe or 3000, config.n_val
-        train = load_task(config.task, config.data_dir, "train", config.seed)
-        val = load_task(config.task, config.data_dir, "val", config.seed)
-        template = TASKS[config.task].template
-    probe = balanced_sample(train, n_probe, config.seed, "probing set")
-    if n_val is not None:
-        val = balanced_sample(val, n_val, config.seed, "validation set")
-    return probe, val, config.template or template
+        raise ConfigError(f"task {config.task!r} needs --data-dir (see docs/datasets.md)")
+    probe = select(config.task, data_dir, "train", config.n_probe, config.seed, "probing set")
+    val = select(config.task, data_dir, "val", config.n_val, config.seed, "validation set")
+    return probe, val, config.template or spec.template
 
 
 def question_text(record: Record) -> str:

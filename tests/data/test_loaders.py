@@ -355,9 +355,10 @@ def test_parquet_without_datasets_names_the_extra(tmp_path, monkeypatch):
 
 
 def test_registry_templates_and_the_generic_jsonl_task(tmp_path):
+    plain = ("jsonl", "scenes")  # the embedded model's bare questions
     assert {name: spec.template for name, spec in TASKS.items()} == {
-        **{name: "llava" for name in TASKS if name != "jsonl"},
-        "jsonl": "plain",
+        **{name: "llava" for name in TASKS if name not in plain},
+        **{name: "plain" for name in plain},
     }
     lines = [{"image": "a.png", "question": "Is it red?", "label": "yes"}] * 2
     (tmp_path / "val.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))

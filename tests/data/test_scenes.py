@@ -5,6 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from superneurons.data.loaders.scenes import load_scenes
 from superneurons.data.scenes import (
     COLORS,
     FAMILIES,
@@ -20,7 +21,6 @@ from superneurons.data.scenes import (
 from superneurons.data.scenes.questions import YES_NO_FAMILIES, question_form
 from superneurons.data.scenes.sample import scale_pixels
 from superneurons.data.scenes.write import FORMAT_VERSION
-from superneurons.data.tasks import scene_records
 
 N_SCENES = 40
 
@@ -118,14 +118,14 @@ def test_the_form_of_a_question_does_not_give_its_answer_away(questions):
 
 
 def test_a_dataset_of_an_older_generator_is_regenerated(tmp_path):
-    first = scene_records(tmp_path, "val", 10, seed=0)
+    first = load_scenes(tmp_path, "val", seed=0, n=10)
     (directory,) = tmp_path.iterdir()
     index = directory / "scenes.json"
     old = json.loads(index.read_text())
     old["info"]["version"] = FORMAT_VERSION - 1
     index.write_text(json.dumps(old))
     (directory / "questions.jsonl").write_text("")  # an old generator's questions, say
-    again = scene_records(tmp_path, "val", 10, seed=0)
+    again = load_scenes(tmp_path, "val", seed=0, n=10)
     assert [(r.id, r.question, r.label) for r in again] == [
         (r.id, r.question, r.label) for r in first
     ]

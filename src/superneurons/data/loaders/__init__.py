@@ -11,7 +11,10 @@ from superneurons.data.loaders.registry import (
     label_counts,
     load_jsonl_task,
     load_task,
+    select,
+    task,
 )
+from superneurons.data.loaders.scenes import load_scenes
 from superneurons.data.loaders.scienceqa import load_scienceqa
 from superneurons.data.loaders.vizwiz import load_vizwiz
 
@@ -24,7 +27,10 @@ __all__ = [
     "load_instaorder",
     "load_jsonl_task",
     "load_pope",
+    "load_scenes",
     "load_scienceqa",
     "load_task",
     "load_vizwiz",
+    "select",
+    "task",
 ]

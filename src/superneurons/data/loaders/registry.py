@@ -1,19 +1,20 @@
-"""The dataset tasks by name: where a task's records come from and how they are prompted.
+"""The tasks by name: where a task's records come from and how they are prompted.
 
 Typical use::
 
-    from superneurons.data.loaders import TASKS, load_task, label_counts
+    from superneurons.data.loaders import TASKS, label_counts, select
 
-    train = load_task("pope-adversarial", "data/coco", "train", seed=0)
-    label_counts(train)          # {"no": 3000, "yes": 3000}
+    probe = select("pope-adversarial", "data/coco", "train", n=3000, seed=0)  # balanced
+    label_counts(probe)                  # {"no": 1500, "yes": 1500}
     TASKS["pope-adversarial"].template   # "llava"
+    select("scenes", "runs/x/data", "val", n=600, seed=0)  # generated under runs/x/data
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -21,24 +22,33 @@ from superneurons.data.loaders.aokvqa import load_aokvqa
 from superneurons.data.loaders.clevr import load_clevr
 from superneurons.data.loaders.instaorder import load_instaorder
 from superneurons.data.loaders.pope import load_pope
+from superneurons.data.loaders.scenes import DEFAULT_SIZES, load_scenes
 from superneurons.data.loaders.scienceqa import load_scienceqa
 from superneurons.data.loaders.vizwiz import load_vizwiz
+from superneurons.data.probing import balanced_sample
 from superneurons.data.records import DataError, Record, load_jsonl
 from superneurons.errors import ConfigError
 
-Loader = Callable[[Path, str, int], list[Record]]
+Loader = Callable[..., list[Record]]
 
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """A dataset task: ``loader(data_dir, split, seed)`` gives its records; ``splits`` are the
-    split names it accepts (empty: any name); ``template`` names the prompt template."""
+    """A task: ``loader(data_dir, split, seed)`` gives its records; ``splits`` are the split
+    names it accepts (empty: any name); ``template`` names the prompt template; ``sizes`` the
+    default sample size per split (absent: all of it).
+
+    A ``generated`` task writes its records under ``data_dir`` instead of reading them, and its
+    loader also takes the number of records wanted (``loader(data_dir, split, seed, n)``).
+    """
 
     name: str
     loader: Loader
     template: str
     splits: tuple[str, ...]
     description: str
+    sizes: Mapping[str, int] = field(default_factory=lambda: {"train": 3000})
+    generated: bool = False
 
 
 def load_jsonl_task(data_dir: Path, split: str, seed: int = 0) -> list[Record]:
@@ -59,6 +69,15 @@ _POPE = (
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in [
+        TaskSpec(
+            "scenes",
+            load_scenes,
+            "plain",
+            ("train", "val", "test"),
+            "synthetic CLEVR-like scenes, generated (docs/scenes.md)",
+            sizes=DEFAULT_SIZES,
+            generated=True,
+        ),
         *(
             TaskSpec(
                 f"pope-{variant}",
@@ -125,21 +144,46 @@ TASKS: dict[str, TaskSpec] = {
 }
 
 
-def load_task(name: str, data_dir: str | Path, split: str, seed: int = 0) -> list[Record]:
-    """The records of ``split`` of task ``name`` read from ``data_dir``; ids are unique.
-
-    An unknown task or split is a ValueError listing the known ones; a missing directory or file
-    is a DataError saying what was expected where.
-    """
+def task(name: str) -> TaskSpec:
+    """The task ``name``; a ConfigError lists the known ones."""
     if name not in TASKS:
         raise ConfigError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
-    spec = TASKS[name]
+    return TASKS[name]
+
+
+def load_task(
+    name: str, data_dir: str | Path, split: str, seed: int = 0, n: int | None = None
+) -> list[Record]:
+    """The records of ``split`` of task ``name`` from ``data_dir`` (for a generated task: written
+    there, enough for a balanced sample of ``n``); ids are unique.
+
+    An unknown task or split is a ConfigError listing the known ones; a missing directory or
+    file is a DataError saying what was expected where.
+    """
+    spec = task(name)
     if spec.splits and split not in spec.splits:
         raise ConfigError(f"task {name!r} has splits {list(spec.splits)}; got {split!r}")
     data_dir = Path(data_dir)
+    if spec.generated:
+        return spec.loader(data_dir, split, seed, n)
     if not data_dir.exists():
         raise DataError(f"task {name!r}: {data_dir} does not exist; expected {spec.description}")
     return spec.loader(data_dir, split, seed)
+
+
+def select(
+    name: str,
+    data_dir: str | Path,
+    split: str,
+    n: int | None = None,
+    seed: int = 0,
+    what: str = "sample",
+) -> list[Record]:
+    """The one way every command picks its records: a balanced, seeded sample of ``n`` binary
+    records of ``split`` (``n`` None: the task's default size for the split, or all of it)."""
+    n = n if n is not None else task(name).sizes.get(split)
+    records = load_task(name, data_dir, split, seed, n)
+    return records if n is None else balanced_sample(records, n, seed, what)
 
 
 def label_counts(records: list[Record]) -> dict[str, int]:
