@@ -103,3 +103,33 @@ def test_cascade_curve_runs_from_always_early_to_always_full(tiny_run):
     assert last["fallback_fraction"] == 1.0
     fractions = [p["fallback_fraction"] for p in result["curve"]]
     assert fractions == sorted(fractions)
+
+
+def test_the_predictor_asks_as_extraction_did_context_included(tiny_run):
+    from pathlib import Path
+
+    from superneurons.data.prompts import Prompter
+    from superneurons.data.records import Record
+    from superneurons.extract import build_prompt
+
+    out, _ = tiny_run
+    predictor = SuperNeuronPredictor.from_pretrained(out / "classifier")
+    store = ActivationStore.open(out / "activations" / "probe")
+    record = Record("r", Path("x.png"), "Is it red?", "yes", context="The cube is small.")
+    extracted = build_prompt(
+        predictor.loaded.processor, record, Prompter.from_json(store.meta["prompt"])
+    )
+    assert predictor._prompts([record.question], [record.context]) == [extracted]
+    assert "The cube is small." in extracted
+
+
+def test_the_predictor_uses_the_prompt_saved_with_the_classifier(tiny_run, tmp_path):
+    import shutil
+
+    out, _ = tiny_run
+    shutil.copytree(out / "classifier", tmp_path / "c")
+    document = json.loads((tmp_path / "c" / "classifier.json").read_text())
+    document["provenance"]["prompt"]["binary"] = "{question} Answer briefly."
+    (tmp_path / "c" / "classifier.json").write_text(json.dumps(document))
+    predictor = SuperNeuronPredictor.from_pretrained(tmp_path / "c")
+    assert "Is it red? Answer briefly." in predictor._prompts(["Is it red?"])[0]

@@ -429,8 +429,10 @@ def predict(
     image: Path = typer.Argument(None, help="Image file (omit with --batch)."),
     question: str = typer.Argument(None, help="A yes/no question about the image."),
     batch: Path = typer.Option(
-        None, help="JSON lines {image, question[, choices]}; image paths relative to the file."
+        None,
+        help="JSON lines {image, question[, choices, context]}; image paths relative to the file.",
     ),
+    context: str = typer.Option(None, help="Context asked before QUESTION (a hint, a passage)."),
     model: str = typer.Option(None, help="Default: the model the classifier was fitted on."),
     fallback_margin: float = typer.Option(
         None,
@@ -461,14 +463,16 @@ def predict(
         images = [r.load_image(max_pixels) for r in records]
         questions = [r.question for r in records]
         choices = [r.choices for r in records]
+        contexts = [r.context for r in records]
     else:
         if not question.strip():
             raise ConfigError("QUESTION is empty")
-        images, questions, choices = [open_rgb(image, max_pixels=max_pixels)], [question], None
+        images, questions = [open_rgb(image, max_pixels=max_pixels)], [question]
+        choices, contexts = None, [context]
     predictor = SuperNeuronPredictor.from_pretrained(
         classifier, model, dtype=dtype, device=device, fallback_margin=fallback_margin
     )
-    for prediction in predictor.predict(images, questions, choices):
+    for prediction in predictor.predict(images, questions, choices, contexts):
         print(json.dumps(prediction.to_json()))
 
 
@@ -565,7 +569,7 @@ def bench_flops(
 
     from superneurons.bench.flops import prefill_flop_split
     from superneurons.capture import prepare_inputs
-    from superneurons.data.prompts import chat_prompt
+    from superneurons.data.prompts import Prompter
     from superneurons.data.scenes import iter_scenes
     from superneurons.models.loading import load_model
     from superneurons.outputs import check_output_file, write_output_json
@@ -574,7 +578,8 @@ def bench_flops(
         check_output_file(out)
     loaded = load_model(model, "fp32", "cpu")
     _, render = next(iter_scenes(seed=0, split="val", n=1))
-    prompt = chat_prompt(loaded.processor, "Is there a large red metal cube?")
+    prompter = Prompter.for_model("plain", loaded.architecture)
+    prompt = prompter.chat(loaded.processor, "Is there a large red metal cube?")
     split = prefill_flop_split(
         loaded.model, prepare_inputs(loaded.processor, [render.image], [prompt])
     )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -14,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from superneurons.capture import capture
 from superneurons.data.images import DEFAULT_MAX_PIXELS
-from superneurons.data.prompts import PromptTemplate, chat_prompt, format_prompt, template_for
+from superneurons.data.prompts import Prompter
 from superneurons.data.records import Record
 from superneurons.errors import ConfigError
 from superneurons.metrics import parse_choice, parse_yes_no
@@ -35,10 +34,9 @@ def dataset_fingerprint(records: Sequence[Record]) -> str:
     return digest.hexdigest()[:16]
 
 
-def build_prompt(processor, record: Record, template: PromptTemplate) -> str:
-    return chat_prompt(
-        processor, format_prompt(record.question, record.choices, template, record.context)
-    )
+def build_prompt(processor, record: Record, prompter: Prompter) -> str:
+    """The chat prompt of ``record``: its question, choices and context."""
+    return prompter.chat(processor, record.question, record.choices, record.context)
 
 
 def parse_answer(record: Record, answer: str) -> str | None:
@@ -62,8 +60,8 @@ def check_records(
         return
     check_images(records, max_pixels)
     if prompts is None:
-        prompt = template_for(template, model.architecture)
-        prompts = [build_prompt(model.processor, r, prompt) for r in records]
+        prompter = Prompter.for_model(template, model.architecture)
+        prompts = [build_prompt(model.processor, r, prompter) for r in records]
     first = records[0].load_image(max_pixels)
     names = [r.id for r in records]
     check_prompt_lengths(model.config, model.processor, prompts, names, first)
@@ -118,7 +116,7 @@ def extract(
     model, processor = loaded.model, loaded.processor
     adapter = adapter_for(model)
     shapes = {s: (adapter.n_layers(model), adapter.site_width(model, s)) for s in sites}
-    prompt = template_for(template, adapter.name)
+    prompter = Prompter.for_model(template, adapter.name)
     meta = {
         "model": loaded.model_id,
         "revision": loaded.revision,
@@ -127,13 +125,13 @@ def extract(
         "model_class": type(model).__name__,
         "dataset_fingerprint": fingerprint,
         "template": template,
-        "prompt": asdict(prompt),
+        "prompt": prompter.to_json(),
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,
     }
     if shard is not None:
         meta["shard"] = list(shard)
-    prompts = [build_prompt(processor, r, prompt) for r in records]
+    prompts = [build_prompt(processor, r, prompter) for r in records]
     if check_inputs and not is_complete(out_dir):
         check_records(loaded, records, template, max_pixels, prompts)
     dtype = "bfloat16" if model.dtype == torch.bfloat16 else "float16"

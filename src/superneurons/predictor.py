@@ -22,13 +22,7 @@ from superneurons.capture import capture, prepare_inputs
 from superneurons.classifiers import SuperNeuronClassifier
 from superneurons.classifiers.artifact import load_classifier
 from superneurons.data.images import open_rgb
-from superneurons.data.prompts import (
-    LETTERS,
-    binary_choice_question,
-    chat_prompt,
-    format_prompt,
-    template_for,
-)
+from superneurons.data.prompts import LETTERS, Prompter, binary_choice_question
 from superneurons.early_exit import early_exit_activations
 from superneurons.errors import ConfigError, ModelError
 from superneurons.metrics import parse_yes_no
@@ -78,12 +72,14 @@ class SuperNeuronPredictor:
         self,
         classifier: SuperNeuronClassifier,
         loaded: LoadedModel,
-        template: str = "plain",
+        prompter: Prompter | str = "plain",
         fallback_margin: float | None = None,
         batch_size: int = 16,
     ):
         self.classifier, self.loaded = classifier, loaded
-        self.template = template_for(template, adapter_for(loaded.model).name)
+        if isinstance(prompter, str):
+            prompter = Prompter.for_model(prompter, adapter_for(loaded.model).name)
+        self.prompter = prompter
         self.fallback_margin, self.batch_size = fallback_margin, batch_size
         self.needed: dict[str, list[int]] = defaultdict(list)
         for neuron in classifier.selected_:
@@ -124,31 +120,47 @@ class SuperNeuronPredictor:
                     f"{classifier_dir}: site {site!r} is {tuple(shape)} (layers, width) in the "
                     f"classifier but {actual} in {model.model_id!r}"
                 )
-        return cls(classifier, model, provenance.get("template", "plain"), **kwargs)
+        # The prompt exactly as the probing set was asked (older classifiers: by template name).
+        if isinstance(provenance.get("prompt"), dict):
+            prompter = Prompter.from_json(provenance["prompt"])
+        else:
+            prompter = provenance.get("template", "plain")
+        return cls(classifier, model, prompter, **kwargs)
 
-    def _prompts(self, questions: Sequence[str]) -> list[str]:
+    def _prompts(
+        self, questions: Sequence[str], contexts: Sequence[str | None] | None = None
+    ) -> list[str]:
+        contexts = contexts if contexts is not None else [None] * len(questions)
         processor = self.loaded.processor
-        return [chat_prompt(processor, format_prompt(q, template=self.template)) for q in questions]
+        return [
+            self.prompter.chat(processor, q, context=c)
+            for q, c in zip(questions, contexts, strict=True)
+        ]
 
-    def votes(self, images: Sequence[Image.Image], questions: Sequence[str]) -> np.ndarray:
+    def votes(
+        self,
+        images: Sequence[Image.Image],
+        questions: Sequence[str],
+        contexts: Sequence[str | None] | None = None,
+    ) -> np.ndarray:
         """Every super neuron's yes/no vote (N, K) per (image, binary question), from layer k."""
+        prompts = self._prompts(questions, contexts)
         votes = []
         for start in range(0, len(questions), self.batch_size):
             chunk = slice(start, start + self.batch_size)
-            inputs = prepare_inputs(
-                self.loaded.processor, list(images[chunk]), self._prompts(questions[chunk])
-            )
+            inputs = prepare_inputs(self.loaded.processor, list(images[chunk]), prompts[chunk])
             values = early_exit_activations(self.loaded.model, inputs, self.needed)
             values = {key: v.float().cpu().numpy() for key, v in values.items()}
             votes.append(self.classifier.votes(_ExitActivations(values, self.classifier.sites_)))
         return np.concatenate(votes)
 
-    def full_model_answers(self, images, questions) -> list[str | None]:
+    def full_model_answers(self, images, questions, contexts=None) -> list[str | None]:
+        """The full model's parsed yes/no answers (greedy ``generate``)."""
         result = capture(
             self.loaded.model,
             self.loaded.processor,
             list(images),
-            self._prompts(questions),
+            self._prompts(questions, contexts),
             sites=(),
             max_new_tokens=128,
         )
@@ -159,14 +171,17 @@ class SuperNeuronPredictor:
         images: Sequence[Image.Image | str | Path],
         questions: Sequence[str],
         choices: Sequence[Sequence[str] | None] | None = None,
+        contexts: Sequence[str | None] | None = None,
     ) -> list[Prediction]:
-        """One prediction per (image, question); ``choices[i]`` makes question i multiple choice."""
+        """One prediction per (image, question); ``choices[i]`` makes question i multiple choice
+        and ``contexts[i]`` is its context (a ScienceQA hint, say), asked as at extraction."""
         if len(images) != len(questions):
             raise ConfigError(f"{len(images)} images for {len(questions)} questions")
         images = [open_rgb(i) if isinstance(i, str | Path) else i for i in images]
         choices = list(choices) if choices is not None else [None] * len(questions)
+        contexts = list(contexts) if contexts is not None else [None] * len(questions)
         # Expand every multiple-choice question into one binary question per choice.
-        flat_images, flat_questions, owner = [], [], []
+        flat_images, flat_questions, flat_contexts, owner = [], [], [], []
         for i, (image, question, options) in enumerate(
             zip(images, questions, choices, strict=True)
         ):
@@ -175,15 +190,16 @@ class SuperNeuronPredictor:
             ):
                 flat_images.append(image)
                 flat_questions.append(text)
+                flat_contexts.append(contexts[i])
                 owner.append(i)
         check_prompt_lengths(
             self.loaded.config,
             self.loaded.processor,
-            self._prompts(flat_questions),
+            self._prompts(flat_questions, flat_contexts),
             [f"question {owner[k]}" for k in range(len(flat_questions))],
             flat_images[0],
         )
-        votes = self.votes(flat_images, flat_questions)
+        votes = self.votes(flat_images, flat_questions, flat_contexts)
         scores, answers = votes.mean(axis=1), self.classifier.aggregate_votes(votes)
         owner = np.array(owner)
         predictions = []
@@ -196,10 +212,10 @@ class SuperNeuronPredictor:
                 label, score = ("yes" if answers[mine[0]] else "no"), scores[mine[0]]
             predictions.append(Prediction(label, float(score), self.exit_layer))
         if self.fallback_margin is not None:
-            self._cascade(images, questions, choices, predictions)
+            self._cascade(images, questions, choices, contexts, predictions)
         return predictions
 
-    def _cascade(self, images, questions, choices, predictions: list[Prediction]) -> None:
+    def _cascade(self, images, questions, choices, contexts, predictions: list[Prediction]):
         """Answer undecided binary questions with the full model (its parsed answer)."""
         undecided = [
             i
@@ -209,7 +225,9 @@ class SuperNeuronPredictor:
         if not undecided:
             return
         answers = self.full_model_answers(
-            [images[i] for i in undecided], [questions[i] for i in undecided]
+            [images[i] for i in undecided],
+            [questions[i] for i in undecided],
+            [contexts[i] for i in undecided],
         )
         last_layer = adapter_for(self.loaded.model).n_layers(self.loaded.model) - 1
         for i, answer in zip(undecided, answers, strict=True):

@@ -16,21 +16,25 @@ EXIT_LAYERS = {"k=0": {"resid": [0]}, "k=1": {"resid": [1]}}
 def embedded_target(classifier_dir: Path | None, seed: int = 99, n: int = 16) -> BenchTarget:
     """The embedded default on held-out scenes, with its fitted classifier when one is given."""
     from superneurons.capture import prepare_inputs
-    from superneurons.data.prompts import chat_prompt
+    from superneurons.data.prompts import Prompter
     from superneurons.data.scenes import iter_scenes, scene_questions
     from superneurons.models.loading import load_model
     from superneurons.predictor import SuperNeuronPredictor, _ExitActivations
 
     loaded = load_model(None, "fp32", "cpu")
+    predictor = None
+    if classifier_dir is not None:
+        predictor = SuperNeuronPredictor.from_pretrained(classifier_dir, model=loaded)
+    # Asked as the classifier's probing set was (the embedded model's bare question otherwise).
+    prompter = predictor.prompter if predictor else Prompter.for_model("plain", loaded.architecture)
     images, prompts = [], []
     for scene, render in iter_scenes(seed, "val", n):
         question = scene_questions(scene, seed, families=["existence"])[0].question
         images.append(render.image)
-        prompts.append(chat_prompt(loaded.processor, question))
+        prompts.append(prompter.chat(loaded.processor, question))
     exits = dict(EXIT_LAYERS)
     finish = None
-    if classifier_dir is not None:
-        predictor = SuperNeuronPredictor.from_pretrained(classifier_dir, model=loaded)
+    if predictor is not None:
         exits = {"classifier": dict(predictor.needed), **exits}
         classifier = predictor.classifier
 

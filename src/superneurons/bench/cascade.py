@@ -23,15 +23,18 @@ def cascade_curve(predictor: SuperNeuronPredictor, records: list[Record], margin
     """Accuracy, fallback fraction and expected seconds per question, for each margin."""
     images = [r.load_image() for r in records]
     questions = [r.question for r in records]
+    contexts = [r.context for r in records]
     truth = np.array([r.label == "yes" for r in records])
     start = time.perf_counter()
-    votes = predictor.votes(images, questions)
+    votes = predictor.votes(images, questions, contexts)
     early_s = (time.perf_counter() - start) / len(records)
     start = time.perf_counter()
     full_answers = []
     for i in range(0, len(records), predictor.batch_size):
         chunk = slice(i, i + predictor.batch_size)
-        full_answers += predictor.full_model_answers(images[chunk], questions[chunk])
+        full_answers += predictor.full_model_answers(
+            images[chunk], questions[chunk], contexts[chunk]
+        )
     full_s = (time.perf_counter() - start) / len(records)
     scores = votes.mean(axis=1)
     early = predictor.classifier.aggregate_votes(votes)

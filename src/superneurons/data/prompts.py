@@ -3,11 +3,16 @@
 Templates are data, keyed by name; a task names its template, and ``MODEL_OVERRIDES`` replaces a
 template for one architecture (keyed by adapter name), as lmms-eval's per-model prompt kwargs do.
 The result always goes through the model's own chat template afterwards.
+
+A :class:`Prompter` is a template resolved for one model. It is saved with every store (its
+``meta["prompt"]``) and hence with every classifier fitted on one, so extraction, prediction and
+the benchmarks ask a question the same way, context included.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
 
 from superneurons.errors import ConfigError
 
@@ -70,6 +75,42 @@ def format_prompt(
     else:
         text = tpl.binary.format(question=question)
     return (tpl.context.format(context=context) if context else "") + text
+
+
+@dataclass(frozen=True)
+class Prompter:
+    """A template resolved for one architecture: turns a question into the model's chat prompt."""
+
+    template: PromptTemplate = PromptTemplate()
+
+    @classmethod
+    def for_model(cls, name: str, architecture: str | None = None) -> Prompter:
+        """The template ``name`` (or its override for ``architecture``)."""
+        return cls(template_for(name, architecture))
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, str]) -> Prompter:
+        """The prompter saved by ``to_json`` (a store's ``meta["prompt"]``)."""
+        return cls(PromptTemplate(**data))
+
+    def to_json(self) -> dict[str, str]:
+        return asdict(self.template)
+
+    def text(
+        self, question: str, choices: list[str] | None = None, context: str | None = None
+    ) -> str:
+        """The user text: context, question and (multiple choice) the listed options."""
+        return format_prompt(question, choices, self.template, context)
+
+    def chat(
+        self,
+        processor,
+        question: str,
+        choices: list[str] | None = None,
+        context: str | None = None,
+    ) -> str:
+        """The user text through the processor's chat template, ready to generate."""
+        return chat_prompt(processor, self.text(question, choices, context))
 
 
 def chat_messages(text: str) -> list[dict]:
