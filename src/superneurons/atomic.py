@@ -45,8 +45,8 @@ def write_bytes(
 
 
 def json_bytes(obj: Any) -> bytes:
-    """``obj`` as indented JSON (no NaN: an undefined number must be null)."""
-    return (json.dumps(obj, indent=1, allow_nan=False) + "\n").encode()
+    """``obj`` as indented UTF-8 JSON (no NaN: an undefined number must be null)."""
+    return (json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode()
 
 
 def write_json(path: str | os.PathLike, obj: Any, tmp_dir: str | os.PathLike | None = None) -> None:

@@ -100,8 +100,10 @@ def prepare_inputs(processor: Any, images: list[Image.Image], prompts: list[str]
         tokenizer.padding_side = side
 
 
-def _to_model(inputs: Mapping[str, Any], model: nn.Module) -> dict[str, Any]:
-    # Pixel values must match the weights' dtype (half-precision checkpoints); ids stay integer.
+def to_model(inputs: Mapping[str, Any], model: nn.Module) -> dict[str, Any]:
+    """Processor outputs on the model's device; floating-point ones (pixel values) in its dtype,
+    so half-precision checkpoints work; token ids stay integer."""
+
     def move(value: Any) -> Any:
         if not isinstance(value, torch.Tensor):
             return value
@@ -136,7 +138,7 @@ def capture(
     """
     adapter = adapter_for(model)
     layers = range(adapter.n_layers(model))
-    inputs = _to_model(prepare_inputs(processor, images, prompts), model)
+    inputs = to_model(prepare_inputs(processor, images, prompts), model)
     with torch.inference_mode(), trace_last_position(adapter.targets(model, sites)) as records:
         output = model.generate(
             **inputs, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens
@@ -161,7 +163,7 @@ def capture_forward(
     adapter = adapter_for(model)
     layers = list(range(adapter.n_layers(model)) if layers is None else layers)
     targets = adapter.targets(model, sites, layers)
-    inputs = _to_model(inputs, model)
+    inputs = to_model(inputs, model)
     with (
         torch.inference_mode(),
         trace_last_position(targets, once=True, stop=True) as records,

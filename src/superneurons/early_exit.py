@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from superneurons.capture import StopForward, _to_model, trace_last_position
+from superneurons.capture import StopForward, to_model, trace_last_position
 from superneurons.models.adapters import Adapter, adapter_for
 
 
@@ -137,7 +137,7 @@ def early_exit_activations(
     at_exit = [site for site, layers in needed.items() if exit_layer in layers]
     exit_records: dict[str, torch.Tensor] = {}
     layer = adapter.decoder_layers(model)[exit_layer]
-    inputs = _to_model(inputs, model)
+    inputs = to_model(inputs, model)
     with (
         torch.inference_mode(),
         _replaced_forward(layer, _exit_layer(layer, at_exit, exit_records)),

@@ -52,6 +52,12 @@ class Prediction:
         }
 
 
+def undecided(scores: np.ndarray, margin: float) -> np.ndarray:
+    """The cascade's rule: a vote share within ``margin`` of 0.5 is not decisive, and the full
+    model answers instead (margin 0: never; above 0.5: always)."""
+    return np.abs(np.asarray(scores, dtype=float) - 0.5) < margin
+
+
 class _ExitActivations:
     """The activation-source interface over early-exit values (only the needed layers exist)."""
 
@@ -217,19 +223,17 @@ class SuperNeuronPredictor:
 
     def _cascade(self, images, questions, choices, contexts, predictions: list[Prediction]):
         """Answer undecided binary questions with the full model (its parsed answer)."""
-        undecided = [
-            i
-            for i, p in enumerate(predictions)
-            if not choices[i] and abs(p.score - 0.5) < self.fallback_margin
-        ]
-        if not undecided:
+        scores = np.array([p.score for p in predictions])
+        binary = np.array([not options for options in choices])
+        fallback = np.flatnonzero(binary & undecided(scores, self.fallback_margin)).tolist()
+        if not fallback:
             return
         answers = self.full_model_answers(
-            [images[i] for i in undecided],
-            [questions[i] for i in undecided],
-            [contexts[i] for i in undecided],
+            [images[i] for i in fallback],
+            [questions[i] for i in fallback],
+            [contexts[i] for i in fallback],
         )
         last_layer = adapter_for(self.loaded.model).n_layers(self.loaded.model) - 1
-        for i, answer in zip(undecided, answers, strict=True):
+        for i, answer in zip(fallback, answers, strict=True):
             if answer is not None:
                 predictions[i] = Prediction(answer, predictions[i].score, last_layer, fallback=True)

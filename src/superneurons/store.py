@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from superneurons import atomic
 from superneurons.errors import OutputError, StoreError
 from superneurons.outputs import Claim
 
@@ -90,8 +91,8 @@ class ActivationWriter:
             raise
 
     def _open(self) -> None:
-        for name in (MANIFEST, PROGRESS):  # left over by a kill during an atomic write
-            _tmp_path(self.path / name).unlink(missing_ok=True)
+        for name in (MANIFEST, PROGRESS):  # what earlier versions left when killed mid-write
+            (self.path / f".{name}.tmp").unlink(missing_ok=True)
         if is_complete(self.path):
             state = _read_json(self.path / MANIFEST)
             self._check_resumable(state)
@@ -175,7 +176,8 @@ class ActivationWriter:
             )
         for array in self._arrays.values():
             array.flush()
-        _write_json_atomic(self.path / MANIFEST, {**self._header(), "records": self.records})
+        document = {**self._header(), "records": self.records}
+        atomic.write_json(self.path / MANIFEST, document, self._claim.tmp)
         (self.path / PROGRESS).unlink(missing_ok=True)
         self.close()
         return ActivationStore.open(self.path)
@@ -216,9 +218,8 @@ class ActivationWriter:
         }
 
     def _commit(self, records: list[dict]) -> None:
-        _write_json_atomic(
-            self.path / PROGRESS, {**self._header(), "n_done": len(records), "records": records}
-        )
+        document = {**self._header(), "n_done": len(records), "records": records}
+        atomic.write_json(self.path / PROGRESS, document, self._claim.tmp)
 
     def _check_resumable(self, stored: dict) -> None:
         given = self._header()
@@ -514,21 +515,6 @@ def _reserve(path: Path, files: list[Path]) -> None:
                     f"{path}: the store needs {missing:,} more bytes for {file.name} and the disk "
                     f"has {free:,} free; free some space and rerun (the store resumes)"
                 ) from None
-
-
-def _tmp_path(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp")
-
-
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    """Readers see the old file or the new one, never a torn one."""
-    tmp = _tmp_path(path)
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(obj, f, indent=1, ensure_ascii=False, allow_nan=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _read_json(path: Path) -> dict:

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from superneurons.data.records import Record
-from superneurons.predictor import SuperNeuronPredictor
+from superneurons.predictor import SuperNeuronPredictor, undecided
 
 MARGINS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.51)
 
@@ -45,7 +45,7 @@ def cascade_curve(predictor: SuperNeuronPredictor, records: list[Record], margin
     ]
     points = []
     for margin in margins:
-        fallback = np.abs(scores - 0.5) < margin
+        fallback = undecided(scores, margin)
         answer = np.where(fallback, full, early)
         points.append(
             {

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from superneurons.capture import _to_model
+from superneurons.capture import to_model
 from superneurons.early_exit import early_exit_activations
 
 
@@ -60,7 +60,7 @@ def _variants(target: BenchTarget, batch_size: int) -> dict[str, Callable[[], ob
     model = target.model
 
     def full() -> object:
-        inputs = _to_model(target.make_batch(batch_size), model)
+        inputs = to_model(target.make_batch(batch_size), model)
         with torch.inference_mode():
             return model.generate(**inputs, do_sample=False, num_beams=1, **target.generate_kwargs)
 

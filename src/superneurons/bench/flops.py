@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from superneurons.capture import _to_model
+from superneurons.capture import to_model
 from superneurons.models.adapters import adapter_for
 
 
@@ -22,7 +22,7 @@ def prefill_flop_split(model: torch.nn.Module, inputs: Mapping[str, Any]) -> dic
     root = type(model).__name__
     decoder = f"{root}.{adapter.language_model_path}"
     with torch.inference_mode(), FlopCounterMode(display=False) as counter:
-        model(**_to_model(inputs, model))
+        model(**to_model(inputs, model))
     counts = {name: sum(ops.values()) for name, ops in counter.get_flop_counts().items()}
     total = counts["Global"]
     layers = [counts.get(f"{decoder}.layers.{i}", 0) for i in range(adapter.n_layers(model))]
