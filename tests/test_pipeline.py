@@ -136,3 +136,27 @@ def test_a_finished_store_is_not_reused_for_another_model(tiny_run, tmp_path):
     loaded = tiny_llava_with_other_weights(tmp_path)
     with pytest.raises(ValueError, match="meta"):
         run(small_config(Path("other")), tmp_path / "run", log=lambda *_: None, loaded=loaded)
+
+
+def test_evaluate_builds_the_same_results_as_run(tiny_run, tmp_path):
+    out, _ = tiny_run
+    results = json.loads((out / "results.json").read_text())
+    done = superneurons(
+        "evaluate", "--classifier", out / "classifier", "--store", out / "activations" / "val",
+        "--out", tmp_path / "r.json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    evaluated = json.loads((tmp_path / "r.json").read_text())
+    # What only `run` knows: the probing questions (for the blind baseline), its size and time.
+    only_run = {"question_only", "n_probe", "seconds", "config"}
+
+    def comparable(document: dict) -> dict:
+        document = {k: v for k, v in document.items() if k not in only_run | {"dataset"}}
+        for block in document["per_family"].values():
+            block.pop("question_only", None)
+        return document
+
+    assert comparable(evaluated) == comparable(results)
+    assert list(comparable(evaluated)) == list(comparable(results))  # the same key order
+    assert evaluated["format"] == "superneurons-results/1"
+    assert evaluated["dataset"] == str(out / "activations" / "val")

@@ -325,8 +325,7 @@ def evaluate(
 ) -> None:
     """Compare super neurons with the model's own answers on validation data."""
     from superneurons.classifiers.artifact import load_classifier
-    from superneurons.evaluate import RESULTS_FORMAT, check_same_model, describe_selection
-    from superneurons.evaluate import evaluate as run_evaluate
+    from superneurons.evaluate import build_results, check_same_model
     from superneurons.outputs import check_output_file, write_output_json
     from superneurons.report import print_results
     from superneurons.store import ActivationStore
@@ -337,13 +336,7 @@ def evaluate(
     val = ActivationStore.open(store)
     provenance = document["provenance"]
     check_same_model(fitted, provenance, val, f"{classifier} and {store}")
-    results = {
-        "format": RESULTS_FORMAT,
-        "model": provenance.get("model"),
-        "dataset": str(store),
-        **describe_selection(fitted),
-        **run_evaluate(fitted, val, seed=seed),
-    }
+    results = build_results(fitted, val, provenance, str(store), seed=seed).to_json()
     if out is not None:
         write_output_json(out, results, [classifier, store])
     print_results(results, Console())

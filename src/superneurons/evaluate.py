@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -136,3 +137,65 @@ def evaluate(
         "sn_layers": dict(sorted(Counter(s.layer for s in classifier.selected_).items())),
         "per_family": {f: block(families == f) for f in sorted(set(families))},
     }
+
+
+@dataclass
+class Results:
+    """What ``results.json`` holds (schema in the module docstring); ``to_json`` gives it.
+
+    ``dataset`` is the task name (``run``) or the validation store's path (``evaluate``); the
+    fields a command does not know (``n_probe`` for ``evaluate``, say) are left out.
+    """
+
+    model: str | None
+    revision: str | None
+    dataset: str
+    selection: dict  # describe_selection()
+    scores: dict  # evaluate()
+    seed: int | None = None
+    n_probe: int | None = None
+    template: str | None = None
+    seconds: float | None = None
+    config: dict | None = None
+
+    def to_json(self) -> dict:
+        head = {
+            "format": RESULTS_FORMAT,
+            "model": self.model,
+            "revision": self.revision,
+            "dataset": self.dataset,
+            "seed": self.seed,
+            "n_probe": self.n_probe,
+            "template": self.template,
+        }
+        tail = {"seconds": self.seconds, "config": self.config}
+        return {
+            **{k: v for k, v in head.items() if v is not None},
+            **self.selection,
+            **self.scores,
+            **{k: v for k, v in tail.items() if v is not None},
+        }
+
+
+def build_results(
+    classifier: SuperNeuronClassifier,
+    store: ActivationStore,
+    provenance: dict,
+    dataset: str,
+    seed: int = 0,
+    question_only: Sequence[str] | None = None,
+    **known: object,
+) -> Results:
+    """The results of ``classifier`` on the validation ``store``: one builder for ``run`` and
+    ``evaluate``. ``provenance`` is the classifier's (model id, revision, template); ``known``
+    fills the remaining :class:`Results` fields (``n_probe``, ``seconds``, ``config``)."""
+    return Results(
+        model=provenance.get("model"),
+        revision=provenance.get("revision"),
+        dataset=dataset,
+        selection=describe_selection(classifier),
+        scores=evaluate(classifier, store, seed=seed, question_only=question_only),
+        seed=seed,
+        template=provenance.get("template"),
+        **known,
+    )

@@ -15,7 +15,7 @@ from superneurons.data.loaders import select, task
 from superneurons.data.prompts import template_for
 from superneurons.data.records import Record
 from superneurons.errors import ConfigError
-from superneurons.evaluate import RESULTS_FORMAT, describe_selection, evaluate
+from superneurons.evaluate import build_results
 from superneurons.extract import check_records, extract
 from superneurons.models.adapters import SITES
 from superneurons.models.loading import (
@@ -187,20 +187,16 @@ def _run(config: RunConfig, claim: Claim, log, loaded: LoadedModel | None) -> di
     probe_store, val_store = stores["probe"], stores["val"]
     classifier = config.classifier().fit(probe_store, [r["label"] for r in probe_store.records])
     save_classifier(out / "classifier", classifier, probe_store.meta)
-    results = {
-        "format": RESULTS_FORMAT,
-        "model": loaded.model_id,
-        "revision": loaded.revision,
-        "dataset": config.task,
-        "seed": config.seed,
-        "n_probe": len(probe),
-        "template": template,
-        **describe_selection(classifier),
-        **evaluate(
-            classifier, val_store, seed=config.seed, question_only=question_only_answers(probe, val)
-        ),
-        "seconds": round(time.time() - started, 1),
-        "config": {**asdict(config), "sites": list(config.sites)},
-    }
+    results = build_results(
+        classifier,
+        val_store,
+        {**probe_store.meta, "model": loaded.model_id, "revision": loaded.revision},
+        config.task,
+        seed=config.seed,
+        question_only=question_only_answers(probe, val),
+        n_probe=len(probe),
+        seconds=round(time.time() - started, 1),
+        config={**asdict(config), "sites": list(config.sites)},
+    ).to_json()
     atomic.write_json(out / "results.json", results, claim.tmp)
     return results
