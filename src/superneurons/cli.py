@@ -273,6 +273,7 @@ def extract(
 
 @app.command()
 def discover(
+    ctx: typer.Context,
     store: Path = typer.Option(..., help="Activation store of the probing set."),
     out: Path = typer.Option(..., help="Directory for the fitted classifier."),
     alpha: float = ALPHA,
@@ -291,17 +292,10 @@ def discover(
     from superneurons.outputs import Claim
     from superneurons.store import ActivationStore
 
-    classifier = SuperNeuronClassifier(
-        alpha=alpha,
-        metric=metric,
-        sites=_sites(sites),
-        selection=selection,
-        threshold=threshold,
-        top_k=top_k,
-        aggregate=aggregate,
-        polarity=polarity,
-        random_state=seed,
-    )
+    # The options are the classifier's parameters by name (the seed is its random_state).
+    params = {**ctx.params, "sites": _sites(sites), "random_state": seed}
+    names = SuperNeuronClassifier().get_params()
+    classifier = SuperNeuronClassifier(**{k: v for k, v in params.items() if k in names})
     classifier.check_params()
     with Claim(out, "classifier", inputs=[store]):
         probe = ActivationStore.open(store)
@@ -344,6 +338,7 @@ def evaluate(
 
 @app.command()
 def run(
+    ctx: typer.Context,
     out: Path = typer.Option(Path("runs/default"), help="Everything the run produces."),
     model: str = typer.Option(None, help=MODEL_HELP),
     task: str = TASK,
@@ -382,33 +377,15 @@ def run(
     ),
 ) -> None:
     """The whole method: probing set → extract → discover → evaluate (resumable)."""
+    from dataclasses import fields
+
     from superneurons.pipeline import RunConfig
     from superneurons.pipeline import run as run_pipeline
     from superneurons.report import print_results
 
-    config = RunConfig(
-        model=model,
-        task=task,
-        data_dir=data_dir,
-        seed=seed,
-        n_probe=n_probe,
-        n_val=n_val,
-        sites=_sites(sites),
-        alpha=alpha,
-        metric=metric,
-        aggregate=aggregate,
-        polarity=polarity,
-        selection=selection,
-        threshold=threshold,
-        top_k=top_k,
-        template=template,
-        batch_size=batch_size,
-        max_new_tokens=max_new_tokens,
-        max_pixels=max_pixels,
-        dtype=dtype,
-        device=device,
-        shard=_shard(shard),
-    )
+    # The options are RunConfig's fields by name: passed through, never mapped by hand.
+    params = {**ctx.params, "sites": _sites(sites), "shard": _shard(shard)}
+    config = RunConfig(**{f.name: params[f.name] for f in fields(RunConfig)})
     results = run_pipeline(config, out, log=console.print)
     if config.shard is not None:
         return
