@@ -133,3 +133,45 @@ def test_the_predictor_uses_the_prompt_saved_with_the_classifier(tiny_run, tmp_p
     (tmp_path / "c" / "classifier.json").write_text(json.dumps(document))
     predictor = SuperNeuronPredictor.from_pretrained(tmp_path / "c")
     assert "Is it red? Answer briefly." in predictor._prompts(["Is it red?"])[0]
+
+
+class FirstNeuron:
+    """The smallest estimator on the contract: one residual neuron of layer 0, above 0 is yes."""
+
+    reads_ = {"resid": [0]}  # noqa: RUF012
+
+    def fit(self, split, labels):
+        return self
+
+    def decision_function(self, split):
+        return split.layer("resid", 0)[:, 0]
+
+    def predict(self, split):
+        return self.decision_function(split) > 0
+
+
+def test_any_estimator_that_reads_activations_is_served_with_early_exit(tiny_run):
+    from superneurons.classifiers import Split
+    from superneurons.evaluate import evaluate
+    from superneurons.report import results_table
+
+    out, _ = tiny_run
+    served = SuperNeuronPredictor.from_pretrained(out / "classifier")
+    predictor = SuperNeuronPredictor(FirstNeuron(), served.loaded, served.prompter)
+    images, questions, store = val_inputs(out)
+    predictions = predictor.predict(images, questions)
+    assert {p.exit_layer for p in predictions} == {0}
+    column = store.column("resid", 0, 0)
+    clear = np.abs(column) > 1e-2 * np.abs(column).max()  # float16 storage: signs near 0 may flip
+    got = np.array([p.label == "yes" for p in predictions])
+    assert (got == (column > 0))[clear].all() and clear.sum() >= store.n // 2
+
+    results = evaluate({"first_neuron": FirstNeuron()}, Split.from_store(store))
+    assert set(results) == {"n_val", "first_neuron", "per_family"}
+    assert results["first_neuron"]["accuracy"] == pytest.approx(
+        np.mean((column > 0) == np.array([label == "yes" for label in store.labels])), abs=1e-4
+    )
+    table = results_table({**results, "model": "m", "dataset": "d", "selected": [],
+                           "threshold": None, "metric": "accuracy", "alpha": 0.0})  # fmt: skip
+    assert [c.header for c in table.columns] == ["family", "n", "first_neuron acc [95% CI]",
+                                                 "first_neuron F1"]  # fmt: skip

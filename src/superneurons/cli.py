@@ -318,6 +318,7 @@ def evaluate(
     seed: int = typer.Option(0, help="Bootstrap seed."),
 ) -> None:
     """Compare super neurons with the model's own answers on validation data."""
+    from superneurons.classifiers import ModelAnswers
     from superneurons.classifiers.artifact import load_classifier
     from superneurons.evaluate import build_results, check_same_model
     from superneurons.outputs import check_output_file, write_output_json
@@ -330,7 +331,8 @@ def evaluate(
     val = ActivationStore.open(store)
     provenance = document["provenance"]
     check_same_model(fitted, provenance, val, f"{classifier} and {store}")
-    results = build_results(fitted, val, provenance, str(store), seed=seed).to_json()
+    estimators = {"sn": fitted, "model_answers": ModelAnswers()}
+    results = build_results(estimators, val, provenance, str(store), seed=seed).to_json()
     if out is not None:
         write_output_json(out, results, [classifier, store])
     print_results(results, Console())

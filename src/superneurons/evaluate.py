@@ -1,4 +1,5 @@
-"""Evaluation on validation data: super neurons beside the model's own answers.
+"""Evaluation on validation data: every estimator (super neurons, baselines, the model's own
+answers; :mod:`superneurons.classifiers.contract`) scored on the same split.
 
 Results schema (``results.json``)::
 
@@ -12,20 +13,20 @@ Results schema (``results.json``)::
 
 where METRICS = {"accuracy", "precision", "recall", "f1", "ci95": {metric: [low, high]}}. The
 positive class is "yes". An unparseable model answer counts as wrong (the opposite of the label)
-and is excluded from the agreement rate (null when no answer parses). ``question_only`` (present
-when blind predictions are given) scores a baseline that sees the question but not the image
-(:class:`~superneurons.classifiers.QuestionOnlyClassifier`).
+and is excluded from the agreement rate (null when no answer parses). Every estimator evaluated
+has an entry of its name: ``question_only`` (``run``, which has the questions) scores a baseline
+that sees the question but not the image (``superneurons.classifiers.QuestionOnlyClassifier``).
 """
 
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from superneurons.classifiers import SuperNeuronClassifier
+from superneurons.classifiers import Estimator, Split, SuperNeuronClassifier
 from superneurons.errors import ClassifierError
 from superneurons.metrics import METRICS, agreement_rate, binary_metrics, bootstrap_ci
 from superneurons.store import ActivationStore
@@ -91,52 +92,54 @@ def describe_selection(classifier: SuperNeuronClassifier) -> dict:
     }
 
 
+SN, MODEL = "sn", "model_answers"  # the super neurons' and the model's own entries
+
+
 def evaluate(
-    classifier: SuperNeuronClassifier,
-    store: ActivationStore,
+    estimators: Mapping[str, Estimator],
+    split: Split,
     n_boot: int = 1000,
     seed: int = 0,
-    question_only: Sequence[str] | None = None,
+    families: Sequence[str] | None = None,
 ) -> dict:
-    """Metrics of the SN vote and of the model's answers on ``store``, overall and per family.
+    """Metrics of every estimator on ``split``, overall and per family (``families``: one per
+    record, default all "all"), with the agreement rate of the super neurons (``"sn"``) and the
+    model's answers (``"model_answers"``) when both are there.
 
-    ``question_only``: a blind baseline's "yes"/"no" per record, scored beside them.
+    Entries come in this order: the super neurons, the model, their agreement rate, then every
+    other estimator in the mapping's order.
     """
-    records = store.records
-    if question_only is not None and len(question_only) != len(records):
-        raise ValueError(f"{len(question_only)} question-only answers for {len(records)} records")
-    labels = np.array([r["label"] == "yes" for r in records])
-    parsed = [r["parsed"] for r in records]
-    valid = np.array([p is not None for p in parsed])
-    # An unparseable answer is wrong whatever the label.
-    model_pred = np.array(
-        [p == "yes" if p is not None else not y for p, y in zip(parsed, labels, strict=True)]
+    labels = split.labels
+    predictions = {name: np.asarray(e.predict(split), dtype=bool) for name, e in estimators.items()}
+    order = [n for n in (SN, MODEL) if n in estimators] + [
+        n for n in estimators if n not in (SN, MODEL)
+    ]
+    agree = SN in estimators and MODEL in estimators
+    if agree:
+        votes, valid = estimators[SN].votes(split), estimators[MODEL].valid(split)
+    families = np.array(
+        [f or "all" for f in families] if families is not None else ["all"] * len(labels),
+        dtype=object,
     )
-    votes = classifier.votes(store)
-    sn_pred = classifier.predict(store)
-    families = np.array([r.get("family") or "all" for r in records], dtype=object)
-
-    blind = None if question_only is None else np.array([a == "yes" for a in question_only])
 
     def block(rows: np.ndarray) -> dict:
-        scored = {
-            "n": int(rows.sum()),
-            "sn": _scored(sn_pred[rows], labels[rows], n_boot, seed),
-            "model_answers": _scored(model_pred[rows], labels[rows], n_boot, seed),
-            "agreement_rate": _rounded(agreement_rate(votes[rows], model_pred[rows], valid[rows])),
-        }
-        if blind is not None:
-            scored["question_only"] = _scored(blind[rows], labels[rows], n_boot, seed)
+        scored: dict = {"n": int(rows.sum())}
+        for name in order:
+            scored[name] = _scored(predictions[name][rows], labels[rows], n_boot, seed)
+            if name == MODEL and agree:
+                rate = agreement_rate(votes[rows], predictions[MODEL][rows], valid[rows])
+                scored["agreement_rate"] = _rounded(rate)
         return scored
 
-    everything = block(np.ones(len(records), dtype=bool))
-    return {
-        "n_val": len(records),
-        **{k: v for k, v in everything.items() if k != "n"},
-        "model_unparseable": int((~valid).sum()),
-        "sn_layers": dict(sorted(Counter(s.layer for s in classifier.selected_).items())),
-        "per_family": {f: block(families == f) for f in sorted(set(families))},
-    }
+    everything = block(np.ones(len(labels), dtype=bool))
+    result = {"n_val": len(labels), **{k: v for k, v in everything.items() if k != "n"}}
+    if MODEL in estimators:
+        result["model_unparseable"] = int((~estimators[MODEL].valid(split)).sum())
+    if SN in estimators:
+        layers = Counter(s.layer for s in estimators[SN].selected_)
+        result["sn_layers"] = dict(sorted(layers.items()))
+    result["per_family"] = {f: block(families == f) for f in sorted(set(families))}
+    return result
 
 
 @dataclass
@@ -178,23 +181,27 @@ class Results:
 
 
 def build_results(
-    classifier: SuperNeuronClassifier,
+    estimators: Mapping[str, Estimator],
     store: ActivationStore,
     provenance: dict,
     dataset: str,
     seed: int = 0,
-    question_only: Sequence[str] | None = None,
+    questions: Sequence[str] | None = None,
     **known: object,
 ) -> Results:
-    """The results of ``classifier`` on the validation ``store``: one builder for ``run`` and
-    ``evaluate``. ``provenance`` is the classifier's (model id, revision, template); ``known``
-    fills the remaining :class:`Results` fields (``n_probe``, ``seconds``, ``config``)."""
+    """The results of ``estimators`` (the super neurons as ``"sn"``) on the validation ``store``:
+    one builder for ``run`` and ``evaluate``. ``questions`` are the store's question texts (for
+    text-only estimators); ``provenance`` is the classifier's (model id, revision, template);
+    ``known`` fills the remaining :class:`Results` fields (``n_probe``, ``seconds``, ``config``).
+    """
+    split = Split.from_store(store, questions)
+    families = [r.get("family") or "all" for r in store.records]
     return Results(
         model=provenance.get("model"),
         revision=provenance.get("revision"),
         dataset=dataset,
-        selection=describe_selection(classifier),
-        scores=evaluate(classifier, store, seed=seed, question_only=question_only),
+        selection=describe_selection(estimators[SN]),
+        scores=evaluate(estimators, split, seed=seed, families=families),
         seed=seed,
         template=provenance.get("template"),
         **known,

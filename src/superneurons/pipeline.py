@@ -8,7 +8,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from superneurons import atomic
-from superneurons.classifiers import QuestionOnlyClassifier, SuperNeuronClassifier
+from superneurons.classifiers import (
+    Estimator,
+    ModelAnswers,
+    QuestionOnlyClassifier,
+    SuperNeuronClassifier,
+)
 from superneurons.classifiers.artifact import save_classifier
 from superneurons.data.images import DEFAULT_MAX_PIXELS
 from superneurons.data.loaders import select, task
@@ -114,12 +119,13 @@ def question_text(record: Record) -> str:
     return f"{record.context}\n{record.question}" if record.context else record.question
 
 
-def question_only_answers(probe: list[Record], val: list[Record]) -> list[str]:
-    """A blind baseline's answers on ``val``, fit on the probing set's questions and labels."""
+def estimators(classifier: SuperNeuronClassifier, probe: list[Record]) -> dict[str, Estimator]:
+    """What a run evaluates, by results name: the super neurons, the model's own answers and the
+    question-only baseline (fitted here on the probing set's questions)."""
     blind = QuestionOnlyClassifier().fit(
         [question_text(r) for r in probe], [r.label for r in probe]
     )
-    return blind.predict([question_text(r) for r in val])
+    return {"sn": classifier, "model_answers": ModelAnswers(), "question_only": blind}
 
 
 def _complete_shards(path: Path) -> list[Path]:
@@ -188,12 +194,12 @@ def _run(config: RunConfig, claim: Claim, log, loaded: LoadedModel | None) -> di
     classifier = config.classifier().fit(probe_store, [r["label"] for r in probe_store.records])
     save_classifier(out / "classifier", classifier, probe_store.meta)
     results = build_results(
-        classifier,
+        estimators(classifier, probe),
         val_store,
         {**probe_store.meta, "model": loaded.model_id, "revision": loaded.revision},
         config.task,
         seed=config.seed,
-        question_only=question_only_answers(probe, val),
+        questions=[question_text(r) for r in val],
         n_probe=len(probe),
         seconds=round(time.time() - started, 1),
         config={**asdict(config), "sites": list(config.sites)},

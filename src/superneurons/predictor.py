@@ -10,8 +10,7 @@ decisive (|score − 0.5| < margin) is answered by the full model instead (a cas
 
 from __future__ import annotations
 
-from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from superneurons.capture import capture, prepare_inputs
-from superneurons.classifiers import SuperNeuronClassifier
+from superneurons.classifiers import Estimator, Split
 from superneurons.classifiers.artifact import load_classifier
 from superneurons.data.images import open_rgb
 from superneurons.data.prompts import LETTERS, Prompter, binary_choice_question
@@ -39,7 +38,7 @@ class ModelMismatchError(ModelError):
 @dataclass
 class Prediction:
     label: str
-    score: float  # vote score of the chosen answer: fraction of super neurons voting yes
+    score: float  # the estimator's score of the answer (super neurons: the fraction voting yes)
     exit_layer: int  # the last decoder layer that ran
     fallback: bool = False  # answered by the full model (cascade)
 
@@ -72,26 +71,34 @@ class _ExitActivations:
 
 
 class SuperNeuronPredictor:
-    """Answers categorical questions from super neurons, running the model to layer k only."""
+    """Answers categorical questions from any fitted estimator that reads activations (super
+    neurons by default; :mod:`superneurons.classifiers.contract`), running the model only to the
+    deepest layer the estimator reads."""
 
     def __init__(
         self,
-        classifier: SuperNeuronClassifier,
+        classifier: Estimator,
         loaded: LoadedModel,
         prompter: Prompter | str = "plain",
         fallback_margin: float | None = None,
         batch_size: int = 16,
     ):
         self.classifier, self.loaded = classifier, loaded
+        adapter = adapter_for(loaded.model)
         if isinstance(prompter, str):
-            prompter = Prompter.for_model(prompter, adapter_for(loaded.model).name)
+            prompter = Prompter.for_model(prompter, adapter.name)
         self.prompter = prompter
         self.fallback_margin, self.batch_size = fallback_margin, batch_size
-        self.needed: dict[str, list[int]] = defaultdict(list)
-        for neuron in classifier.selected_:
-            if neuron.layer not in self.needed[neuron.site]:
-                self.needed[neuron.site].append(neuron.layer)
-        self.exit_layer = classifier.exit_layer_
+        self.needed: dict[str, list[int]] = dict(classifier.reads_ or {})
+        if not self.needed:
+            raise ConfigError(
+                f"{type(classifier).__name__} reads no activation: nothing to exit early after"
+            )
+        self.exit_layer = max(max(layers) for layers in self.needed.values())
+        self.sites = {
+            site: (adapter.n_layers(loaded.model), adapter.site_width(loaded.model, site))
+            for site in self.needed
+        }
 
     @classmethod
     def from_pretrained(
@@ -143,6 +150,31 @@ class SuperNeuronPredictor:
             for q, c in zip(questions, contexts, strict=True)
         ]
 
+    def _exit_splits(self, images, questions, contexts=None) -> Iterator[Split]:
+        """Batch by batch, the activations the estimator reads, from a forward that stops after
+        ``exit_layer``."""
+        prompts = self._prompts(questions, contexts)
+        for start in range(0, len(questions), self.batch_size):
+            chunk = slice(start, start + self.batch_size)
+            inputs = prepare_inputs(self.loaded.processor, list(images[chunk]), prompts[chunk])
+            values = early_exit_activations(self.loaded.model, inputs, self.needed)
+            values = {key: v.float().cpu().numpy() for key, v in values.items()}
+            yield Split(_ExitActivations(values, self.sites), questions[chunk])
+
+    def answer(
+        self,
+        images: Sequence[Image.Image],
+        questions: Sequence[str],
+        contexts: Sequence[str | None] | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(answers, scores) per (image, binary question): ``predict`` (True = yes) and
+        ``decision_function`` of the estimator (super neurons: the fraction voting yes)."""
+        answers, scores = [], []
+        for split in self._exit_splits(images, questions, contexts):
+            answers.append(np.asarray(self.classifier.predict(split), dtype=bool))
+            scores.append(np.asarray(self.classifier.decision_function(split), dtype=float))
+        return np.concatenate(answers), np.concatenate(scores)
+
     def votes(
         self,
         images: Sequence[Image.Image],
@@ -150,15 +182,8 @@ class SuperNeuronPredictor:
         contexts: Sequence[str | None] | None = None,
     ) -> np.ndarray:
         """Every super neuron's yes/no vote (N, K) per (image, binary question), from layer k."""
-        prompts = self._prompts(questions, contexts)
-        votes = []
-        for start in range(0, len(questions), self.batch_size):
-            chunk = slice(start, start + self.batch_size)
-            inputs = prepare_inputs(self.loaded.processor, list(images[chunk]), prompts[chunk])
-            values = early_exit_activations(self.loaded.model, inputs, self.needed)
-            values = {key: v.float().cpu().numpy() for key, v in values.items()}
-            votes.append(self.classifier.votes(_ExitActivations(values, self.classifier.sites_)))
-        return np.concatenate(votes)
+        splits = self._exit_splits(images, questions, contexts)
+        return np.concatenate([self.classifier.votes(split) for split in splits])
 
     def full_model_answers(self, images, questions, contexts=None) -> list[str | None]:
         """The full model's parsed yes/no answers (greedy ``generate``)."""
@@ -205,8 +230,7 @@ class SuperNeuronPredictor:
             [f"question {owner[k]}" for k in range(len(flat_questions))],
             flat_images[0],
         )
-        votes = self.votes(flat_images, flat_questions, flat_contexts)
-        scores, answers = votes.mean(axis=1), self.classifier.aggregate_votes(votes)
+        answers, scores = self.answer(flat_images, flat_questions, flat_contexts)
         owner = np.array(owner)
         predictions = []
         for i, options in enumerate(choices):

@@ -10,34 +10,39 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
+# How an estimator's results entry is headed in the table; other names are shown as they are.
+DISPLAY_NAMES = {"sn": "SN", "model_answers": "model", "question_only": "question-only"}
+
+
+def estimator_names(results: dict) -> list[str]:
+    """The entries of ``results`` that score an estimator, in their order."""
+    return [k for k, v in results.items() if isinstance(v, dict) and "ci95" in v]
+
+
 def results_table(results: dict) -> Table:
-    """Accuracy and F1 of super neurons and of the model's answers, overall and per family, and
-    the question-only baseline's accuracy where the results have it."""
+    """Accuracy [95 % CI] and F1 of every estimator in the results, overall and per family,
+    and the agreement rate of the super neurons with the model where there is one."""
     title = (
         f"{results['model']} on {results['dataset']}: {len(results['selected'])} super neurons "
         f"(t = {results['threshold']}, {results['metric']}, α = {results['alpha']})"
     )
     table = Table(title=title)
-    blind = "question_only" in results
-    columns = ["family", "n", "SN acc [95% CI]", "model acc [95% CI]", "SN F1", "model F1", "AR"]
-    for name in columns + (["question-only acc"] if blind else []):
-        table.add_column(name, justify="left" if name == "family" else "right")
+    names = estimator_names(results)
+    agreement = "agreement_rate" in results
+    columns = ["family", "n"]
+    columns += [f"{DISPLAY_NAMES.get(n, n)} acc [95% CI]" for n in names]
+    columns += [f"{DISPLAY_NAMES.get(n, n)} F1" for n in names] + (["AR"] if agreement else [])
+    for column in columns:
+        table.add_column(column, justify="left" if column == "family" else "right")
 
-    def row(name: str, block: dict, n: int) -> None:
-        sn, model = block["sn"], block["model_answers"]
-        lo, hi = sn["ci95"]["accuracy"]
-        mlo, mhi = model["ci95"]["accuracy"]
-        cells = [
-            name,
-            str(n),
-            f"{_pct(sn['accuracy'])} [{_pct(lo)}, {_pct(hi)}]",
-            f"{_pct(model['accuracy'])} [{_pct(mlo)}, {_pct(mhi)}]",
-            _pct(sn["f1"]),
-            _pct(model["f1"]),
-            _pct(block["agreement_rate"]),
-        ]
-        if blind:
-            cells.append(_pct(block["question_only"]["accuracy"]))
+    def row(family: str, block: dict, n: int) -> None:
+        cells = [family, str(n)]
+        for name in names:
+            low, high = block[name]["ci95"]["accuracy"]
+            cells.append(f"{_pct(block[name]['accuracy'])} [{_pct(low)}, {_pct(high)}]")
+        cells += [_pct(block[name]["f1"]) for name in names]
+        if agreement:
+            cells.append(_pct(block["agreement_rate"]))
         table.add_row(*cells)
 
     row("all", results, results["n_val"])
@@ -51,5 +56,5 @@ def print_results(results: dict, console: Console | None = None) -> None:
     console.print(results_table(results))
     layers = ", ".join(f"{layer}: {count}" for layer, count in results["sn_layers"].items())
     console.print(f"super neurons per layer: {layers}")
-    if results["model_unparseable"]:
+    if results.get("model_unparseable"):
         console.print(f"unparseable model answers: {results['model_unparseable']} (counted wrong)")

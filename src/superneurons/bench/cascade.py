@@ -26,7 +26,7 @@ def cascade_curve(predictor: SuperNeuronPredictor, records: list[Record], margin
     contexts = [r.context for r in records]
     truth = np.array([r.label == "yes" for r in records])
     start = time.perf_counter()
-    votes = predictor.votes(images, questions, contexts)
+    early, scores = predictor.answer(images, questions, contexts)
     early_s = (time.perf_counter() - start) / len(records)
     start = time.perf_counter()
     full_answers = []
@@ -36,8 +36,6 @@ def cascade_curve(predictor: SuperNeuronPredictor, records: list[Record], margin
             images[chunk], questions[chunk], contexts[chunk]
         )
     full_s = (time.perf_counter() - start) / len(records)
-    scores = votes.mean(axis=1)
-    early = predictor.classifier.aggregate_votes(votes)
     # An unparseable full-model answer keeps the super neurons' answer.
     full = np.array([early[i] if a is None else a == "yes" for i, a in enumerate(full_answers)])
     full_correct = [

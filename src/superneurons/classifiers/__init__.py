@@ -1,6 +1,7 @@
 """Estimators over captured activations (and a question-only baseline), with scikit-learn's
-fit/predict contract."""
+fit/predict contract over a :class:`Split` (:mod:`superneurons.classifiers.contract`)."""
 
+from superneurons.classifiers.contract import Estimator, ModelAnswers, Split
 from superneurons.classifiers.question_only import QuestionOnlyClassifier
 from superneurons.classifiers.super_neurons import (
     ActivationSource,
@@ -14,9 +15,12 @@ from superneurons.classifiers.super_neurons import (
 __all__ = [
     "ActivationSource",
     "ArrayActivations",
+    "Estimator",
+    "ModelAnswers",
     "NotFittedError",
     "QuestionOnlyClassifier",
     "SelectedNeuron",
+    "Split",
     "SuperNeuronClassifier",
     "as_activation_source",
 ]

@@ -187,7 +187,7 @@ class SuperNeuronClassifier:
         self.check_params()
         source = as_activation_source(activations)
         sites = self._fit_sites(source)
-        y = _encode_labels(labels, self.pos_label)
+        y = encode_labels(labels, self.pos_label)
         n_samples = _n_samples(source)
         if n_samples != y.size:
             raise ValueError(f"activations hold {n_samples} samples but labels has {y.size}")
@@ -279,6 +279,15 @@ class SuperNeuronClassifier:
         return _aggregate(votes, self.aggregate)
 
     @property
+    def reads_(self) -> dict[str, list[int]]:
+        """The (site, layers) the super neurons sit in: all a prediction reads."""
+        reads: dict[str, list[int]] = {}
+        for neuron in self._fitted_selection():
+            if neuron.layer not in reads.setdefault(neuron.site, []):
+                reads[neuron.site].append(neuron.layer)
+        return reads
+
+    @property
     def exit_layer_(self) -> int:
         """The deepest layer holding an SN: a forward pass may stop after it."""
         return max(neuron.layer for neuron in self._fitted_selection())
@@ -340,7 +349,7 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _encode_labels(labels: Any, pos_label: str) -> np.ndarray:
+def encode_labels(labels: Any, pos_label: str) -> np.ndarray:
     """Labels as a bool vector (True = positive class), checked for the two classes."""
     array = np.asarray(labels)
     if array.ndim != 1:
