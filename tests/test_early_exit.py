@@ -47,3 +47,40 @@ def test_early_exit_never_runs_later_layers_or_the_lm_head(tiny):
         for handle in handles:
             handle.remove()
     assert calls == []
+
+
+def test_a_layer_that_is_not_llama_style_is_refused_not_computed_wrongly():
+    from superneurons.errors import ModelError
+
+    tiny = BUILDERS["llava"]()
+    layer = adapter_for(tiny.model).decoder_layers(tiny.model)[0]
+    # A Gemma-style extra norm around the MLP: the default exit layer would skip it.
+    layer.pre_feedforward_layernorm = torch.nn.LayerNorm(layer.mlp.down_proj.out_features)
+    with pytest.raises(ModelError, match=r"pre_feedforward_layernorm.*own exit_forward"):
+        early_exit_activations(tiny.model, tiny.inputs(QUESTIONS), {"resid": [0]})
+
+
+def test_an_adapter_can_bring_its_own_exit_layer(monkeypatch):
+    from dataclasses import replace
+
+    from superneurons.capture import StopForward
+    from superneurons.models import adapters
+
+    tiny = BUILDERS["llava"]()
+    default = adapters.ADAPTERS["llava"]
+    seen = []
+
+    class OwnExit(type(default)):
+        def exit_forward(self, layer, sites, records):
+            def forward(hidden_states, *args, **kwargs):
+                seen.append(layer)
+                records.update({site: hidden_states[:, -1] for site in sites})
+                raise StopForward
+
+            return forward
+
+    monkeypatch.setitem(adapters.ADAPTERS, "llava", OwnExit(**vars(replace(default))))
+    got = early_exit_activations(tiny.model, tiny.inputs(QUESTIONS), {"resid": [1]})
+    assert seen == [adapter_for(tiny.model).decoder_layers(tiny.model)[1]]
+    full = capture_forward(tiny.model, tiny.inputs(QUESTIONS), ["resid"])
+    torch.testing.assert_close(got["resid", 1], full["resid"][:, 0], atol=1e-5, rtol=1e-5)

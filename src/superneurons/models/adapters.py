@@ -9,8 +9,9 @@ The rest of the package speaks of *sites* and layer numbers only:
   split per head), width ``num_heads * head_dim``.
 
 One :class:`Adapter` per architecture says where the decoder stack is and, relative to one
-decoder layer, where the MLP and attention sites are. Adding an architecture means adding one
-adapter to :data:`ADAPTERS`; nothing downstream changes. Paths checked against transformers 5.24.
+decoder layer, where the MLP and attention sites are, and how early exit runs the exit layer
+(``exit_forward``). Adding an architecture means adding one adapter to :data:`ADAPTERS`; nothing
+downstream changes. Paths checked against transformers 5.24.
 """
 
 from __future__ import annotations
@@ -48,6 +49,19 @@ class Adapter:
     language_model_path: str
     mlp_path: str = "mlp.down_proj"
     attn_path: str = "self_attn.o_proj"
+    # The parts of one decoder layer that early exit runs (paths relative to the layer).
+    attention_path: str = "self_attn"
+    mlp_block_path: str = "mlp"
+    norm_paths: tuple[str, str] = ("input_layernorm", "post_attention_layernorm")
+
+    def exit_forward(self, layer: nn.Module, sites: Sequence[str], records: dict):
+        """A replacement ``forward`` for the exit layer ``layer``: it records ``sites`` at the
+        last position into ``records`` and aborts the forward (``StopForward``). The default is
+        the Llama-style layer's (:mod:`superneurons.models.exit_layer`); an architecture whose
+        layers differ overrides this in its adapter."""
+        from superneurons.models.exit_layer import llama_exit_forward
+
+        return llama_exit_forward(self, layer, sites, records)
 
     def language_model(self, model: nn.Module) -> nn.Module:
         """The decoder stack (``.layers``, ``.norm``) of ``model``."""
