@@ -1,7 +1,8 @@
 """Shared test setup.
 
 Puts ``tests/`` on ``sys.path`` so that any test can import the reusable helpers that live
-beside the tests, whatever pytest's import mode: ``from models.tiny import tiny_llava``.
+beside the tests, whatever pytest's import mode: ``from models.tiny import tiny_llava``; and
+the repository root, for the training tool (``from training import train``).
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import sys
 from pathlib import Path
 
 _TESTS = str(Path(__file__).resolve().parent)
-if _TESTS not in sys.path:
-    sys.path.insert(0, _TESTS)
+_ROOT = str(Path(__file__).resolve().parents[1])  # the training tool (training/) lives here
+for _path in (_TESTS, _ROOT):
+    if _path not in sys.path:
+        sys.path.insert(0, _path)
 
 
 import pytest  # noqa: E402

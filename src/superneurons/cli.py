@@ -120,72 +120,6 @@ def scenes(
     console.print(f"wrote {n_scenes} scenes and {n_questions} questions to {out}")
 
 
-@app.command("train-default")
-def train_default(
-    out: Path = typer.Option(
-        Path("runs/train-default"), help="Pools, checkpoints, log and the exported model."
-    ),
-    seed: int = typer.Option(0),
-    scenes: int = typer.Option(None, min=1, help="Training scenes (default: the recipe's)."),
-    draws: int = typer.Option(None, min=1, help="Question draws per training scene."),
-    val_scenes: int = typer.Option(None, min=1, help="Held-out scenes for the evaluations."),
-    vision_steps: int = typer.Option(None, min=1, help="Stage 1 (vision tower) steps."),
-    steps: int = typer.Option(None, min=1, help="Stage 2 (projector + decoder) steps in all."),
-    existence_steps: int = typer.Option(
-        None, min=0, help="The first stage-2 steps, on existence questions only."
-    ),
-    decay_steps: int = typer.Option(
-        None, min=1, help="The last stage-2 steps, learning rate decaying to a tenth."
-    ),
-    end_of_turn_steps: int = typer.Option(
-        None, min=0, help="The last stage-2 steps, also learning the end-of-turn token."
-    ),
-    batch: int = typer.Option(None, min=1, help="Stage 2 questions per step."),
-    lr: float = typer.Option(None, help="Stage 2 peak learning rate."),
-    eval_every: int = typer.Option(None, min=1, help="Held-out evaluation every N steps."),
-    max_minutes: float = typer.Option(
-        None, help="Stop after this many minutes in this run (rerun to resume)."
-    ),
-    device: str = typer.Option("cpu", help="cpu, cuda or auto."),
-    workers: int = typer.Option(2, min=1, help="Processes rendering the scene pool."),
-    ship: bool = typer.Option(False, help="Copy the exported model into the installed package."),
-) -> None:
-    """Train the embedded default model on synthetic scenes (resumes from what OUT holds)."""
-    import time
-
-    from superneurons.models.embedded import train
-    from superneurons.models.loading import pick_device
-
-    given = {
-        "scenes": scenes,
-        "draws": draws,
-        "val_scenes": val_scenes,
-        "vision_steps": vision_steps,
-        "steps": steps,
-        "existence_steps": existence_steps,
-        "decay_steps": decay_steps,
-        "end_of_turn_steps": end_of_turn_steps,
-        "batch": batch,
-        "lr": lr,
-        "eval_every": eval_every,
-    }
-    config = train.TrainConfig(
-        seed=seed,
-        max_minutes=max_minutes,
-        device=str(pick_device(device)),
-        workers=workers,
-        **{k: v for k, v in given.items() if v is not None},
-    )
-
-    def log(message: str) -> None:
-        console.print(f"{time.strftime('%H:%M:%S')} {message}", soft_wrap=True)
-
-    exported = train.train_default(out, config, log=log)
-    if exported is not None and ship:
-        train.ship(exported)
-        console.print(f"shipped {exported} into {train.WEIGHTS_DIR}")
-
-
 def _sites(value: str) -> list[str]:
     return [s.strip() for s in value.split(",") if s.strip()]
 
@@ -606,16 +540,19 @@ def _fail(lines: list[str]) -> None:
     raise SystemExit(USER_ERROR_EXIT)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(
+    argv: list[str] | None = None, app: typer.Typer = app, prog_name: str = "superneurons"
+) -> None:
     """Console entry point: user errors become one line each on stderr, exit status 2.
 
-    ``SUPERNEURONS_DEBUG=1`` shows their tracebacks too.
+    ``SUPERNEURONS_DEBUG=1`` shows their tracebacks too. ``app`` may be another typer app
+    (the training tool's) that wants the same handling.
     """
     from superneurons.errors import SuperneuronsError
 
     debug = bool(os.environ.get("SUPERNEURONS_DEBUG"))
     try:
-        code = app(args=argv, prog_name="superneurons", standalone_mode=False)
+        code = app(args=argv, prog_name=prog_name, standalone_mode=False)
     except typer.TyperException as error:  # click's usage errors: unknown option, bad value
         context = getattr(error, "ctx", None)
         if type(error).__name__ == "NoArgsIsHelpError" and context is not None:

@@ -11,7 +11,7 @@ def default_model_dir() -> Path:
     """Local directory of the embedded default model (loadable with the Auto classes)."""
     if not (WEIGHTS_DIR / "config.json").is_file():
         raise FileNotFoundError(
-            f"No embedded model in {WEIGHTS_DIR}: train one with `superneurons train-default "
+            f"No embedded model in {WEIGHTS_DIR}: train one with `python -m training "
             "--ship`, or reinstall the package."
         )
     return WEIGHTS_DIR

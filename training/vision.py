@@ -15,7 +15,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from superneurons.models.embedded.architecture import IMAGE_SIZE, PATCH_SIZE, VISION_CONFIG
-from superneurons.models.embedded.supervision import ATTRIBUTES
+from training.supervision import ATTRIBUTES
 
 GRID = IMAGE_SIZE // PATCH_SIZE
 _MEAN = torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)

@@ -21,7 +21,7 @@ from superneurons.data.prompts import format_prompt
 from superneurons.data.scenes import generate_questions, iter_scenes
 from superneurons.data.scenes.write import scene_rng
 from superneurons.models.embedded.architecture import IMAGE_SIZE
-from superneurons.models.embedded.supervision import (
+from training.supervision import (
     ATTRIBUTES,
     atomic_torch_save,
     grounding_labels,

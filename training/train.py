@@ -45,16 +45,16 @@ from superneurons.models.embedded.architecture import (
     build_processor,
     build_tokenizer,
 )
-from superneurons.models.embedded.pool import Pool, render_pool
 from superneurons.models.embedded.shipped import WEIGHTS_DIR
-from superneurons.models.embedded.supervision import (
+from superneurons.outputs import Claim
+from training.pool import Pool, render_pool
+from training.supervision import (
     GROUNDING_CLASSES,
     atomic_torch_save,
     balanced_cross_entropy,
     load_torch,
 )
-from superneurons.models.embedded.vision import patch_features, train_tower
-from superneurons.outputs import Claim
+from training.vision import patch_features, train_tower
 
 
 @dataclass
