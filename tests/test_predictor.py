@@ -175,3 +175,26 @@ def test_any_estimator_that_reads_activations_is_served_with_early_exit(tiny_run
                            "threshold": None, "metric": "accuracy", "alpha": 0.0})  # fmt: skip
     assert [c.header for c in table.columns] == ["family", "n", "first_neuron acc [95% CI]",
                                                  "first_neuron F1"]  # fmt: skip
+
+
+def test_the_cascade_answers_undecided_questions_with_the_full_model(tiny_run):
+    out, _ = tiny_run
+    images, questions, store = val_inputs(out)
+    images, questions = images[:8], questions[:8]
+    always = SuperNeuronPredictor.from_pretrained(out / "classifier", fallback_margin=0.51)
+    never = SuperNeuronPredictor(
+        always.classifier, always.loaded, always.prompter, fallback_margin=0.0
+    )
+    full = always.full_model_answers(images, questions)
+    last_layer = store.sites["resid"][0] - 1
+    for prediction, answer in zip(always.predict(images, questions), full, strict=True):
+        if answer is None:  # unparseable: the super neurons' answer stays
+            assert not prediction.fallback
+        else:
+            assert prediction.fallback and prediction.label == answer
+            assert prediction.exit_layer == last_layer
+    early = never.predict(images, questions)
+    assert not any(p.fallback for p in early)
+    assert {p.exit_layer for p in early} == {never.exit_layer}
+    # The full model's answers are the extraction's own answers for these questions.
+    assert full == [r["parsed"] for r in store.records[:8]]

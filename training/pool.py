@@ -22,14 +22,14 @@ from superneurons.data.scenes import generate_questions, iter_scenes
 from superneurons.data.scenes.write import scene_rng
 from superneurons.models.embedded.architecture import IMAGE_SIZE
 from training.supervision import (
-    ATTRIBUTES,
+    PATCH_ATTRIBUTES,
     atomic_torch_save,
     grounding_labels,
     load_torch,
     patch_labels,
 )
 
-QUESTION_STREAM = 20  # scene_rng stream of the first question draw (draw r uses 20 + r)
+FIRST_DRAW_STREAM = 20  # scene_rng stream of the first question draw (draw r uses 20 + r)
 CHUNK_SCENES = 250
 
 
@@ -38,7 +38,7 @@ class Pool:
     """Scenes ``0 … n-1`` of one split and the questions asked about them (flat, by question)."""
 
     images: torch.Tensor  # (scenes, H, W, 3) uint8
-    patch_labels: torch.Tensor  # (scenes, attributes, patches) int8: ATTRIBUTES' order
+    patch_labels: torch.Tensor  # (scenes, attributes, patches) int8: PATCH_ATTRIBUTES' order
     scene: torch.Tensor  # (questions,) int32: index into images
     text: list[str]  # user text (question, and options for multiple choice)
     answer: list[str]  # "yes", "no" or an option letter
@@ -60,9 +60,9 @@ def _render_chunk(job: tuple[int, str, int, int, int]) -> tuple:
     for scene, render in iter_scenes(seed, split, n, resolution=IMAGE_SIZE, start=start):
         patch = patch_labels(render.object_map, scene.objects)
         images.append(render.image)
-        labels.append(np.stack([patch[a] for a in ATTRIBUTES]).astype(np.int8))
+        labels.append(np.stack([patch[a] for a in PATCH_ATTRIBUTES]).astype(np.int8))
         for draw in range(draws):
-            rng = scene_rng(seed, split, scene.index, stream=QUESTION_STREAM + draw)
+            rng = scene_rng(seed, split, scene.index, stream=FIRST_DRAW_STREAM + draw)
             for q in generate_questions(scene, rng):
                 grounding = grounding_labels(scene, patch["owner"], q.question)
                 text = format_prompt(q.question, q.choices)

@@ -19,7 +19,7 @@ from superneurons.data.scenes import COLORS, MATERIALS, SHAPES, SIZES, mentioned
 from superneurons.errors import DataError
 from superneurons.models.embedded.architecture import PATCH_SIZE
 
-ATTRIBUTES = {
+PATCH_ATTRIBUTES = {
     "color": list(COLORS),
     "shape": list(SHAPES),
     "material": list(MATERIALS),
@@ -52,7 +52,7 @@ def patch_labels(object_map: np.ndarray, objects) -> dict[str, np.ndarray]:
     """Per patch, the index of each attribute of its owner (:func:`patch_owners`; last = ground)."""
     owner = patch_owners(object_map, len(objects))
     labels = {}
-    for attr, values in ATTRIBUTES.items():
+    for attr, values in PATCH_ATTRIBUTES.items():
         labels[attr] = np.array(
             [len(values) if o < 0 else values.index(getattr(objects[o], attr)) for o in owner]
         )
@@ -93,4 +93,4 @@ def load_torch(path: Path, map_location: str | None = None):
         return torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError) as error:
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise DataError(f"{path}: not a file written by train-default ({message})") from None
+        raise DataError(f"{path}: not a file written by python -m training ({message})") from None

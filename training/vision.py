@@ -15,7 +15,7 @@ from transformers import CLIPVisionConfig, CLIPVisionModel
 from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from superneurons.models.embedded.architecture import IMAGE_SIZE, PATCH_SIZE, VISION_CONFIG
-from training.supervision import ATTRIBUTES
+from training.supervision import PATCH_ATTRIBUTES
 
 GRID = IMAGE_SIZE // PATCH_SIZE
 _MEAN = torch.tensor(OPENAI_CLIP_MEAN).view(1, 3, 1, 1)
@@ -39,7 +39,7 @@ def patch_targets(patch_labels: torch.Tensor) -> torch.Tensor:
 
 
 def _head_sizes() -> list[int]:
-    return [len(values) + 1 for values in ATTRIBUTES.values()] + [GRID, GRID]
+    return [len(values) + 1 for values in PATCH_ATTRIBUTES.values()] + [GRID, GRID]
 
 
 def train_tower(
@@ -77,7 +77,7 @@ def train_tower(
         optimizer.step()
         schedule.step()
         if step % 250 == 0 or step == steps - 1:
-            on_object = targets[:, 0] < len(ATTRIBUTES["color"])
+            on_object = targets[:, 0] < len(PATCH_ATTRIBUTES["color"])
             accuracy = [
                 round((lg.argmax(-1) == targets[:, k])[on_object].float().mean().item(), 3)
                 for k, lg in enumerate(logits)

@@ -21,7 +21,7 @@ from superneurons.models.adapters import SITES, adapter_for
 from superneurons.models.fingerprint import model_fingerprint
 from superneurons.models.loading import LoadedModel, ModelFiles
 from superneurons.preflight import check_images, check_prompt_lengths
-from superneurons.store import ActivationStore, ActivationWriter, is_complete
+from superneurons.store import ActivationStore, ActivationWriter, is_complete, shard_records
 
 
 def dataset_fingerprint(records: Sequence[Record]) -> str:
@@ -109,7 +109,7 @@ def extract(
         index, count = shard
         if not 0 <= index < count:
             raise ConfigError(f"shard {index}/{count}: the index must be in 0..{count - 1}")
-        records = records[index::count]
+        records = shard_records(records, index, count)
     unknown = [s for s in sites if s not in SITES]
     if unknown:
         raise ConfigError(f"unknown site(s) {unknown}; known: {list(SITES)}")

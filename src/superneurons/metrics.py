@@ -7,14 +7,13 @@ Pure numpy. The positive class is ``True`` ("yes") throughout. Ratios whose deno
 from __future__ import annotations
 
 import re
-import string
 
 import numpy as np
 
+from superneurons.data.prompts import LETTERS
 from superneurons.errors import ConfigError
 
 METRICS: tuple[str, ...] = ("accuracy", "precision", "recall", "f1")
-LETTERS = string.ascii_uppercase
 
 _COLUMN_CHUNK = 4096  # columns scored at once: bounds the (N, chunk) boolean temporaries
 _BOOT_CELLS = 2_000_000  # resampled labels held at once in bootstrap_ci

@@ -31,7 +31,7 @@ from superneurons.models.loading import (
     pick_device,
 )
 from superneurons.outputs import Claim
-from superneurons.store import is_complete, merge_shards
+from superneurons.store import complete_shards, is_complete, merge_shards, shard_path
 
 
 @dataclass
@@ -128,15 +128,6 @@ def estimators(classifier: SuperNeuronClassifier, probe: list[Record]) -> dict[s
     return {"sn": classifier, "model_answers": ModelAnswers(), "question_only": blind}
 
 
-def _complete_shards(path: Path) -> list[Path]:
-    """The shard stores of ``path`` when all n of them are complete, else []."""
-    shards = sorted(path.parent.glob(f"{path.name}.shard-*-of-*"))
-    counts = {p.name.rsplit("-of-", 1)[1] for p in shards}
-    if len(counts) != 1 or len(shards) != int(counts.pop()):
-        return []
-    return shards if all(is_complete(p) for p in shards) else []
-
-
 def run(config: RunConfig, out: str | Path, log=print, loaded: LoadedModel | None = None) -> dict:
     """Run the method into ``out`` and return the results (also in ``out/results.json``).
 
@@ -172,9 +163,8 @@ def _run(config: RunConfig, claim: Claim, log, loaded: LoadedModel | None) -> di
     for part, records in (("probe", probe), ("val", val)):
         path = out / "activations" / part
         if config.shard is not None:
-            i, n = config.shard
-            path = path.with_name(f"{part}.shard-{i}-of-{n}")
-        elif not is_complete(path) and (shards := _complete_shards(path)):
+            path = shard_path(path, *config.shard)
+        elif not is_complete(path) and (shards := complete_shards(path)):
             log(f"merging {len(shards)} shards into {path}")
             merge_shards(shards, path)
         stores[part] = extract(

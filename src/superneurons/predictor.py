@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image
 
 from superneurons.capture import capture, prepare_inputs
-from superneurons.classifiers import Estimator, Split
+from superneurons.classifiers import Estimator, LayerActivations, Split
 from superneurons.classifiers.artifact import load_classifier
 from superneurons.data.images import open_rgb
 from superneurons.data.prompts import LETTERS, Prompter, binary_choice_question
@@ -55,19 +55,6 @@ def undecided(scores: np.ndarray, margin: float) -> np.ndarray:
     """The cascade's rule: a vote share within ``margin`` of 0.5 is not decisive, and the full
     model answers instead (margin 0: never; above 0.5: always)."""
     return np.abs(np.asarray(scores, dtype=float) - 0.5) < margin
-
-
-class _ExitActivations:
-    """The activation-source interface over early-exit values (only the needed layers exist)."""
-
-    def __init__(
-        self, values: dict[tuple[str, int], np.ndarray], sites: dict[str, tuple[int, int]]
-    ):
-        self.values, self.sites = values, sites
-        self.n_samples = len(next(iter(values.values())))
-
-    def layer(self, site: str, layer: int) -> np.ndarray:
-        return self.values[(site, layer)]
 
 
 class SuperNeuronPredictor:
@@ -159,7 +146,7 @@ class SuperNeuronPredictor:
             inputs = prepare_inputs(self.loaded.processor, list(images[chunk]), prompts[chunk])
             values = early_exit_activations(self.loaded.model, inputs, self.needed)
             values = {key: v.float().cpu().numpy() for key, v in values.items()}
-            yield Split(_ExitActivations(values, self.sites), questions[chunk])
+            yield Split(LayerActivations(values, self.sites), questions[chunk])
 
     def answer(
         self,

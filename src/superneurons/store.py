@@ -537,6 +537,31 @@ def _load_npy(file: Path, mode: str) -> np.memmap:
         raise StoreError(f"{file}: not a readable array ({error})") from None
 
 
+# -- shards: one extraction split over processes or machines -------------------------------------
+
+
+def shard_records(records: list, index: int, count: int) -> list:
+    """Shard ``index`` of ``count``: samples ``index, index + count, …`` (``merge_shards``
+    interleaves them back)."""
+    return records[index::count]
+
+
+def shard_path(path: str | os.PathLike, index: int, count: int) -> Path:
+    """Where shard ``index`` of ``count`` of the store ``path`` is written."""
+    path = Path(path)
+    return path.with_name(f"{path.name}.shard-{index}-of-{count}")
+
+
+def complete_shards(path: str | os.PathLike) -> list[Path]:
+    """The shard stores of ``path`` when all n of them are complete, else []."""
+    path = Path(path)
+    shards = sorted(path.parent.glob(f"{path.name}.shard-*-of-*"))
+    counts = {p.name.rsplit("-of-", 1)[1] for p in shards}
+    if len(counts) != 1 or len(shards) != int(counts.pop()):
+        return []
+    return shards if all(is_complete(p) for p in shards) else []
+
+
 def merge_shards(shards: list[str | os.PathLike], out: str | os.PathLike, chunk: int = 256):
     """Interleave complete shard stores back into one store in the original sample order.
 

@@ -124,7 +124,7 @@ def tiny_config(**overrides):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory) -> Path:
+def tiny_training(tmp_path_factory) -> Path:
     from training.train import train_default
 
     out = tmp_path_factory.mktemp("tiny-run")
@@ -133,12 +133,12 @@ def tiny_run(tmp_path_factory) -> Path:
     return out
 
 
-def test_train_default_exports_a_checkpoint_the_auto_classes_load(tiny_run):
+def test_train_default_exports_a_checkpoint_the_auto_classes_load(tiny_training):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from superneurons.data.prompts import chat_prompt
 
-    export = tiny_run / "export"
+    export = tiny_training / "export"
     record = json.loads((export / "training.json").read_text())
     assert record["stage2_steps"] == 10
     assert [h["step"] for h in record["history"]] == [5, 10]
@@ -161,7 +161,7 @@ def test_train_default_exports_a_checkpoint_the_auto_classes_load(tiny_run):
     assert out.shape[1] > inputs["input_ids"].shape[1]
 
 
-def test_training_batches_are_the_processors_prompts_and_give_the_models_logits(tiny_run):
+def test_training_batches_are_the_processors_prompts_and_give_the_models_logits(tiny_training):
     """Stage 2 trains on what inference sees: the processor's token ids, and cached tower
     features in place of the image tokens give the full model's logits."""
     from transformers import AutoModelForImageTextToText, AutoProcessor
@@ -170,9 +170,9 @@ def test_training_batches_are_the_processors_prompts_and_give_the_models_logits(
     from training.pool import Pool
     from training.train import QuestionSet, forward
 
-    processor = AutoProcessor.from_pretrained(tiny_run / "export")
-    model = AutoModelForImageTextToText.from_pretrained(tiny_run / "export").eval()
-    pool = Pool.load(tiny_run / "pool_val.pt")
+    processor = AutoProcessor.from_pretrained(tiny_training / "export")
+    model = AutoModelForImageTextToText.from_pretrained(tiny_training / "export").eval()
+    pool = Pool.load(tiny_training / "pool_val.pt")
     questions = QuestionSet(pool, processor)
     assert "color_choice" in questions.family  # options listed: "A. red" …
     for row in range(len(questions)):
@@ -196,15 +196,17 @@ def test_training_batches_are_the_processors_prompts_and_give_the_models_logits(
             assert torch.allclose(logits[k, 0], full, atol=1e-4)
 
 
-def test_training_batches_attend_to_their_left_padding_in_place_of_the_templates_pads(tiny_run):
+def test_training_batches_attend_to_their_left_padding_in_place_of_the_templates_pads(
+    tiny_training,
+):
     from transformers import AutoProcessor
 
     from superneurons.models.embedded.architecture import LEADING_PADS
     from training.pool import Pool
     from training.train import QuestionSet
 
-    processor = AutoProcessor.from_pretrained(tiny_run / "export")
-    pool = Pool.load(tiny_run / "pool_val.pt")
+    processor = AutoProcessor.from_pretrained(tiny_training / "export")
+    pool = Pool.load(tiny_training / "pool_val.pt")
     questions = QuestionSet(pool, processor)
     pad = processor.tokenizer.pad_token_id
     assert all(ids[:LEADING_PADS] == [pad] * LEADING_PADS for ids in questions.ids)
@@ -229,17 +231,17 @@ def test_training_batches_attend_to_their_left_padding_in_place_of_the_templates
     assert masked["input_ids"][1, padding : padding + LEADING_PADS].eq(pad).all()
 
 
-def test_the_end_of_turn_token_adds_to_the_loss_only_when_asked(tiny_run):
+def test_the_end_of_turn_token_adds_to_the_loss_only_when_asked(tiny_training):
     import torch.nn.functional as F
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
     from training.pool import Pool
     from training.train import QuestionSet, forward, stage2_loss
 
-    processor = AutoProcessor.from_pretrained(tiny_run / "export")
-    model = AutoModelForImageTextToText.from_pretrained(tiny_run / "export").eval()
-    questions = QuestionSet(Pool.load(tiny_run / "pool_val.pt"), processor)
-    features = torch.load(tiny_run / "features_val.pt").float()
+    processor = AutoProcessor.from_pretrained(tiny_training / "export")
+    model = AutoModelForImageTextToText.from_pretrained(tiny_training / "export").eval()
+    questions = QuestionSet(Pool.load(tiny_training / "pool_val.pt"), processor)
+    features = torch.load(tiny_training / "features_val.pt").float()
     batch = questions.batch([0, 1, 2], features, attend_padding=True)
     with torch.no_grad():
         logits, _ = forward(model, batch)
@@ -249,7 +251,7 @@ def test_the_end_of_turn_token_adds_to_the_loss_only_when_asked(tiny_run):
     assert torch.allclose(both - answer_only, F.cross_entropy(logits[:, 1], batch["end"]))
 
 
-def test_an_interrupted_run_resumes_to_the_same_model(tiny_run, tmp_path):
+def test_an_interrupted_run_resumes_to_the_same_model(tiny_training, tmp_path):
     from safetensors.torch import load_file
 
     from training.train import train_default
@@ -259,7 +261,7 @@ def test_an_interrupted_run_resumes_to_the_same_model(tiny_run, tmp_path):
     assert not (tmp_path / "export").exists()
     assert train_default(tmp_path, tiny_config(), log=lambda _: None) == tmp_path / "export"
     resumed = load_file(tmp_path / "export" / "model.safetensors")
-    straight = load_file(tiny_run / "export" / "model.safetensors")
+    straight = load_file(tiny_training / "export" / "model.safetensors")
     assert resumed.keys() == straight.keys()
     assert all(torch.equal(resumed[k], straight[k]) for k in straight)
 
@@ -322,7 +324,9 @@ def test_a_planted_pickle_in_a_training_folder_does_not_run(tmp_path):
 
     marker = tmp_path / "it-ran"
     torch.save({"images": _Planted(str(marker))}, tmp_path / "pool_train.pt")
-    with pytest.raises(DataError, match=r"pool_train\.pt: not a file written by train-default"):
+    with pytest.raises(
+        DataError, match=r"pool_train\.pt: not a file written by python -m training"
+    ):
         Pool.load(tmp_path / "pool_train.pt")
     assert not marker.exists()
 

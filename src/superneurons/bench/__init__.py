@@ -16,10 +16,11 @@ EXIT_LAYERS = {"k=0": {"resid": [0]}, "k=1": {"resid": [1]}}
 def embedded_target(classifier_dir: Path | None, seed: int = 99, n: int = 16) -> BenchTarget:
     """The embedded default on held-out scenes, with its fitted classifier when one is given."""
     from superneurons.capture import prepare_inputs
+    from superneurons.classifiers import LayerActivations
     from superneurons.data.prompts import Prompter
     from superneurons.data.scenes import iter_scenes, scene_questions
     from superneurons.models.loading import load_model
-    from superneurons.predictor import SuperNeuronPredictor, _ExitActivations
+    from superneurons.predictor import SuperNeuronPredictor
 
     loaded = load_model(None, "fp32", "cpu")
     predictor = None
@@ -42,7 +43,7 @@ def embedded_target(classifier_dir: Path | None, seed: int = 99, n: int = 16) ->
             if variant != "classifier":
                 return values
             arrays = {key: v.float().numpy() for key, v in values.items()}
-            return classifier.predict(_ExitActivations(arrays, classifier.sites_))
+            return classifier.predict(LayerActivations(arrays, classifier.sites_))
 
     def make_batch(batch_size: int) -> dict:
         # The processor is part of answering, so it is timed on both paths.

@@ -6,6 +6,7 @@ from superneurons.classifiers.question_only import QuestionOnlyClassifier
 from superneurons.classifiers.super_neurons import (
     ActivationSource,
     ArrayActivations,
+    LayerActivations,
     NotFittedError,
     SelectedNeuron,
     SuperNeuronClassifier,
@@ -16,6 +17,7 @@ __all__ = [
     "ActivationSource",
     "ArrayActivations",
     "Estimator",
+    "LayerActivations",
     "ModelAnswers",
     "NotFittedError",
     "QuestionOnlyClassifier",

@@ -6,7 +6,8 @@ scoring at least a threshold t are the super neurons (SNs); their votes are aggr
 
 Activations come from an *activation source*: an object with ``sites`` (site -> (n_layers,
 width)) and ``layer(site, l) -> (N, width)``. An on-disk store provides one; a mapping of arrays
-``site -> (N, L, W)`` is wrapped in ``ArrayActivations``. Fitting reads one (site, layer) slab at a
+``site -> (N, L, W)`` is wrapped in ``ArrayActivations``; an early exit's few layers are a
+``LayerActivations``. Fitting reads one (site, layer) slab at a
 time, so memory-mapped activations much larger than RAM are fine.
 """
 
@@ -78,6 +79,25 @@ class ArrayActivations:
         if site not in self._arrays:
             raise KeyError(f"unknown site {site!r}; available: {list(self._arrays)}")
         return np.ascontiguousarray(self._arrays[site][:, layer, :], dtype=np.float32)
+
+
+class LayerActivations:
+    """An activation source holding some layers only: ``{(site, layer): (N, width)}`` — what an
+    early exit computes. ``sites`` gives the full (n_layers, width) of each site."""
+
+    def __init__(
+        self, values: Mapping[tuple[str, int], np.ndarray], sites: Mapping[str, tuple[int, int]]
+    ) -> None:
+        if not values:
+            raise ValueError("no activation layers given")
+        self.values, self.sites = dict(values), dict(sites)
+        self.n_samples = len(next(iter(self.values.values())))
+
+    def layer(self, site: str, layer: int) -> np.ndarray:
+        """The (N, width) slab of one site and layer; only the layers given exist."""
+        if (site, layer) not in self.values:
+            raise KeyError(f"{site} layer {layer} was not computed; have {sorted(self.values)}")
+        return self.values[(site, layer)]
 
 
 def as_activation_source(activations: Any) -> ActivationSource:

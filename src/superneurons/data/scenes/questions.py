@@ -27,7 +27,7 @@ YES_NO_FAMILIES: tuple[str, ...] = (
 CHOICE_FAMILIES: tuple[str, ...] = ("color_choice",)
 FAMILIES: tuple[str, ...] = YES_NO_FAMILIES + CHOICE_FAMILIES
 EXISTENCE_SUBTYPES: tuple[str, ...] = ("random", "popular", "adversarial")
-LETTERS = "ABCD"
+CHOICE_SLOTS = "ABCD"  # a colour-choice question offers four colours
 # Referring expressions drop attributes in this order of preference (colour is kept first).
 REFERENCE_PRIORITY: tuple[str, ...] = ("color", "shape", "size", "material")
 SPATIAL_MARGIN_PX = 3.0  # at 64 px; centres closer than this in x are too close to call
@@ -319,9 +319,9 @@ def color_choice(scene: Scene, rng: np.random.Generator) -> tuple[str, list[str]
             continue
         true = scene.objects[int(i)].color
         others = [str(c) for c in rng.choice([c for c in VALUES["color"] if c != true], 3, False)]
-        slot = int(rng.integers(len(LETTERS)))
+        slot = int(rng.integers(len(CHOICE_SLOTS)))
         choices = [*others[:slot], true, *others[slot:]]
-        return f"What color is {ref}?", choices, LETTERS[slot]
+        return f"What color is {ref}?", choices, CHOICE_SLOTS[slot]
     return None
 
 

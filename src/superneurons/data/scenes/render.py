@@ -165,7 +165,8 @@ def intersect(obj: SceneObject, origins: np.ndarray, dirs: np.ndarray) -> np.nda
     raise ValueError(f"unknown shape {obj.shape!r}")
 
 
-def _bounding_radius(obj: SceneObject) -> float:
+def _bounding_sphere_radius(obj: SceneObject) -> float:
+    """The radius of a sphere around the whole object (a cube's half space-diagonal)."""
     r = SIZES[obj.size]
     return r * np.sqrt(3) if obj.shape == "cube" else r * np.sqrt(2)
 
@@ -266,7 +267,7 @@ def render_scene(
     u, v, w = (shadow_origins @ np.stack([e1, e2, LIGHT_DIR], axis=1)).T
     for obj in objects:
         c = np.asarray(obj.position)
-        rad = _bounding_radius(obj)
+        rad = _bounding_sphere_radius(obj)
         near = ((u - c @ e1) ** 2 + (v - c @ e2) ** 2 <= rad * rad) & (w < c @ LIGHT_DIR + rad)
         cand = np.flatnonzero(near & ~blocked)
         blocked[cand] = np.isfinite(intersect(obj, shadow_origins[cand], LIGHT_DIR))

@@ -119,7 +119,8 @@ class Scene:
         }
 
 
-def _bounding_radius(shape: str, size: str) -> float:
+def _footprint_radius(shape: str, size: str) -> float:
+    """Half the widest extent on the floor (a cube's half-diagonal): how close objects may be."""
     r = SIZES[size]
     return r * np.sqrt(2) if shape == "cube" else r
 
@@ -141,13 +142,13 @@ def sample_layout(
         color = str(rng.choice(tuple(COLORS)))
         material = str(rng.choice(MATERIALS))
         rotation = round(float(rng.uniform(0, 360)), 4) if shape != "sphere" else 0.0
-        radius = _bounding_radius(shape, size)
+        radius = _footprint_radius(shape, size)
         for _ in range(max_tries):
             x = round(float(rng.uniform(*X_RANGE)), 4)
             y = round(float(rng.uniform(*Y_RANGE)), 4)
             if _in_frame((x, y, SIZES[size])) and all(
                 np.hypot(x - o.position[0], y - o.position[1])
-                >= radius + _bounding_radius(o.shape, o.size) + MIN_GAP
+                >= radius + _footprint_radius(o.shape, o.size) + MIN_GAP
                 for o in objects
             ):
                 break
