@@ -234,6 +234,25 @@ CASES: dict[str, Case | object] = {
         lambda w: ["scenes", "--out", w.tmp / "sc", "--min-objects", "5", "--max-objects", "2"],
         ("min (5) <= max (2)",),
     ),
+    "jsonl-and-task": Case(
+        lambda w: (w.jsonl(good_rows()), [*w.extract(), "--task", "pope-random"])[1],
+        ("--jsonl FILE stands for --task jsonl --data-dir FILE",),
+    ),
+    "batch-and-context": Case(
+        lambda w: (
+            w.jsonl(good_rows()),
+            [
+                "predict",
+                "--classifier",
+                w.run / "classifier",
+                "--batch",
+                w.tmp / "q.jsonl",
+                "--context",
+                "a hint",
+            ],
+        )[1],
+        ("or --batch FILE, not both",),
+    ),
     "unknown-option": Case(lambda w: ["run", "--bogus"], ("--bogus",)),
     "predict-without-question": Case(
         lambda w: ["predict", "--classifier", w.run / "classifier"], ("IMAGE and QUESTION",)

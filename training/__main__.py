@@ -45,7 +45,9 @@ def train_default(
     ),
     device: str = typer.Option("cpu", help="cpu, cuda or auto."),
     workers: int = typer.Option(2, min=1, help="Processes rendering the scene pool."),
-    ship: bool = typer.Option(False, help="Copy the exported model into the source checkout."),
+    ship: bool = typer.Option(
+        False, help="Replace the package's shipped weights (the checkout's, if installed editable)."
+    ),
 ) -> None:
     """Train the embedded default model (resumes from what OUT holds)."""
     from superneurons.models.loading import pick_device

@@ -7,9 +7,10 @@
    features placed in the exact token layout the processor builds (chat template, question
    before the 64 image tokens). Training batches are left-padded with pads the decoder attends
    to, positions counted over them (the template's leading pads dropped: the padding stands for
-   them); a decoder trained so leans on pads in front, hence the template's (docs/
-   embedded-model.md, run 26). The loss is on the answer token, and over the last steps also on
-   the end-of-turn token after it (learnt from the start, it seemed to hold the answer back).
+   them); a decoder trained so leans on pads in front, hence the template's (run 26 in the
+   runs log: ``git show ff343f0:docs/embedded-model.md``). The loss is on the answer token, and
+   over the last steps also on the end-of-turn token after it (learnt from the start, it seemed
+   to hold the answer back).
    An auxiliary grounding loss supervises every image token at one early layer: a linear head
    must tell, from the token's hidden state, whether its patch shows the object the question's
    first phrase names, the second phrase's, or neither. The decoder first learns existence

@@ -44,14 +44,20 @@ def write_bytes(
         raise
 
 
-def json_bytes(obj: Any) -> bytes:
-    """``obj`` as indented UTF-8 JSON (no NaN: an undefined number must be null)."""
-    return (json.dumps(obj, indent=1, ensure_ascii=False, allow_nan=False) + "\n").encode()
+def json_bytes(obj: Any, ensure_ascii: bool = True) -> bytes:
+    """``obj`` as indented JSON (no NaN: an undefined number must be null)."""
+    text = json.dumps(obj, indent=1, ensure_ascii=ensure_ascii, allow_nan=False)
+    return (text + "\n").encode()
 
 
-def write_json(path: str | os.PathLike, obj: Any, tmp_dir: str | os.PathLike | None = None) -> None:
+def write_json(
+    path: str | os.PathLike,
+    obj: Any,
+    tmp_dir: str | os.PathLike | None = None,
+    ensure_ascii: bool = True,
+) -> None:
     """``obj`` as indented JSON (no NaN), written atomically."""
-    write_bytes(path, json_bytes(obj), tmp_dir)
+    write_bytes(path, json_bytes(obj, ensure_ascii), tmp_dir)
 
 
 _RENAME_EXCHANGE = 2

@@ -15,6 +15,8 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
+from superneurons.data.images import DEFAULT_MAX_PIXELS
+
 app = typer.Typer(
     no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_enable=False
 )
@@ -95,7 +97,7 @@ TASK = typer.Option(
     "scenes", callback=_task, help="scenes (generated) or a dataset, see docs/datasets.md."
 )
 MAX_PIXELS = typer.Option(
-    89_478_485, min=1, help="Refuse images with more pixels than this (PIL's default limit)."
+    DEFAULT_MAX_PIXELS, min=1, help="Refuse images with more pixels than this (PIL's default)."
 )
 
 
@@ -152,9 +154,7 @@ def extract(
     data_dir: Path = typer.Option(None, help="The dataset's directory (scenes: OUT/data)."),
     jsonl: Path = typer.Option(None, help="JSON-lines questions: --task jsonl --data-dir FILE."),
     split: str = SPLIT,
-    n: int = typer.Option(
-        None, min=2, help="Number of samples, balanced yes/no (default: the task's)."
-    ),
+    n: int = typer.Option(1000, min=2, help="Number of samples (balanced yes/no)."),
     seed: int = typer.Option(0),
     sites: str = SITES_OPTION,
     template: str = typer.Option(
@@ -180,6 +180,8 @@ def extract(
     from superneurons.store import is_complete
 
     if jsonl is not None:
+        if data_dir is not None or task != "scenes":
+            raise ConfigError("--jsonl FILE stands for --task jsonl --data-dir FILE: give one")
         task, data_dir = "jsonl", jsonl
     spec = task_spec(task)
     if data_dir is None and not spec.generated:
@@ -361,8 +363,8 @@ def predict(
 
     if batch is None and (image is None or question is None):
         raise ConfigError("give IMAGE and QUESTION, or --batch FILE")
-    if batch is not None and (image is not None or question is not None):
-        raise ConfigError("give IMAGE and QUESTION, or --batch FILE, not both")
+    if batch is not None and (image is not None or question is not None or context is not None):
+        raise ConfigError("give IMAGE and QUESTION (and --context), or --batch FILE, not both")
     if batch is not None:
         records = load_jsonl(batch, require_label=False)
         check_images(records, max_pixels)

@@ -2,12 +2,12 @@
 
 The model's own forward runs — vision tower, projector, merge of the image features into the text
 embeddings, position ids (left padding, Qwen's M-RoPE), DeepStack additions — through decoder
-layers ``0 .. k-1`` as usual. Layer ``k`` is replaced for the call by :func:`_exit_layer`, which
-computes only what the last position needs: keys and values of every position, the attention
-row of the last query, and the MLP of the last position (nothing of it when only the ``attn``
-site is read there). Then the forward is aborted: no later layer, no final norm, no ``lm_head``,
-no decoding, no KV cache kept. The exit layer is the adapter's (``Adapter.exit_forward``: the
-Llama-style default in :mod:`superneurons.models.exit_layer`).
+layers ``0 .. k-1`` as usual. Layer ``k``'s forward is replaced for the call by the adapter's
+exit layer, which computes only what the last position needs: keys and values of every
+position, the attention row of the last query, and the MLP of the last position (nothing of it
+when only the ``attn`` site is read there). Then the forward is aborted: no later layer, no
+final norm, no ``lm_head``, no decoding, no KV cache kept. The exit layer is the adapter's
+(``Adapter.exit_forward``: the Llama-style default in :mod:`superneurons.models.exit_layer`).
 """
 
 from __future__ import annotations

@@ -172,8 +172,9 @@ class Results:
             "template": self.template,
         }
         tail = {"seconds": self.seconds, "config": self.config}
+        always = ("format", "model", "dataset")
         return {
-            **{k: v for k, v in head.items() if v is not None},
+            **{k: v for k, v in head.items() if v is not None or k in always},
             **self.selection,
             **self.scores,
             **{k: v for k, v in tail.items() if v is not None},

@@ -79,6 +79,7 @@ class RunConfig:
             index, count = self.shard
             if not 0 <= index < count:
                 raise ConfigError(f"shard {index}/{count}: the index must be in 0..count-1")
+        task(self.task)
         if self.template is not None:
             template_for(self.template)
         pick_device(self.device)

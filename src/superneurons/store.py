@@ -177,7 +177,7 @@ class ActivationWriter:
         for array in self._arrays.values():
             array.flush()
         document = {**self._header(), "records": self.records}
-        atomic.write_json(self.path / MANIFEST, document, self._claim.tmp)
+        atomic.write_json(self.path / MANIFEST, document, self._claim.tmp, ensure_ascii=False)
         (self.path / PROGRESS).unlink(missing_ok=True)
         self.close()
         return ActivationStore.open(self.path)
@@ -219,7 +219,7 @@ class ActivationWriter:
 
     def _commit(self, records: list[dict]) -> None:
         document = {**self._header(), "n_done": len(records), "records": records}
-        atomic.write_json(self.path / PROGRESS, document, self._claim.tmp)
+        atomic.write_json(self.path / PROGRESS, document, self._claim.tmp, ensure_ascii=False)
 
     def _check_resumable(self, stored: dict) -> None:
         given = self._header()

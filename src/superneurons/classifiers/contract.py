@@ -51,6 +51,8 @@ class Split:
         """A store's activations, labels and the model's parsed answers (``questions``: the
         texts of its records, in store order, for text-only estimators)."""
         labels = np.array([label == "yes" for label in store.labels])
+        if questions is not None and len(questions) != len(labels):
+            raise ValueError(f"{len(questions)} questions for a store of {len(labels)} samples")
         return cls(store, questions, store.field("parsed"), labels)
 
     @property

@@ -48,7 +48,8 @@ TEXT_CONFIG = dict(
     num_key_value_heads=4,
     max_position_embeddings=256,
     # Tied, the answer's softmax drags the embeddings of words not yet told apart together until
-    # the decoder cannot tell them apart at all (docs/embedded-model.md, runs 33-34).
+    # the decoder cannot tell them apart at all (runs 33-34 in the runs log,
+    # git show ff343f0:docs/embedded-model.md).
     tie_word_embeddings=False,
 )
 
@@ -56,8 +57,9 @@ TEXT_CONFIG = dict(
 # {"type": "image"} / {"type": "text", "text": ...} parts. The text comes before the image,
 # whatever the order of the parts: image tokens then attend to the question, so each can check its
 # own patch against it (a small decoder learns to answer from the image far more easily that way).
-# The decoder was trained with attended left padding and leans on it (docs/embedded-model.md, run
-# 26): the pads in front give it that context whatever the batch.
+# The decoder was trained with attended left padding and leans on it (run 26 in the runs log,
+# git show ff343f0:docs/embedded-model.md): the pads in front give it that context whatever
+# the batch.
 CHAT_TEMPLATE = (
     "{{ '" + PAD_TOKEN * LEADING_PADS + "' }}"
     "{% for message in messages %}"
