@@ -577,3 +577,28 @@ def test_a_model_in_the_hf_cache_loads_offline(tmp_path, tiny_llava_checkpoint):
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["a" * 40, "LlavaForConditionalGeneration"]
+
+
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("torchvision") is not None,
+    reason="needs a machine without torchvision",
+)
+def test_a_processor_missing_its_package_names_the_extra_to_install(tmp_path):
+    from models.tiny import tiny_qwen2_vl
+
+    tiny = tiny_qwen2_vl()  # saved with the real Qwen2-VL processor, which imports torchvision
+    tiny.model.save_pretrained(tmp_path / "qwen")
+    tiny.processor.tokenizer.save_pretrained(tmp_path / "qwen")
+    tiny.processor.image_processor.save_pretrained(tmp_path / "qwen")
+    (tmp_path / "qwen" / "processor_config.json").write_text(
+        json.dumps({"processor_class": "Qwen2VLProcessor"})
+    )
+    done = superneurons(
+        "run", "--out", tmp_path / "run", "--model", tmp_path / "qwen", "--n-probe", "4"
+    )
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr
+    assert "qwen2_vl processor needs a package that is not installed" in lines[0]
+    assert "Torchvision" in lines[0] and "pip install 'superneurons[qwen]'" in lines[0]
+    assert not (tmp_path / "run").exists()

@@ -53,6 +53,8 @@ class Adapter:
     attention_path: str = "self_attn"
     mlp_block_path: str = "mlp"
     norm_paths: tuple[str, str] = ("input_layernorm", "post_attention_layernorm")
+    # The pip extra (pyproject.toml) holding what its processor imports beyond transformers.
+    extra: str | None = None
 
     def exit_forward(self, layer: nn.Module, sites: Sequence[str], records: dict):
         """A replacement ``forward`` for the exit layer ``layer``: it records ``sites`` at the
@@ -118,14 +120,25 @@ ADAPTERS: dict[str, Adapter] = {
     for adapter in (
         # Also the project's embedded default (a LLaVA over a small Llama decoder).
         Adapter("llava", ("LlavaForConditionalGeneration",), "model.language_model"),
-        Adapter("qwen2_vl", ("Qwen2VLForConditionalGeneration",), "model.language_model"),
-        Adapter("qwen2_5_vl", ("Qwen2_5_VLForConditionalGeneration",), "model.language_model"),
+        Adapter(
+            "qwen2_vl", ("Qwen2VLForConditionalGeneration",), "model.language_model", extra="qwen"
+        ),
+        Adapter(
+            "qwen2_5_vl",
+            ("Qwen2_5_VLForConditionalGeneration",),
+            "model.language_model",
+            extra="qwen",
+        ),
         # DeepStack adds visual features at image positions *after* layers 0..k, outside the
         # decoder layer: resid (the layer output) excludes them, as transformers' hidden_states
         # do; the last prompt position is a text token and never receives them.
-        Adapter("qwen3_vl", ("Qwen3VLForConditionalGeneration",), "model.language_model"),
+        Adapter(
+            "qwen3_vl", ("Qwen3VLForConditionalGeneration",), "model.language_model", extra="qwen"
+        ),
         Adapter("idefics3", ("Idefics3ForConditionalGeneration",), "model.text_model"),
-        Adapter("smolvlm", ("SmolVLMForConditionalGeneration",), "model.text_model"),
+        Adapter(
+            "smolvlm", ("SmolVLMForConditionalGeneration",), "model.text_model", extra="smolvlm"
+        ),
     )
 }
 

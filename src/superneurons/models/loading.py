@@ -86,9 +86,10 @@ def _revision(path: Path) -> str:
     return "local"
 
 
-def check_supported(path: Path) -> None:
-    """Refuse, before loading anything, a checkpoint whose architecture has no adapter."""
-    from superneurons.models.adapters import UnsupportedModelError, supported_classes
+def check_supported(path: Path):
+    """The adapter of the checkpoint at ``path``; refused before loading anything when its
+    architecture has none."""
+    from superneurons.models.adapters import ADAPTERS, UnsupportedModelError, supported_classes
 
     config = path / "config.json"
     try:
@@ -101,13 +102,27 @@ def check_supported(path: Path) -> None:
             f"{path}: architecture {architectures or 'unknown'} has no superneurons adapter; "
             f"supported: {', '.join(supported_classes())}"
         )
+    return next(a for a in ADAPTERS.values() if set(architectures) & set(a.model_classes))
 
 
-def check_model(model_id: str | None) -> tuple[str, Path]:
-    """(id, local directory) of a supported model, checked without loading any weights."""
+def check_model(model_id: str | None):
+    """(id, local directory, adapter) of a supported model, checked without loading weights."""
     model_id, path = resolve_model_path(model_id)
-    check_supported(path)
-    return model_id, path
+    return model_id, path, check_supported(path)
+
+
+def _processor(path: Path, adapter):
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(path)
+    except ImportError as error:  # a processor importing a package transformers does not need
+        message = next((line for line in str(error).splitlines() if line.strip()), "ImportError")
+        install = f"; pip install 'superneurons[{adapter.extra}]'" if adapter.extra else ""
+        raise ModelError(
+            f"{path}: the {adapter.name} processor needs a package that is not installed "
+            f"({message.strip()}){install}"
+        ) from None
 
 
 def _damaged(path: Path, error: Exception) -> ModelError:
@@ -118,19 +133,15 @@ def _damaged(path: Path, error: Exception) -> ModelError:
 def open_model(model_id: str | None) -> ModelFiles:
     """The processor and config of a supported model, for checking inputs before the (slow)
     weights load."""
-    from transformers import AutoConfig, AutoProcessor
+    from transformers import AutoConfig
 
-    from superneurons.models.adapters import ADAPTERS
-
-    model_id, path = check_model(model_id)
+    model_id, path, adapter = check_model(model_id)
+    processor = _processor(path, adapter)
     try:
-        processor = AutoProcessor.from_pretrained(path)
         config = AutoConfig.from_pretrained(path)
     except (OSError, ValueError, KeyError) as error:
         raise _damaged(path, error) from None
-    classes = set(config.architectures or [])
-    architecture = next(a.name for a in ADAPTERS.values() if classes & set(a.model_classes))
-    return ModelFiles(model_id, path, processor, config, architecture)
+    return ModelFiles(model_id, path, processor, config, adapter.name)
 
 
 def pick_device(device: str = "auto") -> torch.device:
@@ -160,14 +171,14 @@ def load_model(
     model_id: str | None = None, dtype: str = "fp32", device: str = "auto"
 ) -> LoadedModel:
     """Processor and model (eval mode) for ``model_id``; the embedded default when None."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     if dtype not in DTYPES:
         raise ConfigError(f"unknown dtype {dtype!r}; choose one of {sorted(DTYPES)}")
     target = pick_device(device)
-    model_id, path = check_model(model_id)
+    model_id, path, adapter = check_model(model_id)
+    processor = _processor(path, adapter)
     try:
-        processor = AutoProcessor.from_pretrained(path)
         model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[dtype])
     except (OSError, ValueError, KeyError) as error:  # a damaged or incomplete checkpoint
         raise _damaged(path, error) from None
