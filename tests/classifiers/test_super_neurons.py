@@ -49,11 +49,14 @@ def all_scores(classifier):
 def test_scores_are_neuron_scores_per_layer():
     arrays, labels = make_data()
     clf = SuperNeuronClassifier(selection="top_k", top_k=3, metric="f1").fit(arrays, labels)
-    assert clf.scores_["resid"].shape == (3, 8) and clf.scores_["mlp"].shape == (3, 12)
+    # One shape whatever the polarity: (polarities, layers, width).
+    assert clf.scores_["resid"].shape == (1, 3, 8) and clf.scores_["mlp"].shape == (1, 3, 12)
+    assert clf.polarities_ == (1,) and clf.classes_.tolist() == [False, True]
     for site, array in arrays.items():
         for layer in range(3):
             expected = neuron_scores(array[:, layer, :], labels, metric="f1")
-            np.testing.assert_allclose(clf.scores_[site][layer], expected)
+            np.testing.assert_allclose(clf.scores_[site][0, layer], expected)
+    assert clf.score(arrays, labels) == np.mean(clf.predict(arrays) == labels)
     assert clf.n_features_in_ == 3 * 8 + 3 * 12
 
 
@@ -64,7 +67,7 @@ def test_planted_neuron_is_selected_first(selection):
     best = clf.selected_[0]
     assert (best.site, best.layer, best.index, best.polarity) == ("resid", 1, 5, 1)
     assert best.score > 0.95
-    assert best.score == pytest.approx(clf.scores_["resid"][1, 5])
+    assert best.score == pytest.approx(clf.scores_["resid"][0, 1, 5])
     assert (clf.predict(arrays) == labels).mean() > 0.95
     assert clf.exit_layer_ == max(neuron.layer for neuron in clf.selected_)
 
@@ -76,15 +79,16 @@ def test_inverted_neuron_needs_polarity_both():
     )
     positive = SuperNeuronClassifier(selection="top_k", top_k=1).fit(arrays, labels)
     assert positive.selected_[0].score < 0.8
-    assert positive.scores_["mlp"][2, 3] < 0.05
+    assert positive.scores_["mlp"][0, 2, 3] < 0.05
 
     both = SuperNeuronClassifier(selection="top_k", top_k=1, polarity="both").fit(arrays, labels)
     best = both.selected_[0]
     assert (best.site, best.layer, best.index, best.polarity) == ("mlp", 2, 3, -1)
     assert both.scores_["mlp"].shape == (2, 3, 12)
-    np.testing.assert_allclose(both.scores_["mlp"][0], positive.scores_["mlp"])
+    assert both.polarities_ == (1, -1)
+    np.testing.assert_allclose(both.scores_["mlp"][0], positive.scores_["mlp"][0])
     # continuous activations never equal alpha, so the inverted rule is the complement
-    np.testing.assert_allclose(both.scores_["mlp"][1], 1.0 - positive.scores_["mlp"])
+    np.testing.assert_allclose(both.scores_["mlp"][1], 1.0 - positive.scores_["mlp"][0])
     assert (both.predict(arrays) == labels).mean() > 0.95
     assert both.votes(arrays)[:, 0].tolist() == (arrays["mlp"][:, 2, 3] < 0).tolist()
 
@@ -222,7 +226,7 @@ def test_label_encodings_agree():
     as_text = SuperNeuronClassifier(**kwargs).fit(arrays, text).selected_
     assert as_bool == as_int == as_text
     flipped = SuperNeuronClassifier(pos_label="no", **kwargs).fit(arrays, text)
-    assert flipped.scores_["resid"][1, 5] < 0.05
+    assert flipped.scores_["resid"][0, 1, 5] < 0.05
 
 
 def test_bad_inputs_raise_clear_errors():

@@ -4,7 +4,8 @@
 activations it was fitted on (model id, revision, weights fingerprint, architecture, prompt
 template), the label names and the name of its tensor file, ``DIR/neurons-<hash>.safetensors``
 (``neurons.safetensors`` in classifiers written before): the selected neurons (site code, layer,
-index, polarity, score) and every neuron's probe score (``scores.<site>``). No pickle.
+index, polarity, score) and every neuron's probe score (``scores.<site>``, (polarities, layers,
+width)). No pickle.
 
 Replacing a classifier is atomic: the new tensor file is written under its own (content-hashed)
 name, then ``classifier.json`` is replaced in one rename, then the old tensor file is removed; a
@@ -165,7 +166,10 @@ def load_classifier(path: str | Path) -> tuple[SuperNeuronClassifier, dict]:
         raise ClassifierError(
             f"{path / JSON_FILE}: invalid classifier settings ({error})"
         ) from None
+    # Every neuron's score, (P, n_layers, width); classifiers saved before kept one polarity 2-D.
     classifier.scores_ = {
-        k.split(".", 1)[1]: v for k, v in tensors.items() if k.startswith("scores.")
+        k.split(".", 1)[1]: v if v.ndim == 3 else v[None]
+        for k, v in tensors.items()
+        if k.startswith("scores.")
     }
     return classifier, document

@@ -227,9 +227,9 @@ class SuperNeuronClassifier:
             raise ConfigError(
                 f"no neuron scores >= threshold {self.threshold_}; the best scores {_best(scores)}"
             )
-        self.scores_ = {
-            site: array[0] if len(polarities) == 1 else array for site, array in scores.items()
-        }
+        self.scores_ = scores  # site -> (P, n_layers, width), P indexing polarities_
+        self.polarities_ = polarities
+        self.classes_ = np.array([False, True])  # predict's labels: no, yes
         self.sites_ = sites
         self.n_features_in_ = sum(n_layers * width for n_layers, width in sites.values())
         return self
@@ -294,6 +294,10 @@ class SuperNeuronClassifier:
         """The aggregated answer, (N,) bool: True is the positive class."""
         return self.aggregate_votes(self.votes(activations))
 
+    def score(self, activations: Any, labels: Any) -> float:
+        """Accuracy of ``predict`` against ``labels`` (scikit-learn's ``score``)."""
+        return float(np.mean(self.predict(activations) == encode_labels(labels, self.pos_label)))
+
     def aggregate_votes(self, votes: np.ndarray) -> np.ndarray:
         """The aggregated answer from ``votes`` (N, K) already computed."""
         return _aggregate(votes, self.aggregate)
@@ -351,6 +355,8 @@ class SuperNeuronClassifier:
         estimator.heldout_scores_ = {
             float(delta): float(value) for delta, value in data["heldout_scores"].items()
         }
+        estimator.polarities_ = POLARITIES[estimator.polarity]
+        estimator.classes_ = np.array([False, True])
         return estimator
 
 
