@@ -64,7 +64,7 @@ def _render_chunk(job: tuple[int, str, int, int, int]) -> tuple:
         for draw in range(draws):
             rng = scene_rng(seed, split, scene.index, stream=FIRST_DRAW_STREAM + draw)
             for q in generate_questions(scene, rng):
-                grounding = grounding_labels(scene, patch["owner"], q.question)
+                grounding = grounding_labels(patch["owner"], q.mentions)
                 text = format_prompt(q.question, q.choices)
                 rows.append((scene.index, text, q.label, q.family, grounding))
     return images, labels, rows

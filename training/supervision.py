@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from superneurons import atomic
-from superneurons.data.scenes import COLORS, MATERIALS, SHAPES, SIZES, mentioned_objects
+from superneurons.data.scenes import COLORS, MATERIALS, SHAPES, SIZES
 from superneurons.errors import DataError
 from superneurons.models.embedded.architecture import PATCH_SIZE
 
@@ -60,11 +60,12 @@ def patch_labels(object_map: np.ndarray, objects) -> dict[str, np.ndarray]:
     return labels
 
 
-def grounding_labels(scene, owners: np.ndarray, question: str) -> np.ndarray:
+def grounding_labels(owners: np.ndarray, mentions: list[list[int]]) -> np.ndarray:
     """Per image patch (``owners``: :func:`patch_owners`): 1 or 2 if it shows an object the
-    question's first or second phrase names, 0 otherwise (floor, or an object not named)."""
+    question's first or second phrase names (``mentions``, as the question's maker recorded
+    them), 0 otherwise (floor, or an object not named)."""
     labels = np.zeros(len(owners), dtype=np.int8)
-    for role, objects in enumerate(mentioned_objects(scene, question), start=1):
+    for role, objects in enumerate(mentions, start=1):
         labels[np.isin(owners, objects)] = role
     return labels
 

@@ -37,15 +37,15 @@ def test_a_patch_belongs_to_the_largest_object_covering_an_eighth_of_it():
 
 
 def test_grounding_labels_mark_the_patches_of_the_named_objects():
-    from superneurons.data.scenes import iter_scenes, mentioned_objects, scene_questions
+    from superneurons.data.scenes import iter_scenes, scene_questions
     from training.supervision import grounding_labels, patch_labels
 
     seen_roles = set()
     for scene, render in iter_scenes(seed=0, split="train", n=6):
         owner = patch_labels(render.object_map, scene.objects)["owner"]
         for q in scene_questions(scene, seed=0):
-            labels = grounding_labels(scene, owner, q.question)
-            groups = mentioned_objects(scene, q.question)
+            labels = grounding_labels(owner, q.mentions)
+            groups = q.mentions
             assert labels.shape == owner.shape
             for role, objects in enumerate(groups, start=1):
                 assert set(owner[labels == role]) <= set(objects), q

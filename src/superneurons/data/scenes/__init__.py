@@ -16,7 +16,6 @@ from superneurons.data.scenes.questions import (
     Question,
     find_objects,
     generate_questions,
-    mentioned_objects,
     parse_reference,
     referring_expression,
 )
@@ -56,7 +55,6 @@ __all__ = [
     "generate_questions",
     "iter_scenes",
     "make_scene",
-    "mentioned_objects",
     "parse_reference",
     "referring_expression",
     "render_scene",

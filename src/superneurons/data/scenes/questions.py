@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import combinations
 
 import numpy as np
@@ -49,6 +49,8 @@ class Question:
     choices: list[str] | None = None
     subtype: str | None = None
     id: str = ""
+    # The objects each phrase names, in order of mention: one group, or two for a relation.
+    mentions: list[list[int]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, object]:
         """The JSONL record; optional keys appear only when set."""
@@ -64,6 +66,7 @@ class Question:
             record["choices"] = self.choices
         if self.subtype is not None:
             record["subtype"] = self.subtype
+        record["mentions"] = self.mentions
         return record
 
 
@@ -114,36 +117,11 @@ def parse_reference(text: str) -> dict[str, str]:
     return attrs
 
 
-RELATIONS: tuple[str, ...] = (
-    " to the left of ",
-    " to the right of ",
-    " occluding ",
-    " closer to the camera than ",
-)
-
-
-def mentioned_objects(scene: Scene, question: str) -> list[list[int]]:
-    """The objects each phrase of a generated question names, in order of mention.
-
-    One group for existence, count, attribute and colour-choice questions (empty when nothing
-    matches, e.g. a "no" existence question), two for the relations (spatial, occlusion, depth).
-    The asked attribute value of an attribute question is not part of its reference.
-    """
-    body = question.removesuffix("?")
-    for relation in RELATIONS:
-        if relation in body:
-            return [find_objects(scene, parse_reference(p)) for p in body.split(relation)]
-    if body.startswith(("Is there", "Are there", "What color is ")):
-        return [find_objects(scene, parse_reference(body))]
-    # Attribute: "Is {ref} {value}?", "Is {ref} made of {value}?", "Is {ref} a {value}?".
-    ref = body.rsplit(" ", 1)[0].removesuffix(" made of").removesuffix(" a")
-    return [find_objects(scene, parse_reference(ref))]
-
-
 # --- families --------------------------------------------------------------------------------
 # Each maker returns (question, subtype) for the wanted answer, or None if it cannot.
 
-Made = tuple[str, str | None] | None
+# (question, subtype, the objects each phrase names) for the wanted answer, or None.
+Made = tuple[str, str | None, list[list[int]]] | None
 
 
 def _article(words: str) -> str:
@@ -197,7 +175,7 @@ def existence(scene: Scene, rng: np.random.Generator, answer: bool, subtype: str
         attrs = _negative_existence(scene, rng, subtype)
         if attrs is None:
             return None
-    return f"Is there {_article(phrase(attrs))}?", subtype
+    return f"Is there {_article(phrase(attrs))}?", subtype, [find_objects(scene, attrs)]
 
 
 ATTRIBUTE_TEMPLATES = {
@@ -218,7 +196,7 @@ def attribute(scene: Scene, rng: np.random.Generator, answer: bool, subtype: str
     value = getattr(scene.objects[i], name)
     if not answer:
         value = str(rng.choice([v for v in VALUES[name] if v != value]))
-    return ATTRIBUTE_TEMPLATES[name].format(ref=ref, value=value), None
+    return ATTRIBUTE_TEMPLATES[name].format(ref=ref, value=value), None, [[i]]
 
 
 def count(scene: Scene, rng: np.random.Generator, answer: bool, subtype: str) -> Made:
@@ -234,9 +212,10 @@ def count(scene: Scene, rng: np.random.Generator, answer: bool, subtype: str) ->
         if not wrong:
             return None
         k = int(rng.choice(wrong))
+    mentions = [find_objects(scene, attrs)]
     if k == 1:
-        return f"Is there exactly one {phrase(attrs)}?", None
-    return f"Are there exactly {NUMBER_WORDS[k]} {phrase(attrs, plural=True)}?", None
+        return f"Is there exactly one {phrase(attrs)}?", None, mentions
+    return f"Are there exactly {NUMBER_WORDS[k]} {phrase(attrs, plural=True)}?", None, mentions
 
 
 def _ordered_pair(
@@ -260,12 +239,12 @@ def spatial(scene: Scene, rng: np.random.Generator, answer: bool, subtype: str) 
     pair = _ordered_pair(scene, rng, lambda i, j: xs[j] - xs[i] >= margin)
     if pair is None:
         return None
-    _, _, left, right = pair
+    i, j, left, right = pair
     if rng.random() < 0.5:
-        a, b = (left, right) if answer else (right, left)
-        return f"Is {a} to the left of {b}?", None
-    a, b = (right, left) if answer else (left, right)
-    return f"Is {a} to the right of {b}?", None
+        (a, ia), (b, ib) = ((left, i), (right, j)) if answer else ((right, j), (left, i))
+        return f"Is {a} to the left of {b}?", None, [[ia], [ib]]
+    (a, ia), (b, ib) = ((right, j), (left, i)) if answer else ((left, i), (right, j))
+    return f"Is {a} to the right of {b}?", None, [[ia], [ib]]
 
 
 def occlusion(scene: Scene, rng: np.random.Generator, answer: bool, subtype: str) -> Made:
@@ -286,7 +265,7 @@ def occlusion(scene: Scene, rng: np.random.Generator, answer: bool, subtype: str
             pair = _ordered_pair(scene, rng, lambda i, j: (i, j) not in unclear)
     if pair is None:
         return None
-    return f"Is {pair[2]} occluding {pair[3]}?", None
+    return f"Is {pair[2]} occluding {pair[3]}?", None, [[pair[0]], [pair[1]]]
 
 
 def depth(scene: Scene, rng: np.random.Generator, answer: bool, subtype: str) -> Made:
@@ -297,7 +276,7 @@ def depth(scene: Scene, rng: np.random.Generator, answer: bool, subtype: str) ->
         pair = _ordered_pair(scene, rng, lambda i, j: dist[i] - dist[j] >= DEPTH_MARGIN)
     if pair is None:
         return None
-    return f"Is {pair[2]} closer to the camera than {pair[3]}?", None
+    return f"Is {pair[2]} closer to the camera than {pair[3]}?", None, [[pair[0]], [pair[1]]]
 
 
 MAKERS: dict[str, Callable[[Scene, np.random.Generator, bool, str], Made]] = {
@@ -310,8 +289,10 @@ MAKERS: dict[str, Callable[[Scene, np.random.Generator, bool, str], Made]] = {
 }
 
 
-def color_choice(scene: Scene, rng: np.random.Generator) -> tuple[str, list[str], str] | None:
-    """("What color is the …?", four colours, correct letter), or None."""
+def color_choice(
+    scene: Scene, rng: np.random.Generator
+) -> tuple[str, list[str], str, list[list[int]]] | None:
+    """("What color is the …?", four colours, correct letter, [[the object]]), or None."""
     order = rng.permutation(len(scene.objects))
     for i in order:
         ref = referring_expression(scene, int(i), exclude=["color"])
@@ -321,7 +302,7 @@ def color_choice(scene: Scene, rng: np.random.Generator) -> tuple[str, list[str]
         others = [str(c) for c in rng.choice([c for c in VALUES["color"] if c != true], 3, False)]
         slot = int(rng.integers(len(CHOICE_SLOTS)))
         choices = [*others[:slot], true, *others[slot:]]
-        return f"What color is {ref}?", choices, CHOICE_SLOTS[slot]
+        return f"What color is {ref}?", choices, CHOICE_SLOTS[slot], [[int(i)]]
     return None
 
 
@@ -351,10 +332,10 @@ _FIRST_ANSWER = {"existence": False}
 
 def _make_pair(
     scene: Scene, rng: np.random.Generator, family: str, subtype: str, seen: set[str]
-) -> dict[bool, tuple[str, str | None]] | None:
+) -> dict[bool, tuple[str, str | None, list[list[int]]]] | None:
     """A "yes" and a "no" question of one family of the same form, both new, or None."""
     first = _FIRST_ANSWER.get(family, True)
-    pair: dict[bool, tuple[str, str | None]] = {}
+    pair: dict[bool, tuple[str, str | None, list[list[int]]]] = {}
     for answer in (first, not first):
         for _ in range(_TRIES):
             made = MAKERS[family](scene, rng, answer, subtype)
@@ -397,7 +378,7 @@ def generate_questions(
                 for _ in range(_TRIES):
                     made = color_choice(scene, rng)
                     if made is not None and made[0] not in seen:
-                        add(made[0], made[2], family, choices=made[1])
+                        add(made[0], made[2], family, choices=made[1], mentions=made[3])
                         break
                 continue
             # Cycling the subtype by scene keeps POPE's three negative kinds evenly represented;
@@ -412,6 +393,6 @@ def generate_questions(
             if pair is None:
                 continue
             for answer in rng.permutation([True, False]):
-                text, sub = pair[bool(answer)]
-                add(text, "yes" if answer else "no", family, subtype=sub)
+                text, sub, mentions = pair[bool(answer)]
+                add(text, "yes" if answer else "no", family, subtype=sub, mentions=mentions)
     return questions

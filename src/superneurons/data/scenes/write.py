@@ -25,7 +25,8 @@ from superneurons.outputs import Claim
 SPLIT_CODE: dict[str, int] = {"train": 0, "val": 1, "test": 2}
 SCENE_STREAM, QUESTION_STREAM = 0, 1
 # 2: each yes/no pair of count and existence questions shares its form (question_form).
-FORMAT_VERSION = 2
+# 3: each question records the objects it mentions ("mentions"), as its maker chose them.
+FORMAT_VERSION = 3
 
 
 def is_current_dataset(out_dir: str | os.PathLike[str]) -> bool:
