@@ -251,7 +251,7 @@ CASES: dict[str, Case | object] = {
                 "a hint",
             ],
         )[1],
-        ("or --batch FILE, not both",),
+        ("--context goes with IMAGE and QUESTION, not with --batch or --task",),
     ),
     "unknown-option": Case(lambda w: ["run", "--bogus"], ("--bogus",)),
     "predict-without-question": Case(

@@ -85,8 +85,24 @@ def test_predict_command_prints_one_json_object_per_question(tiny_run, tmp_path)
     many = superneurons(*classifier, "--batch", batch)
     assert many.returncode == 0, many.stderr
     rows = [json.loads(x) for x in many.stdout.strip().splitlines()]
+    assert [row.pop("id") for row in rows] == ["batch-1", "batch-2"]
     assert rows[0] == json.loads(line)
     assert rows[1]["label"] in {"A", "B"}
+
+
+def test_predict_answers_a_tasks_records_as_run_selects_them(tiny_run, tmp_path):
+    from superneurons.data.loaders import select
+
+    out, _ = tiny_run
+    done = superneurons(
+        "predict", "--classifier", out / "classifier", "--task", "scenes", "--split", "val",
+        "--n", "6", "--seed", "3",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    rows = [json.loads(x) for x in done.stdout.strip().splitlines()]
+    expected = select("scenes", tmp_path, "val", 6, seed=3)
+    assert [row["id"] for row in rows] == [r.id for r in expected]
+    assert all(row["label"] in {"yes", "no"} for row in rows)
 
 
 def test_cascade_curve_runs_from_always_early_to_always_full(tiny_run):

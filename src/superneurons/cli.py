@@ -341,6 +341,13 @@ def predict(
         help="JSON lines {image, question[, choices, context]}; image paths relative to the file.",
     ),
     context: str = typer.Option(None, help="Context asked before QUESTION (a hint, a passage)."),
+    task: str = typer.Option(
+        None, callback=_task, help="Answer a task's records instead (see docs/datasets.md)."
+    ),
+    data_dir: Path = typer.Option(None, help="With --task: the dataset's directory."),
+    split: str = typer.Option("val", help="With --task: the split."),
+    n: int = typer.Option(None, min=2, help="With --task: a balanced sample of this size."),
+    seed: int = typer.Option(0, help="With --task: picks the sample (and generated scenes)."),
     model: str = typer.Option(None, help="Default: the model the classifier was fitted on."),
     fallback_margin: float = typer.Option(
         None,
@@ -352,36 +359,58 @@ def predict(
     dtype: str = DTYPE,
     device: str = typer.Option("auto", callback=_device, help="cpu, cuda or auto."),
 ) -> None:
-    """Answer from super neurons, stopping after their deepest layer: one JSON object per line."""
+    """Answer from super neurons, stopping after their deepest layer: one JSON object per line
+    (with the record's ``id`` for --batch and --task)."""
     import json
+    import tempfile
 
     from superneurons.data.images import open_rgb
+    from superneurons.data.loaders import select
+    from superneurons.data.loaders import task as task_spec
     from superneurons.data.records import load_jsonl
     from superneurons.errors import ConfigError
     from superneurons.predictor import SuperNeuronPredictor
     from superneurons.preflight import check_images
 
-    if batch is None and (image is None or question is None):
-        raise ConfigError("give IMAGE and QUESTION, or --batch FILE")
-    if batch is not None and (image is not None or question is not None or context is not None):
-        raise ConfigError("give IMAGE and QUESTION (and --context), or --batch FILE, not both")
+    sources = [image is not None or question is not None, batch is not None, task is not None]
+    if sum(sources) != 1 or (sources[0] and (image is None or question is None)):
+        raise ConfigError("give IMAGE and QUESTION, or --batch FILE, or --task NAME: one of them")
+    if context is not None and not sources[0]:
+        raise ConfigError("--context goes with IMAGE and QUESTION, not with --batch or --task")
+
+    def checked_images(records) -> list:
+        check_images(records, max_pixels)  # every image, before the model loads
+        return [r.load_image(max_pixels) for r in records]
+
     if batch is not None:
         records = load_jsonl(batch, require_label=False)
-        check_images(records, max_pixels)
-        images = [r.load_image(max_pixels) for r in records]
+        images = checked_images(records)
+    elif task is not None:
+        if data_dir is None and not task_spec(task).generated:
+            raise ConfigError(f"--task {task} needs --data-dir (see docs/datasets.md)")
+        with tempfile.TemporaryDirectory(prefix="superneurons-scenes-") as scratch:
+            records = select(task, data_dir or scratch, split, n, seed)
+            images = checked_images(records)  # read while generated scenes exist
+    else:
+        if not question.strip():
+            raise ConfigError("QUESTION is empty")
+        records, images = None, [open_rgb(image, max_pixels=max_pixels)]
+    if records is not None:
         questions = [r.question for r in records]
         choices = [r.choices for r in records]
         contexts = [r.context for r in records]
     else:
-        if not question.strip():
-            raise ConfigError("QUESTION is empty")
-        images, questions = [open_rgb(image, max_pixels=max_pixels)], [question]
-        choices, contexts = None, [context]
+        questions, choices, contexts = [question], None, [context]
     predictor = SuperNeuronPredictor.from_pretrained(
         classifier, model, dtype=dtype, device=device, fallback_margin=fallback_margin
     )
-    for prediction in predictor.predict(images, questions, choices, contexts):
-        print(json.dumps(prediction.to_json()))
+    predictions = predictor.predict(images, questions, choices, contexts)
+    ids = [r.id for r in records] if records is not None else [None]
+    for record_id, prediction in zip(ids, predictions, strict=True):
+        line = (
+            prediction.to_json() if record_id is None else {"id": record_id, **prediction.to_json()}
+        )
+        print(json.dumps(line))
 
 
 def _bench_models(value: str) -> str:
