@@ -478,18 +478,16 @@ def bench_cascade(
     seed: int = typer.Option(7, help="Picks the validation scenes."),
 ) -> None:
     """Accuracy and time of the super-neuron → full-model cascade as its margin varies."""
-    import tempfile
 
+    from superneurons.bench import scene_set
     from superneurons.bench.cascade import cascade_curve
-    from superneurons.data.loaders import select
     from superneurons.outputs import check_output_file, write_output_json
     from superneurons.predictor import SuperNeuronPredictor
 
     check_output_file(out, [classifier])
     predictor = SuperNeuronPredictor.from_pretrained(classifier)
-    with tempfile.TemporaryDirectory(prefix="superneurons-scenes-") as scenes:
-        records = select("scenes", scenes, "val", n, seed, "validation set")
-        result = cascade_curve(predictor, records)
+    images, records = scene_set(n, seed)
+    result = cascade_curve(predictor, records, images=images)
     write_output_json(out, {"format": "superneurons-bench-cascade/1", **result}, [classifier])
     for point in result["curve"]:
         console.print(point)
@@ -504,22 +502,20 @@ def bench_flops(
     """Prefill FLOPs of one scene question, split into vision side, decoder layers and lm_head."""
     import json
 
+    from superneurons.bench import scene_set
     from superneurons.bench.flops import prefill_flop_split
     from superneurons.capture import prepare_inputs
     from superneurons.data.prompts import Prompter
-    from superneurons.data.scenes import iter_scenes
     from superneurons.models.loading import load_model
     from superneurons.outputs import check_output_file, write_output_json
 
     if out is not None:
         check_output_file(out)
     loaded = load_model(model, "fp32", "cpu")
-    _, render = next(iter_scenes(seed=0, split="val", n=1))
+    images, records = scene_set(2, seed=0)
     prompter = Prompter.for_model("plain", loaded.architecture)
-    prompt = prompter.chat(loaded.processor, "Is there a large red metal cube?")
-    split = prefill_flop_split(
-        loaded.model, prepare_inputs(loaded.processor, [render.image], [prompt])
-    )
+    prompt = prompter.chat(loaded.processor, records[0].question)
+    split = prefill_flop_split(loaded.model, prepare_inputs(loaded.processor, images[:1], [prompt]))
     split = {"model": loaded.model_id, **split}
     if out is not None:
         write_output_json(out, {"format": "superneurons-bench-flops/1", **split})

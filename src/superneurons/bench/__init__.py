@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import tempfile
 from pathlib import Path
 
 from rich.table import Table
@@ -13,12 +14,21 @@ from superneurons.outputs import write_output_json
 EXIT_LAYERS = {"k=0": {"resid": [0]}, "k=1": {"resid": [1]}}
 
 
+def scene_set(n: int, seed: int) -> tuple[list, list]:
+    """(images, records): ``n`` balanced validation scene questions, chosen as every command
+    chooses its records (``select``), generated in a temporary folder."""
+    from superneurons.data.loaders import select
+
+    with tempfile.TemporaryDirectory(prefix="superneurons-scenes-") as scratch:
+        records = select("scenes", scratch, "val", n, seed, "benchmark set")
+        return [r.load_image() for r in records], records
+
+
 def embedded_target(classifier_dir: Path | None, seed: int = 99, n: int = 16) -> BenchTarget:
     """The embedded default on held-out scenes, with its fitted classifier when one is given."""
     from superneurons.capture import prepare_inputs
     from superneurons.classifiers import LayerActivations
     from superneurons.data.prompts import Prompter
-    from superneurons.data.scenes import iter_scenes, scene_questions
     from superneurons.models.loading import load_model
     from superneurons.predictor import SuperNeuronPredictor
 
@@ -28,11 +38,8 @@ def embedded_target(classifier_dir: Path | None, seed: int = 99, n: int = 16) ->
         predictor = SuperNeuronPredictor.from_pretrained(classifier_dir, model=loaded)
     # Asked as the classifier's probing set was (the embedded model's bare question otherwise).
     prompter = predictor.prompter if predictor else Prompter.for_model("plain", loaded.architecture)
-    images, prompts = [], []
-    for scene, render in iter_scenes(seed, "val", n):
-        question = scene_questions(scene, seed, families=["existence"])[0].question
-        images.append(render.image)
-        prompts.append(prompter.chat(loaded.processor, question))
+    images, records = scene_set(n, seed)
+    prompts = [prompter.chat(loaded.processor, r.question, r.choices, r.context) for r in records]
     exits = dict(EXIT_LAYERS)
     finish = None
     if predictor is not None:
@@ -115,4 +122,4 @@ def rows_table(rows: list[dict]) -> Table:
     return table
 
 
-__all__ = ["embedded_target", "rows_table", "run_early_exit_bench", "shape_target"]
+__all__ = ["embedded_target", "rows_table", "run_early_exit_bench", "scene_set", "shape_target"]

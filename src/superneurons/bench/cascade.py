@@ -19,9 +19,12 @@ from superneurons.predictor import SuperNeuronPredictor, undecided
 MARGINS = (0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.51)
 
 
-def cascade_curve(predictor: SuperNeuronPredictor, records: list[Record], margins=MARGINS) -> dict:
-    """Accuracy, fallback fraction and expected seconds per question, for each margin."""
-    images = [r.load_image() for r in records]
+def cascade_curve(
+    predictor: SuperNeuronPredictor, records: list[Record], margins=MARGINS, images=None
+) -> dict:
+    """Accuracy, fallback fraction and expected seconds per question, for each margin
+    (``images``: the records' images, when already read)."""
+    images = images if images is not None else [r.load_image() for r in records]
     questions = [r.question for r in records]
     contexts = [r.context for r in records]
     truth = np.array([r.label == "yes" for r in records])
