@@ -102,8 +102,7 @@ def owner(path: Path) -> str | None:
 
 def _describe(path: Path) -> str:
     names = sorted(p.name for p in path.iterdir())
-    shown = ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
-    return shown
+    return ", ".join(names[:3]) + (f" and {len(names) - 3} more" if len(names) > 3 else "")
 
 
 def check_disjoint(output: Path, inputs: Sequence[str | os.PathLike], what: str = "--out") -> None:
@@ -111,17 +110,17 @@ def check_disjoint(output: Path, inputs: Sequence[str | os.PathLike], what: str 
     out = output.resolve()
     for given in inputs:
         source = Path(given).resolve()
-        if out == source or source.is_relative_to(out) or out.is_relative_to(source):
-            relation = (
-                "is"
-                if out == source
-                else "contains"
-                if source.is_relative_to(out)
-                else "lies inside"
-            )
-            raise OutputError(
-                f"{what} {output} {relation} the input {given}; write the output elsewhere"
-            )
+        if out == source:
+            relation = "is"
+        elif source.is_relative_to(out):
+            relation = "contains"
+        elif out.is_relative_to(source):
+            relation = "lies inside"
+        else:
+            continue
+        raise OutputError(
+            f"{what} {output} {relation} the input {given}; write the output elsewhere"
+        )
 
 
 def _only_ours(path: Path) -> bool:
