@@ -100,7 +100,7 @@ def evaluate(
     split: Split,
     n_boot: int = 1000,
     seed: int = 0,
-    families: Sequence[str] | None = None,
+    families: Sequence[str | None] | None = None,
 ) -> dict:
     """Metrics of every estimator on ``split``, overall and per family (``families``: one per
     record, default all "all"), with the agreement rate of the super neurons (``"sn"``) and the
@@ -115,8 +115,8 @@ def evaluate(
         n for n in estimators if n not in (SN, MODEL)
     ]
     agree = SN in estimators and MODEL in estimators
-    if agree:
-        votes, valid = estimators[SN].votes(split), estimators[MODEL].valid(split)
+    valid = estimators[MODEL].valid(split) if MODEL in estimators else None
+    votes = estimators[SN].votes(split) if agree else None
     families = np.array(
         [f or "all" for f in families] if families is not None else ["all"] * len(labels),
         dtype=object,
@@ -134,7 +134,7 @@ def evaluate(
     everything = block(np.ones(len(labels), dtype=bool))
     result = {"n_val": len(labels), **{k: v for k, v in everything.items() if k != "n"}}
     if MODEL in estimators:
-        result["model_unparseable"] = int((~estimators[MODEL].valid(split)).sum())
+        result["model_unparseable"] = int((~valid).sum())
     if SN in estimators:
         layers = Counter(s.layer for s in estimators[SN].selected_)
         result["sn_layers"] = dict(sorted(layers.items()))
@@ -196,7 +196,7 @@ def build_results(
     ``known`` fills the remaining :class:`Results` fields (``n_probe``, ``seconds``, ``config``).
     """
     split = Split.from_store(store, questions)
-    families = [r.get("family") or "all" for r in store.records]
+    families = [r.get("family") for r in store.records]
     return Results(
         model=provenance.get("model"),
         revision=provenance.get("revision"),

@@ -137,10 +137,9 @@ class SuperNeuronPredictor:
             for q, c in zip(questions, contexts, strict=True)
         ]
 
-    def _exit_splits(self, images, questions, contexts=None) -> Iterator[Split]:
+    def _exit_splits(self, images, questions, prompts) -> Iterator[Split]:
         """Batch by batch, the activations the estimator reads, from a forward that stops after
-        ``exit_layer``."""
-        prompts = self._prompts(questions, contexts)
+        ``exit_layer`` (``prompts``: the questions' chat prompts, from ``_prompts``)."""
         for start in range(0, len(questions), self.batch_size):
             chunk = slice(start, start + self.batch_size)
             inputs = prepare_inputs(self.loaded.processor, list(images[chunk]), prompts[chunk])
@@ -156,8 +155,11 @@ class SuperNeuronPredictor:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(answers, scores) per (image, binary question): ``predict`` (True = yes) and
         ``decision_function`` of the estimator (super neurons: the fraction voting yes)."""
+        return self._answer(images, questions, self._prompts(questions, contexts))
+
+    def _answer(self, images, questions, prompts) -> tuple[np.ndarray, np.ndarray]:
         answers, scores = [], []
-        for split in self._exit_splits(images, questions, contexts):
+        for split in self._exit_splits(images, questions, prompts):
             answers.append(np.asarray(self.classifier.predict(split), dtype=bool))
             scores.append(np.asarray(self.classifier.decision_function(split), dtype=float))
         return np.concatenate(answers), np.concatenate(scores)
@@ -169,7 +171,7 @@ class SuperNeuronPredictor:
         contexts: Sequence[str | None] | None = None,
     ) -> np.ndarray:
         """Every super neuron's yes/no vote (N, K) per (image, binary question), from layer k."""
-        splits = self._exit_splits(images, questions, contexts)
+        splits = self._exit_splits(images, questions, self._prompts(questions, contexts))
         return np.concatenate([self.classifier.votes(split) for split in splits])
 
     def full_model_answers(self, images, questions, contexts=None) -> list[str | None]:
@@ -210,14 +212,12 @@ class SuperNeuronPredictor:
                 flat_questions.append(text)
                 flat_contexts.append(contexts[i])
                 owner.append(i)
+        prompts = self._prompts(flat_questions, flat_contexts)
+        names = [f"question {i}" for i in owner]
         check_prompt_lengths(
-            self.loaded.config,
-            self.loaded.processor,
-            self._prompts(flat_questions, flat_contexts),
-            [f"question {owner[k]}" for k in range(len(flat_questions))],
-            flat_images[0],
+            self.loaded.config, self.loaded.processor, prompts, names, flat_images[0]
         )
-        answers, scores = self.answer(flat_images, flat_questions, flat_contexts)
+        answers, scores = self._answer(flat_images, flat_questions, prompts)
         owner = np.array(owner)
         predictions = []
         for i, options in enumerate(choices):
