@@ -13,15 +13,27 @@ time, so memory-mapped activations much larger than RAM are fine.
 
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
+from sklearn.base import clone
 
-from superneurons.errors import ClassifierError, ConfigError, DataError
+from superneurons.classifiers.base import (
+    ActivationEstimator,
+    ActivationSource,
+    NotFittedError,
+    encode_labels,
+    fit_sites,
+    layers_read,
+    n_samples,
+    read_slab,
+    reads_of,
+    stratified_heldout,
+)
+from superneurons.errors import ClassifierError, ConfigError
 from superneurons.metrics import METRICS, binary_metrics, confusion_counts, metric_from_counts
 
 SELECTIONS: tuple[str, ...] = ("heldout", "fixed", "top_k")
@@ -30,18 +42,6 @@ POLARITIES: dict[str, tuple[int, ...]] = {"positive": (1,), "negative": (-1,), "
 # Thresholds like t = best - delta are computed in floating point; a neuron scoring exactly t
 # must not be lost to rounding. Distinct scores (ratios of counts) differ by far more than this.
 _TOLERANCE = 1e-12
-
-
-class ActivationSource(Protocol):
-    """What the classifier reads: per-site shapes and one (N, width) layer slab at a time."""
-
-    sites: dict[str, tuple[int, int]]
-
-    def layer(self, site: str, layer: int) -> np.ndarray: ...
-
-
-class NotFittedError(ValueError, AttributeError):
-    """Raised when a classifier is used before ``fit`` (or ``from_dict``)."""
 
 
 @dataclass(frozen=True)
@@ -112,14 +112,15 @@ def as_activation_source(activations: Any) -> ActivationSource:
     )
 
 
-class SuperNeuronClassifier:
+class SuperNeuronClassifier(ActivationEstimator):
     """Answers yes/no from the votes of the neurons that best separate yes from no.
 
     ``selection``: "heldout" picks t = best - delta by sweeping delta over 0, t_step, ... <=
     t_range on a stratified held-out part of the probing set; "fixed" keeps scores >= threshold;
-    "top_k" keeps the top_k best. ``max_neurons`` caps the SNs in every rule. ``aggregate``:
-    "mean" says yes when at least half the SNs do; "majority" when more than half do, an exact tie
-    going to the best SN. String labels are "yes"/"no", with ``pos_label`` the positive class.
+    "top_k" keeps the top_k best. ``max_neurons`` caps the SNs in every rule; ``max_layer``
+    scores only layers <= max_layer (a forward pass may then stop after it). ``aggregate``:
+    "mean" says yes when at least half the SNs do; "majority" when more than half do, an exact
+    tie going to the best SN. String labels are "yes"/"no", with ``pos_label`` the positive class.
     """
 
     def __init__(
@@ -138,6 +139,7 @@ class SuperNeuronClassifier:
         max_neurons: int | None = None,
         random_state: int | None = 0,
         pos_label: str = "yes",
+        max_layer: int | None = None,
     ) -> None:
         self.alpha = alpha
         self.metric = metric
@@ -153,22 +155,9 @@ class SuperNeuronClassifier:
         self.max_neurons = max_neurons
         self.random_state = random_state
         self.pos_label = pos_label
+        self.max_layer = max_layer
 
     # -- parameters ---------------------------------------------------------------------------
-
-    def get_params(self) -> dict[str, Any]:
-        """The hyper-parameters, by name."""
-        names = inspect.signature(type(self).__init__).parameters
-        return {name: getattr(self, name) for name in names if name != "self"}
-
-    def set_params(self, **params: Any) -> SuperNeuronClassifier:
-        """Set hyper-parameters by name; returns self."""
-        known = self.get_params()
-        for name, value in params.items():
-            if name not in known:
-                raise ConfigError(f"unknown parameter {name!r}; known: {sorted(known)}")
-            setattr(self, name, value)
-        return self
 
     def check_params(self) -> None:
         """Raise ConfigError for hyper-parameters that cannot work (``fit`` calls it first)."""
@@ -199,6 +188,7 @@ class SuperNeuronClassifier:
                 )
         if self.max_neurons is not None and self.max_neurons < 1:
             raise ConfigError(f"max_neurons must be None or >= 1, got {self.max_neurons}")
+        self.check_max_layer()
 
     # -- fitting ------------------------------------------------------------------------------
 
@@ -206,59 +196,72 @@ class SuperNeuronClassifier:
         """Score every neuron on the probing set and select the super neurons; returns self."""
         self.check_params()
         source = as_activation_source(activations)
-        sites = self._fit_sites(source)
+        sites = fit_sites(source, self.sites)
         y = encode_labels(labels, self.pos_label)
-        n_samples = _n_samples(source)
-        if n_samples != y.size:
-            raise ValueError(f"activations hold {n_samples} samples but labels has {y.size}")
+        if n_samples(source) != y.size:
+            raise ValueError(
+                f"activations hold {n_samples(source)} samples but labels has {y.size}"
+            )
         polarities = POLARITIES[self.polarity]
-
+        held = None
         if self.selection == "heldout":
-            scores, delta, self.heldout_scores_ = self._sweep_heldout(source, sites, y, polarities)
-            self.threshold_ = _best(scores) - delta
+            held = stratified_heldout(y, self.heldout_fraction, self.random_state)
+        full, fit = _score_pass(
+            source, sites, y, self.alpha, self.metric, polarities, held, self.max_layer
+        )
+        return self._select(source, y, sites, polarities, full, fit, held)
+
+    def _select(self, source, y, sites, polarities, full, fit, held) -> SuperNeuronClassifier:
+        """Choose the super neurons from the scores of the scoring pass (NaN: a layer not read)."""
+        if self.selection == "heldout":
+            delta, self.heldout_scores_ = self._sweep_heldout(source, y, polarities, fit, held)
+            self.threshold_ = _best(full) - delta
         else:
-            scores, _ = _score_pass(source, sites, y, self.alpha, self.metric, polarities)
             self.heldout_scores_ = {}
             self.threshold_ = float(self.threshold) if self.selection == "fixed" else None
 
         top_k = self.top_k if self.selection == "top_k" else None
-        self.selected_ = _rank(scores, polarities, self.threshold_, top_k, self.max_neurons)
+        self.selected_ = _rank(full, polarities, self.threshold_, top_k, self.max_neurons)
         if not self.selected_:
             raise ConfigError(
-                f"no neuron scores >= threshold {self.threshold_}; the best scores {_best(scores)}"
+                f"no neuron scores >= threshold {self.threshold_}; the best scores {_best(full)}"
             )
-        self.scores_ = scores  # site -> (P, n_layers, width), P indexing polarities_
+        self.scores_ = full  # site -> (P, n_layers, width), P indexing polarities_; NaN: not read
+        self.fit_scores_ = fit  # the same on the probing set less its held-out part (heldout)
         self.polarities_ = polarities
         self.classes_ = np.array([False, True])  # predict's labels: no, yes
         self.sites_ = sites
         self.n_features_in_ = sum(n_layers * width for n_layers, width in sites.values())
         return self
 
-    def _fit_sites(self, source: ActivationSource) -> dict[str, tuple[int, int]]:
-        available = dict(source.sites)
-        if self.sites is None:
-            names = list(available)
-        elif isinstance(self.sites, str):
-            names = [self.sites]
-        else:
-            names = list(self.sites)
-        unknown = [name for name in names if name not in available]
-        if unknown or not names:
-            raise ConfigError(
-                f"sites {names} not available; the activations hold {list(available)}"
-            )
-        return {name: (int(available[name][0]), int(available[name][1])) for name in names}
+    def refit_up_to(self, activations: Any, labels: Any, max_layer: int) -> SuperNeuronClassifier:
+        """A new classifier equal to this one fitted with ``max_layer`` (<= this one's), from
+        the scores already computed: only the held-out votes of a few neurons are read again."""
+        self._fitted_selection()
+        if self.max_layer is not None and max_layer > self.max_layer:
+            raise ConfigError(f"fitted up to layer {self.max_layer}, not up to {max_layer}")
+        restricted = clone(self).set_params(max_layer=max_layer)
+        restricted.check_params()
+        source = as_activation_source(activations)
+        y = encode_labels(labels, self.pos_label)
+        held = None
+        if self.selection == "heldout":
+            held = stratified_heldout(y, self.heldout_fraction, self.random_state)
+        full, fit = (
+            {site: _mask_layers(array, max_layer) for site, array in scores.items()}
+            for scores in (self.scores_, self.fit_scores_)
+        )
+        return restricted._select(source, y, self.sites_, self.polarities_, full, fit, held)
 
     def _sweep_heldout(
         self,
         source: ActivationSource,
-        sites: dict[str, tuple[int, int]],
         y: np.ndarray,
         polarities: tuple[int, ...],
-    ) -> tuple[dict[str, np.ndarray], float, dict[float, float]]:
-        """Full-set scores, the offset delta that did best on the held-out part, all results."""
-        held = _stratified_heldout(y, self.heldout_fraction, self.random_state)
-        full, fit = _score_pass(source, sites, y, self.alpha, self.metric, polarities, held)
+        fit: dict[str, np.ndarray],
+        held: np.ndarray,
+    ) -> tuple[float, dict[float, float]]:
+        """The offset delta that did best on the held-out part, and every offset's result."""
         best_fit = _best(fit)
         # Only neurons within t_range of the best can be SNs for any offset: read just those.
         candidates = _rank(fit, polarities, best_fit - self.t_range, None, self.max_neurons)
@@ -268,10 +271,10 @@ class SuperNeuronClassifier:
         for delta in _offsets(self.t_step, self.t_range):
             # candidates are sorted best first, so the SNs of every offset are a prefix
             k = int(np.count_nonzero(candidate_scores >= best_fit - delta - _TOLERANCE))
-            pred = _aggregate(held_votes[:, :k], self.aggregate)
+            pred = aggregate(held_votes[:, :k], self.aggregate)
             results[delta] = binary_metrics(pred, y[held])[self.metric]
         best_delta = max(results, key=lambda d: (results[d], -d))  # ties: the smaller offset
-        return full, best_delta, results
+        return best_delta, results
 
     # -- prediction ---------------------------------------------------------------------------
 
@@ -300,16 +303,12 @@ class SuperNeuronClassifier:
 
     def aggregate_votes(self, votes: np.ndarray) -> np.ndarray:
         """The aggregated answer from ``votes`` (N, K) already computed."""
-        return _aggregate(votes, self.aggregate)
+        return aggregate(votes, self.aggregate)
 
     @property
     def reads_(self) -> dict[str, list[int]]:
         """The (site, layers) the super neurons sit in: all a prediction reads."""
-        reads: dict[str, list[int]] = {}
-        for neuron in self._fitted_selection():
-            if neuron.layer not in reads.setdefault(neuron.site, []):
-                reads[neuron.site].append(neuron.layer)
-        return reads
+        return reads_of((neuron.site, neuron.layer) for neuron in self._fitted_selection())
 
     @property
     def exit_layer_(self) -> int:
@@ -375,59 +374,8 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def encode_labels(labels: Any, pos_label: str) -> np.ndarray:
-    """Labels as a bool vector (True = positive class), checked for the two classes."""
-    array = np.asarray(labels)
-    if array.ndim != 1:
-        raise DataError(f"labels must be one-dimensional, got shape {array.shape}")
-    if array.size == 0:
-        raise DataError("the probing set is empty: no labels")
-    if array.dtype == bool:
-        y = array
-    elif array.dtype.kind in "iuf":
-        found = sorted(set(np.unique(array).tolist()))
-        if not set(found) <= {0, 1}:
-            raise DataError(f"numeric labels must be 0 or 1; found {found[:10]}")
-        y = array == 1
-    else:
-        text = np.char.lower(np.char.strip(array.astype(str)))
-        found = sorted(set(np.unique(text).tolist()))
-        if not set(found) <= {"yes", "no"}:
-            raise DataError(f"string labels must be 'yes' or 'no'; found {found[:10]}")
-        y = text == pos_label
-    if y.all() or not y.any():
-        only = "positive" if y.all() else "negative"
-        raise DataError(f"all {y.size} labels are {only}; the probing set needs both classes")
-    return y
-
-
-def _n_samples(source: ActivationSource) -> int:
-    """N, from the source's ``n_samples`` when it has one, else from its first slab."""
-    n_samples = getattr(source, "n_samples", None)
-    if n_samples is None:
-        site = next(iter(source.sites))
-        n_samples = _read(source, site, 0).shape[0]
-    return int(n_samples)
-
-
 def _read(source: ActivationSource, site: str, layer: int) -> np.ndarray:
     return np.asarray(source.layer(site, layer), dtype=np.float32)
-
-
-def _stratified_heldout(y: np.ndarray, fraction: float, seed: int | None) -> np.ndarray:
-    """A mask of held-out rows: ``fraction`` of each class, at least one in and one out."""
-    rng = np.random.default_rng(seed)
-    held = np.zeros(y.size, dtype=bool)
-    for cls in (False, True):
-        rows = np.flatnonzero(y == cls)
-        if rows.size < 2:
-            raise DataError(
-                f"selection='heldout' needs at least 2 samples per class; class {cls} has "
-                f"{rows.size}"
-            )
-        k = min(rows.size - 1, max(1, round(fraction * rows.size)))
-        held[rng.permutation(rows)[:k]] = True
-    return held
 
 
 def _score_pass(
@@ -438,8 +386,10 @@ def _score_pass(
     metric: str,
     polarities: tuple[int, ...],
     held: np.ndarray | None = None,
+    max_layer: int | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """Scores (P, L, W) per site on all rows, and on the rows outside ``held`` when given.
+    """Scores (P, L, W) per site on all rows, and on the rows outside ``held`` when given; NaN
+    in the layers past ``max_layer``, which are not read.
 
     Each slab is read once. Confusion counts add up over rows, so the fit part's counts are the
     full set's minus the (smaller) held-out part's.
@@ -447,15 +397,11 @@ def _score_pass(
     full: dict[str, np.ndarray] = {}
     fit: dict[str, np.ndarray] = {}
     for site, (n_layers, width) in sites.items():
-        full[site] = np.empty((len(polarities), n_layers, width))
+        full[site] = np.full((len(polarities), n_layers, width), np.nan)
         if held is not None:
-            fit[site] = np.empty((len(polarities), n_layers, width))
-        for layer in range(n_layers):
-            slab = _read(source, site, layer)
-            if slab.shape != (y.size, width):
-                raise ValueError(
-                    f"{site} layer {layer}: expected a ({y.size}, {width}) slab, got {slab.shape}"
-                )
+            fit[site] = np.full((len(polarities), n_layers, width), np.nan)
+        for layer in layers_read(n_layers, max_layer):
+            slab = read_slab(source, site, layer, y.size, width)
             held_slab = slab[held] if held is not None else None
             for p, polarity in enumerate(polarities):
                 counts = np.stack(confusion_counts(slab, y, alpha, polarity))
@@ -467,7 +413,15 @@ def _score_pass(
 
 
 def _best(scores: dict[str, np.ndarray]) -> float:
-    return float(max(array.max() for array in scores.values()))
+    """The best score (NaN: a layer not read, ignored)."""
+    return float(max(np.nanmax(array) for array in scores.values()))
+
+
+def _mask_layers(scores: np.ndarray, max_layer: int) -> np.ndarray:
+    """(P, L, W) scores with the layers past ``max_layer`` NaN, as a scoring pass leaves them."""
+    masked = scores.copy()
+    masked[:, max_layer + 1 :] = np.nan
+    return masked
 
 
 def _offsets(step: float, span: float) -> list[float]:
@@ -490,6 +444,7 @@ def _rank(
     """
     if top_k is not None:
         flat = np.concatenate([array.ravel() for array in scores.values()])
+        flat = flat[~np.isnan(flat)]
         k = min(top_k, flat.size)
         threshold = float(np.partition(flat, flat.size - k)[flat.size - k])
     names = list(scores)
@@ -530,34 +485,46 @@ def _check_source(source: ActivationSource, selected: list[SelectedNeuron]) -> N
             )
 
 
+def neuron_values(
+    source: ActivationSource,
+    neurons: Sequence[tuple[str, int, int]],
+    rows: np.ndarray | None = None,
+) -> np.ndarray:
+    """(N, K) float32 values of ``neurons`` given as (site, layer, index) (on ``rows`` only,
+    when given); each (site, layer) slab is read once."""
+    groups: dict[tuple[str, int], list[int]] = {}
+    for k, (site, layer, _) in enumerate(neurons):
+        groups.setdefault((site, layer), []).append(k)
+    out: np.ndarray | None = None
+    for (site, layer), members in groups.items():
+        columns = _read(source, site, layer)[:, [neurons[k][2] for k in members]]
+        if rows is not None:
+            columns = columns[rows]
+        if out is None:
+            out = np.empty((columns.shape[0], len(neurons)), dtype=np.float32)
+        elif columns.shape[0] != out.shape[0]:
+            raise ValueError(f"{site} layer {layer}: {columns.shape[0]} rows, not {out.shape[0]}")
+        out[:, members] = columns
+    if out is None:
+        raise ValueError("no neurons to read")
+    return out
+
+
 def _votes(
     source: ActivationSource,
     neurons: list[SelectedNeuron],
     alpha: float,
     rows: np.ndarray | None = None,
 ) -> np.ndarray:
-    """(N, K) bool votes of ``neurons`` (on ``rows`` only, when given); each slab read once."""
-    groups: dict[tuple[str, int], list[int]] = {}
-    for k, neuron in enumerate(neurons):
-        groups.setdefault((neuron.site, neuron.layer), []).append(k)
-    out: np.ndarray | None = None
-    for (site, layer), members in groups.items():
-        columns = _read(source, site, layer)[:, [neurons[k].index for k in members]]
-        if rows is not None:
-            columns = columns[rows]
-        if out is None:
-            out = np.empty((columns.shape[0], len(neurons)), dtype=bool)
-        elif columns.shape[0] != out.shape[0]:
-            raise ValueError(f"{site} layer {layer}: {columns.shape[0]} rows, not {out.shape[0]}")
-        positive = np.array([neurons[k].polarity > 0 for k in members])
-        out[:, members] = np.where(positive, columns > alpha, columns < alpha)
-    if out is None:
-        raise ValueError("no neurons to read")
-    return out
+    """(N, K) bool votes of ``neurons`` (on ``rows`` only, when given)."""
+    values = neuron_values(source, [(n.site, n.layer, n.index) for n in neurons], rows)
+    positive = np.array([neuron.polarity > 0 for neuron in neurons])
+    return np.where(positive, values > alpha, values < alpha)
 
 
-def _aggregate(votes: np.ndarray, rule: str) -> np.ndarray:
-    """Combine (N, K) votes into (N,) answers by the "mean" or "majority" rule."""
+def aggregate(votes: np.ndarray, rule: str) -> np.ndarray:
+    """Combine (N, K) votes into (N,) answers by the "mean" or "majority" rule (an exact tie
+    going to the first column's vote, the best voter's)."""
     k = votes.shape[1]
     twice_yes = 2 * np.count_nonzero(votes, axis=1)
     if rule == "mean":

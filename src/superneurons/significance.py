@@ -1,0 +1,68 @@
+"""Paired comparisons of two answerers on the same questions: McNemar's exact test and a paired
+bootstrap interval of the accuracy difference.
+
+Both read per-question correctness only (True where an answerer is right), so they apply to any
+pair of estimators — super neurons against the model, a baseline against the model — and pool
+over several seeds by concatenating the questions.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy.stats import binomtest
+
+_BOOT_CELLS = 2_000_000  # resampled questions held at once
+
+
+def _paired(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(a, dtype=bool), np.asarray(b, dtype=bool)
+    if a.ndim != 1 or a.shape != b.shape:
+        raise ValueError(f"need two equal 1-D correctness vectors, got {a.shape} and {b.shape}")
+    return a, b
+
+
+def mcnemar(correct: np.ndarray, reference: np.ndarray) -> dict:
+    """McNemar's exact test of ``correct`` against ``reference`` (per-question correctness).
+
+    ``b``: questions only ``correct`` gets right; ``c``: only ``reference`` does. The two-sided
+    p-value is the exact binomial test of b successes in b + c trials at 1/2
+    (``scipy.stats.binomtest``); 1.0 when they never disagree.
+    """
+    correct, reference = _paired(correct, reference)
+    b = int(np.count_nonzero(correct & ~reference))
+    c = int(np.count_nonzero(~correct & reference))
+    p_value = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
+    return {"b": b, "c": c, "p_value": p_value}
+
+
+def paired_bootstrap_diff(
+    correct: np.ndarray,
+    reference: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of accuracy(correct) − accuracy(reference), resampling
+    questions (the same ones for both); deterministic per seed."""
+    correct, reference = _paired(correct, reference)
+    if correct.size == 0:
+        raise ValueError("paired_bootstrap_diff needs at least one question")
+    if n_boot < 1 or not 0.0 < level < 1.0:
+        raise ValueError(f"need n_boot >= 1 and level in (0, 1), got {n_boot} and {level}")
+    difference = correct.astype(np.int8) - reference.astype(np.int8)
+    n = difference.size
+    rng = np.random.default_rng(seed)
+    values = np.empty(n_boot)
+    rows_per_chunk = max(1, _BOOT_CELLS // n)
+    for start in range(0, n_boot, rows_per_chunk):
+        rows = min(rows_per_chunk, n_boot - start)
+        values[start : start + rows] = difference[rng.integers(0, n, size=(rows, n))].mean(axis=1)
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(values, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def compare(correct: np.ndarray, reference: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:
+    """``{"b", "c", "p_value", "diff_ci95"}``: McNemar and the paired bootstrap together."""
+    low, high = paired_bootstrap_diff(correct, reference, n_boot, seed)
+    return {**mcnemar(correct, reference), "diff_ci95": [round(low, 4), round(high, 4)]}
