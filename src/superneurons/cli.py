@@ -96,6 +96,34 @@ SITES_OPTION = typer.Option("resid,mlp,attn", callback=_site_list, help="Comma-s
 TASK = typer.Option(
     "scenes", callback=_task, help="scenes (generated) or a dataset, see docs/datasets.md."
 )
+MAX_LAYER = typer.Option(
+    None, min=0, help="Read layers <= k only, so that answering stops after layer k."
+)
+
+
+def _baselines(value: str) -> str:
+    from superneurons.pipeline import BASELINES
+
+    unknown = [name for name in _sites(value) if name not in BASELINES]
+    if value != "none" and (unknown or not _sites(value)):
+        raise typer.BadParameter(f"{value!r}: none, or a comma-separated subset of {BASELINES}")
+    return value
+
+
+def _integers(value: str | None) -> str | None:
+    if value is not None and not (_sites(value) and all(i.isdigit() for i in _sites(value))):
+        raise typer.BadParameter(f"{value!r}: comma-separated integers >= 0, such as 0,1,2")
+    return value
+
+
+def _exit_layers(value: str) -> str:
+    if value not in ("all", "none") and not (
+        _sites(value) and all(i.isdigit() for i in _sites(value))
+    ):
+        raise typer.BadParameter(f"{value!r}: all, none or comma-separated layers such as 0,1,3")
+    return value
+
+
 MAX_PIXELS = typer.Option(
     DEFAULT_MAX_PIXELS, min=1, help="Refuse images with more pixels than this (PIL's default)."
 )
@@ -124,6 +152,10 @@ def scenes(
 
 def _sites(value: str) -> list[str]:
     return [s.strip() for s in value.split(",") if s.strip()]
+
+
+def _ints(value: str) -> list[int]:
+    return [int(item) for item in _sites(value)]
 
 
 def _shard_option(value: str | None) -> str | None:
@@ -221,6 +253,7 @@ def discover(
     aggregate: str = AGGREGATE,
     polarity: str = POLARITY,
     seed: int = typer.Option(0, help="Seed of the held-out split."),
+    max_layer: int = MAX_LAYER,
 ) -> None:
     """Score every neuron on the probing set and keep the super neurons."""
     from superneurons.classifiers import SuperNeuronClassifier
@@ -313,17 +346,48 @@ def run(
         callback=_shard_option,
         help="i/n: extract only shard i of n (0-based); a run without it merges them.",
     ),
+    max_layer: int = MAX_LAYER,
+    baselines: str = typer.Option(
+        "savs,linear_probe,sparse_probe",
+        callback=_baselines,
+        help="Baselines fitted beside the super neurons (comma-separated), or none.",
+    ),
+    exit_layers: str = typer.Option(
+        "all",
+        callback=_exit_layers,
+        help="Exit layers of the trade-off table (refit and timed at each): all, none or a list.",
+    ),
+    seeds: str = typer.Option(
+        None,
+        callback=_integers,
+        help="Run the whole method once per seed (OUT/seed-N), then mean ± sd and pooled tests.",
+    ),
 ) -> None:
-    """The whole method: probing set → extract → discover → evaluate (resumable)."""
+    """The whole method: probing set → extract → discover → evaluate, beside the baselines
+    and the exit-layer trade-off (resumable)."""
     from dataclasses import fields
 
-    from superneurons.pipeline import RunConfig
+    from superneurons.errors import ConfigError
+    from superneurons.pipeline import RunConfig, run_seeds
     from superneurons.pipeline import run as run_pipeline
-    from superneurons.report import print_results
+    from superneurons.report import print_results, print_seeds
 
     # The options are RunConfig's fields by name: passed through, never mapped by hand.
-    params = {**ctx.params, "sites": _sites(sites), "shard": _shard(shard)}
+    params = {
+        **ctx.params,
+        "sites": _sites(sites),
+        "shard": _shard(shard),
+        "baselines": [] if baselines == "none" else _sites(baselines),
+        "exit_layers": exit_layers if exit_layers in ("all", "none") else _ints(exit_layers),
+    }
     config = RunConfig(**{f.name: params[f.name] for f in fields(RunConfig)})
+    if seeds is not None:
+        if config.shard is not None:
+            raise ConfigError("--seeds runs the whole method; extract shards without it")
+        summary = run_seeds(config, _ints(seeds), out, log=console.print)
+        print_seeds(summary, Console())
+        console.print(f"results: {out / 'results.json'}")
+        return
     results = run_pipeline(config, out, log=console.print)
     if config.shard is not None:
         return

@@ -1,25 +1,34 @@
 """Evaluation on validation data: every estimator (super neurons, baselines, the model's own
-answers; :mod:`superneurons.classifiers.contract`) scored on the same split.
+answers; :mod:`superneurons.classifiers.contract`) scored on the same split, each against the
+model's answers by a paired test (:mod:`superneurons.significance`).
 
-Results schema (``results.json``)::
+Results schema (``results.json``, documented in docs/method.md)::
 
-    {"format": "superneurons-results/1",
-     "model", "dataset", "n_probe", "n_val", "alpha", "metric", "threshold", "aggregate",
-     "selected": [{"site", "layer", "index", "polarity", "score"}],
-     "sn": METRICS, "model_answers": METRICS, "agreement_rate",
-     "question_only": METRICS, "model_unparseable": int, "sn_layers": {layer: count},
-     "per_family": {family: {"n", "sn": METRICS, "model_answers": METRICS, "agreement_rate",
-                             "question_only": METRICS}}}
+    {"format": "superneurons-results/2",
+     "model", "revision", "dataset", "seed", "n_probe", "template",
+     "alpha", "metric", "aggregate", "threshold", "selected": [{"site", "layer", "index",
+     "polarity", "score"}], "sn_layers": {layer: count},
+     "n_val", "model_unparseable", "agreement_rate",
+     "estimators": {name: {**METRICS, "exit_layer", "vs_model": PAIRED,
+                           "per_family": {family: {"n", **METRICS, "vs_model": PAIRED}}}},
+     "per_family": {family: {"n", "agreement_rate"}},
+     "exit_tradeoff": [{"k", "estimator", "exit_layer", "accuracy", "ci95", "speedup",
+                        "pareto"}],
+     "seconds", "config"}
 
-where METRICS = {"accuracy", "precision", "recall", "f1", "ci95": {metric: [low, high]}}. The
+where METRICS = {"accuracy", "precision", "recall", "f1", "ci95": {metric: [low, high]}} and
+PAIRED = {"b", "c", "p_value", "diff_ci95"} (b: questions only the estimator gets right, c: only
+the model; McNemar's exact p-value; paired bootstrap interval of the accuracy difference). The
 positive class is "yes". An unparseable model answer counts as wrong (the opposite of the label)
-and is excluded from the agreement rate (null when no answer parses). Every estimator evaluated
-has an entry of its name: ``question_only`` (``run``, which has the questions) scores a baseline
-that sees the question but not the image (``superneurons.classifiers.QuestionOnlyClassifier``).
+and is excluded from the agreement rate (null when no answer parses). ``exit_layer`` is the
+deepest decoder layer an estimator reads (the model's last for ``model``, null for one that
+reads no activation). Names: ``super_neurons``, ``savs``, ``linear_probe``, ``sparse_probe``,
+``question_only``, ``model``.
 """
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,18 +38,19 @@ import numpy as np
 from superneurons.classifiers import Estimator, Split, SuperNeuronClassifier
 from superneurons.errors import ClassifierError
 from superneurons.metrics import METRICS, agreement_rate, binary_metrics, bootstrap_ci
+from superneurons.significance import compare
 from superneurons.store import ActivationStore
 
-RESULTS_FORMAT = "superneurons-results/1"
+RESULTS_FORMAT = "superneurons-results/2"
 # What must agree between a classifier's provenance and a store it reads: the same weights.
 _SAME_MODEL_KEYS = ("weights_fingerprint", "architecture")
 
 
 def check_same_model(
-    classifier: SuperNeuronClassifier, provenance: dict, store: ActivationStore, where: str
+    classifier: Estimator, provenance: dict, store: ActivationStore, where: str
 ) -> None:
     """Refuse a store extracted with another model than the classifier was fitted on, or one
-    lacking a site (or its shape) that the super neurons read. ``where`` names the two."""
+    lacking a site (or its shape) that the classifier reads. ``where`` names the two."""
     for key in _SAME_MODEL_KEYS:
         fitted, given = provenance.get(key), store.meta.get(key)
         if fitted != given:
@@ -49,11 +59,11 @@ def check_same_model(
                 f"{fitted}), the store was extracted with {store.meta.get('model')!r} ({key} "
                 f"{given}); a classifier reads only the model it was fitted on"
             )
-    for site in {neuron.site for neuron in classifier.selected_}:
+    for site in classifier.reads_:
         fitted, given = classifier.sites_.get(site), store.sites.get(site)
         if given is None or tuple(fitted) != tuple(given):
             raise ClassifierError(
-                f"{where}: the super neurons read site {site!r} {tuple(fitted)} (layers, width); "
+                f"{where}: the classifier reads site {site!r} {tuple(fitted)} (layers, width); "
                 f"the store has {'no such site' if given is None else tuple(given)}"
             )
 
@@ -92,7 +102,16 @@ def describe_selection(classifier: SuperNeuronClassifier) -> dict:
     }
 
 
-SN, MODEL = "sn", "model_answers"  # the super neurons' and the model's own entries
+SN, MODEL = "super_neurons", "model"  # the super neurons' and the model's own entries
+
+
+def exit_layer(estimator: Estimator, n_layers: int | None) -> int | None:
+    """The deepest layer ``estimator`` reads: the last for the whole model (``reads_`` None),
+    None for one that reads no activation."""
+    reads = estimator.reads_
+    if reads is None:
+        return None if n_layers is None else n_layers - 1
+    return max((max(layers) for layers in reads.values()), default=None)
 
 
 def evaluate(
@@ -103,14 +122,15 @@ def evaluate(
     families: Sequence[str | None] | None = None,
 ) -> dict:
     """Metrics of every estimator on ``split``, overall and per family (``families``: one per
-    record, default all "all"), with the agreement rate of the super neurons (``"sn"``) and the
-    model's answers (``"model_answers"``) when both are there.
+    record, default all "all"), each against the model's answers (``"model"``) when it is there,
+    with the agreement rate of the super neurons (``"super_neurons"``) with the model.
 
-    Entries come in this order: the super neurons, the model, their agreement rate, then every
-    other estimator in the mapping's order.
+    Entries come in this order: the super neurons, the model, then every other estimator in
+    the mapping's order.
     """
     labels = split.labels
     predictions = {name: np.asarray(e.predict(split), dtype=bool) for name, e in estimators.items()}
+    correct = {name: answers == labels for name, answers in predictions.items()}
     order = [n for n in (SN, MODEL) if n in estimators] + [
         n for n in estimators if n not in (SN, MODEL)
     ]
@@ -121,25 +141,51 @@ def evaluate(
         [f or "all" for f in families] if families is not None else ["all"] * len(labels),
         dtype=object,
     )
+    n_layers = next(iter(split.sites.values()), (None,))[0]
+    groups = {f: families == f for f in sorted(set(families))}
 
-    def block(rows: np.ndarray) -> dict:
-        scored: dict = {"n": int(rows.sum())}
-        for name in order:
-            scored[name] = _scored(predictions[name][rows], labels[rows], n_boot, seed)
-            if name == MODEL and agree:
-                rate = agreement_rate(votes[rows], predictions[MODEL][rows], valid[rows])
-                scored["agreement_rate"] = _rounded(rate)
-        return scored
+    def scored(name: str, rows: np.ndarray) -> dict:
+        entry = _scored(predictions[name][rows], labels[rows], n_boot, seed)
+        if MODEL in estimators and name != MODEL:
+            entry["vs_model"] = compare(correct[name][rows], correct[MODEL][rows], n_boot, seed)
+        return entry
 
-    everything = block(np.ones(len(labels), dtype=bool))
-    result = {"n_val": len(labels), **{k: v for k, v in everything.items() if k != "n"}}
+    everything = np.ones(len(labels), dtype=bool)
+    result: dict = {"n_val": len(labels)}
     if MODEL in estimators:
         result["model_unparseable"] = int((~valid).sum())
+    if agree:
+        result["agreement_rate"] = _rounded(agreement_rate(votes, predictions[MODEL], valid))
     if SN in estimators:
         layers = Counter(s.layer for s in estimators[SN].selected_)
         result["sn_layers"] = dict(sorted(layers.items()))
-    result["per_family"] = {f: block(families == f) for f in sorted(set(families))}
+    result["estimators"] = {}
+    for name in order:
+        entry = scored(name, everything)
+        entry["exit_layer"] = exit_layer(estimators[name], n_layers)
+        entry["per_family"] = {
+            f: {"n": int(rows.sum()), **scored(name, rows)} for f, rows in groups.items()
+        }
+        result["estimators"][name] = entry
+    result["per_family"] = {}
+    for f, rows in groups.items():
+        result["per_family"][f] = {"n": int(rows.sum())}
+        if agree:
+            rate = agreement_rate(votes[rows], predictions[MODEL][rows], valid[rows])
+            result["per_family"][f]["agreement_rate"] = _rounded(rate)
     return result
+
+
+def prediction_lines(estimators: Mapping[str, Estimator], split: Split, store) -> bytes:
+    """JSON lines, one per question of ``store``: its id, label and family, and every
+    estimator's answer ("yes"/"no") by name — what a paired test over several runs pools."""
+    answers = {name: np.asarray(e.predict(split), dtype=bool) for name, e in estimators.items()}
+    lines = []
+    for row, record in enumerate(store.records):
+        line = {k: record.get(k) for k in ("id", "label", "family")}
+        line.update({name: "yes" if values[row] else "no" for name, values in answers.items()})
+        lines.append(json.dumps(line, ensure_ascii=False) + "\n")
+    return "".join(lines).encode("utf-8")
 
 
 @dataclass
@@ -158,6 +204,7 @@ class Results:
     seed: int | None = None
     n_probe: int | None = None
     template: str | None = None
+    exit_tradeoff: list | None = None
     seconds: float | None = None
     config: dict | None = None
 
@@ -171,7 +218,7 @@ class Results:
             "n_probe": self.n_probe,
             "template": self.template,
         }
-        tail = {"seconds": self.seconds, "config": self.config}
+        tail = {"exit_tradeoff": self.exit_tradeoff, "seconds": self.seconds, "config": self.config}
         always = ("format", "model", "dataset")
         return {
             **{k: v for k, v in head.items() if v is not None or k in always},

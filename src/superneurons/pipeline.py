@@ -1,28 +1,37 @@
-"""The whole method in one call: probing set → extract → discover → evaluate."""
+"""The whole method in one call: probing set → extract → discover → evaluate, beside the
+baselines (SAVs, linear and sparse probes, question-only, the model) and the exit-layer
+trade-off; over several seeds with :func:`run_seeds`."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+
+import numpy as np
 
 from superneurons import atomic
 from superneurons.classifiers import (
     Estimator,
     ModelAnswers,
     QuestionOnlyClassifier,
+    Split,
     SuperNeuronClassifier,
 )
 from superneurons.classifiers.artifact import save_classifier
+from superneurons.classifiers.probes import LinearProbeClassifier, SparseProbeClassifier
+from superneurons.classifiers.savs import SAVClassifier
 from superneurons.data.images import DEFAULT_MAX_PIXELS
 from superneurons.data.loaders import select, task
-from superneurons.data.prompts import template_for
+from superneurons.data.prompts import Prompter, template_for
 from superneurons.data.records import Record
 from superneurons.errors import ConfigError
-from superneurons.evaluate import build_results
-from superneurons.extract import check_records, extract
-from superneurons.models.adapters import SITES
+from superneurons.evaluate import MODEL, SN, build_results, prediction_lines
+from superneurons.extract import build_prompt, check_records, extract
+from superneurons.metrics import METRICS
+from superneurons.models.adapters import SITES, adapter_for
 from superneurons.models.loading import (
     DTYPES,
     LoadedModel,
@@ -31,7 +40,12 @@ from superneurons.models.loading import (
     pick_device,
 )
 from superneurons.outputs import Claim
+from superneurons.significance import compare
 from superneurons.store import complete_shards, is_complete, merge_shards, shard_path
+from superneurons.tradeoff import exit_tradeoff, measure_speedups
+
+# The baselines a run fits beside the super neurons, by results name (docs/method.md).
+BASELINES: tuple[str, ...] = ("savs", "linear_probe", "sparse_probe")
 
 
 @dataclass
@@ -59,6 +73,9 @@ class RunConfig:
     dtype: str = "fp32"
     device: str = "auto"
     shard: tuple[int, int] | None = None
+    max_layer: int | None = None  # every activation estimator reads layers <= max_layer only
+    baselines: Sequence[str] = BASELINES
+    exit_layers: Sequence[int] | str = "all"  # the trade-off's exit layers: "all", "none", a list
 
     def __post_init__(self) -> None:
         """Refuse settings that cannot work, naming the field, before anything runs."""
@@ -79,6 +96,22 @@ class RunConfig:
             index, count = self.shard
             if not 0 <= index < count:
                 raise ConfigError(f"shard {index}/{count}: the index must be in 0..count-1")
+        unknown = [name for name in self.baselines if name not in BASELINES]
+        if unknown:
+            raise ConfigError(f"baselines must be a subset of {BASELINES}, got {unknown}")
+        if "savs" in self.baselines and "attn" not in self.sites:
+            raise ConfigError("the savs baseline reads the attn site: add attn to the sites")
+        if self.max_layer is not None and (
+            not isinstance(self.max_layer, int) or self.max_layer < 0
+        ):
+            raise ConfigError(f"max_layer must be an integer >= 0, got {self.max_layer!r}")
+        if isinstance(self.exit_layers, str):
+            if self.exit_layers not in ("all", "none"):
+                raise ConfigError(
+                    f"exit_layers must be all, none or a list, got {self.exit_layers!r}"
+                )
+        elif not self.exit_layers or any(not isinstance(k, int) or k < 0 for k in self.exit_layers):
+            raise ConfigError(f"exit_layers must be integers >= 0, got {self.exit_layers!r}")
         task(self.task)
         if self.template is not None:
             template_for(self.template)
@@ -97,7 +130,27 @@ class RunConfig:
             threshold=self.threshold,
             top_k=self.top_k,
             random_state=self.seed,
+            max_layer=self.max_layer,
         )
+
+    def baseline(self, name: str, n_heads: int) -> Estimator:
+        """The (unfitted) baseline ``name`` these settings describe."""
+        if name == "savs":
+            return SAVClassifier(n_heads=n_heads, max_layer=self.max_layer)
+        cls = {"linear_probe": LinearProbeClassifier, "sparse_probe": SparseProbeClassifier}[name]
+        return cls(sites=list(self.sites), max_layer=self.max_layer, random_state=self.seed)
+
+    def tradeoff_layers(self, n_layers: int) -> list[int]:
+        """The exit layers of the trade-off, checked against the model's ``n_layers``."""
+        if self.exit_layers == "none":
+            return []
+        deepest = n_layers - 1 if self.max_layer is None else min(self.max_layer, n_layers - 1)
+        if self.exit_layers == "all":
+            return list(range(deepest + 1))
+        beyond = [k for k in self.exit_layers if k > deepest]
+        if beyond:
+            raise ConfigError(f"exit layers {beyond} are past the deepest layer read, {deepest}")
+        return sorted(set(self.exit_layers))
 
 
 def task_records(config: RunConfig, out: Path) -> tuple[list[Record], list[Record], str]:
@@ -120,13 +173,23 @@ def question_text(record: Record) -> str:
     return f"{record.context}\n{record.question}" if record.context else record.question
 
 
-def estimators(classifier: SuperNeuronClassifier, probe: list[Record]) -> dict[str, Estimator]:
-    """What a run evaluates, by results name: the super neurons, the model's own answers and the
-    question-only baseline (fitted here on the probing set's questions)."""
-    blind = QuestionOnlyClassifier().fit(
-        [question_text(r) for r in probe], [r.label for r in probe]
-    )
-    return {"sn": classifier, "model_answers": ModelAnswers(), "question_only": blind}
+def fit_estimators(
+    config: RunConfig, probe: Split, records: list[Record], n_heads: int, log=print
+) -> dict[str, Estimator]:
+    """What a run evaluates, by results name, fitted on the probing split: the super neurons,
+    the model's own answers, the baselines of ``config`` and the question-only baseline (on the
+    probing records' questions)."""
+    fitted: dict[str, Estimator] = {
+        SN: config.classifier().fit(probe, probe.labels),
+        MODEL: ModelAnswers(),
+    }
+    for name in config.baselines:
+        started = time.time()
+        fitted[name] = config.baseline(name, n_heads).fit(probe, probe.labels)
+        log(f"{name} fitted in {time.time() - started:.1f} s")
+    questions = [question_text(r) for r in records]
+    fitted["question_only"] = QuestionOnlyClassifier().fit(questions, [r.label for r in records])
+    return fitted
 
 
 def run(config: RunConfig, out: str | Path, log=print, loaded: LoadedModel | None = None) -> dict:
@@ -182,18 +245,126 @@ def _run(config: RunConfig, claim: Claim, log, loaded: LoadedModel | None) -> di
         log(f"shard {config.shard[0]}/{config.shard[1]} extracted; run without --shard to merge")
         return {"shard": list(config.shard), "n": {k: v.n for k, v in stores.items()}}
     probe_store, val_store = stores["probe"], stores["val"]
-    classifier = config.classifier().fit(probe_store, [r["label"] for r in probe_store.records])
-    save_classifier(out / "classifier", classifier, probe_store.meta)
+    adapter = adapter_for(loaded.model)
+    probe_split = Split.from_store(probe_store)
+    fitted = fit_estimators(config, probe_split, probe, adapter.n_heads(loaded.model), log)
+    save_classifier(out / "classifier", fitted[SN], probe_store.meta)
+    for name in config.baselines:
+        save_classifier(out / "baselines" / name, fitted[name], probe_store.meta)
+    val_split = Split.from_store(val_store, [question_text(r) for r in val])
+    atomic.write_bytes(
+        out / "predictions.jsonl", prediction_lines(fitted, val_split, val_store), claim.tmp
+    )
+    tradeoff = None
+    if layers := config.tradeoff_layers(adapter.n_layers(loaded.model)):
+        prompter = Prompter.for_model(template, adapter.name)
+        timed = val[: config.batch_size]
+        speedups = measure_speedups(
+            loaded,
+            [r.load_image(config.max_pixels) for r in timed],
+            [build_prompt(loaded.processor, r, prompter) for r in timed],
+            config.sites,
+            range(max(layers) + 1),
+            max_new_tokens=config.max_new_tokens,
+            log=log,
+        )
+        tradeoff = exit_tradeoff(fitted, probe_split, val_split, layers, speedups, seed=config.seed)
     results = build_results(
-        estimators(classifier, probe),
+        fitted,
         val_store,
         {**probe_store.meta, "model": loaded.model_id, "revision": loaded.revision},
         config.task,
         seed=config.seed,
-        questions=[question_text(r) for r in val],
+        questions=val_split.questions,
         n_probe=len(probe),
+        exit_tradeoff=tradeoff,
         seconds=round(time.time() - started, 1),
         config={**asdict(config), "sites": list(config.sites)},
     ).to_json()
     atomic.write_json(out / "results.json", results, claim.tmp)
     return results
+
+
+SEEDS_FORMAT = "superneurons-seeds/1"
+
+
+def run_seeds(
+    config: RunConfig, seeds: Sequence[int], out: str | Path, log=print, loaded=None
+) -> dict:
+    """The whole method once per seed (``out/seed-N``: different probing and validation sets),
+    then per estimator the mean ± sd of its metrics and a McNemar test against the model pooled
+    over every seed's questions; written to ``out/results.json`` and returned."""
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ConfigError(f"seeds must be distinct, got {list(seeds)}")
+    out = Path(out)
+    inputs = [config.data_dir] if config.data_dir is not None else []
+    if config.model is not None and Path(config.model).is_dir():
+        inputs.append(config.model)
+    with Claim(out, "run", inputs) as claim:
+        if loaded is None:
+            open_model(config.model)  # checked before the first seed's data are made
+            loaded = load_model(config.model, config.dtype, config.device)
+        runs = {}
+        for seed in seeds:
+            log(f"seed {seed}")
+            runs[seed] = run(replace(config, seed=seed), out / f"seed-{seed}", log, loaded)
+        summary = summarise_seeds(runs, {seed: out / f"seed-{seed}" for seed in seeds})
+        summary["config"] = {**asdict(config), "sites": list(config.sites), "seeds": list(seeds)}
+        atomic.write_json(out / "results.json", summary, claim.tmp)
+    return summary
+
+
+def summarise_seeds(runs: dict[int, dict], folders: dict[int, Path]) -> dict:
+    """Mean ± sd over seeds of every estimator's metrics, and McNemar against the model on the
+    questions of all seeds pooled (read from each run's ``predictions.jsonl``)."""
+    first = next(iter(runs.values()))
+    names = list(first["estimators"])
+    lines = {seed: _read_lines(folders[seed] / "predictions.jsonl") for seed in runs}
+    pooled = [line for seed in runs for line in lines[seed]]
+
+    def correct(rows: list[dict], name: str) -> np.ndarray:
+        return np.array([row[name] == row["label"] for row in rows])
+
+    def spread(values: list[float]) -> dict:
+        sd = float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+        return {"mean": round(float(np.mean(values)), 4), "sd": round(sd, 4), "values": values}
+
+    def block(rows: list[dict], entries: dict[int, dict]) -> dict:
+        scored = {}
+        for name in names:
+            entry = {m: spread([entries[s][name][m] for s in entries]) for m in METRICS}
+            if name != MODEL and MODEL in names:
+                entry["pooled_vs_model"] = compare(correct(rows, name), correct(rows, MODEL))
+            scored[name] = entry
+        return {"n": len(rows), "estimators": scored}
+
+    summary = {
+        "format": SEEDS_FORMAT,
+        "model": first["model"],
+        "dataset": first["dataset"],
+        "seeds": list(runs),
+        "runs": {str(seed): f"{folders[seed].name}/results.json" for seed in runs},
+        **block(pooled, {s: r["estimators"] for s, r in runs.items()}),
+    }
+    for name in names:
+        summary["estimators"][name]["exit_layer"] = [
+            r["estimators"][name]["exit_layer"] for r in runs.values()
+        ]
+    families = sorted({row["family"] or "all" for row in pooled})
+    summary["per_family"] = {
+        family: block(
+            [row for row in pooled if (row["family"] or "all") == family],
+            {
+                s: {n: r["estimators"][n]["per_family"][family] for n in names}
+                for s, r in runs.items()
+                if family in r["per_family"]
+            },
+        )
+        for family in families
+    }
+    return summary
+
+
+def _read_lines(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as file:
+        return [json.loads(line) for line in file]

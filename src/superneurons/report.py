@@ -1,4 +1,4 @@
-"""A readable terminal table of a run's results."""
+"""Readable terminal tables of a run's results (``results.json``, schema in evaluate.py)."""
 
 from __future__ import annotations
 
@@ -10,51 +10,113 @@ def _pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
-# How an estimator's results entry is headed in the table; other names are shown as they are.
-DISPLAY_NAMES = {"sn": "SN", "model_answers": "model", "question_only": "question-only"}
+def _interval(entry: dict) -> str:
+    ci = entry["ci95"]
+    low, high = ci["accuracy"] if isinstance(ci, dict) else ci
+    return f"{_pct(entry['accuracy'])} [{_pct(low)}, {_pct(high)}]"
 
 
-def estimator_names(results: dict) -> list[str]:
-    """The entries of ``results`` that score an estimator, in their order."""
-    return [k for k, v in results.items() if isinstance(v, dict) and "ci95" in v]
+def _p(value: float) -> str:
+    return f"{value:.3g}" if value >= 1e-4 else f"{value:.1e}"
+
+
+def _versus(entry: dict) -> list[str]:
+    paired = entry.get("vs_model")
+    if paired is None:
+        return ["", "", ""]
+    low, high = paired["diff_ci95"]
+    return [f"{paired['b']}/{paired['c']}", _p(paired["p_value"]), f"[{_pct(low)}, {_pct(high)}]"]
 
 
 def results_table(results: dict) -> Table:
-    """Accuracy [95 % CI] and F1 of every estimator in the results, overall and per family,
-    and the agreement rate of the super neurons with the model where there is one."""
-    title = (
-        f"{results['model']} on {results['dataset']}: {len(results['selected'])} super neurons "
-        f"(t = {results['threshold']}, {results['metric']}, α = {results['alpha']})"
-    )
+    """Every estimator: exit layer, accuracy [95 % CI], F1 and the paired test against the
+    model (b/c: questions only it / only the model gets right; McNemar's p; Δ accuracy CI)."""
+    title = f"{results['model']} on {results['dataset']} ({results['n_val']} questions)"
     table = Table(title=title)
-    names = estimator_names(results)
-    agreement = "agreement_rate" in results
-    columns = ["family", "n"]
-    columns += [f"{DISPLAY_NAMES.get(n, n)} acc [95% CI]" for n in names]
-    columns += [f"{DISPLAY_NAMES.get(n, n)} F1" for n in names] + (["AR"] if agreement else [])
+    columns = ["estimator", "exit", "acc [95% CI]", "F1", "b/c", "p", "Δacc [95% CI]"]
     for column in columns:
+        table.add_column(column, justify="left" if column == "estimator" else "right")
+    for name, entry in results["estimators"].items():
+        layer = entry.get("exit_layer")
+        cells = [name, "–" if layer is None else str(layer), _interval(entry), _pct(entry["f1"])]
+        table.add_row(*cells, *_versus(entry))
+    return table
+
+
+def family_table(results: dict) -> Table:
+    """Accuracy of every estimator per question family, and the agreement rate."""
+    names = list(results["estimators"])
+    agreement = "agreement_rate" in results
+    table = Table(title="per family: accuracy (p against the model)")
+    for column in ["family", "n", *names, *(["AR"] if agreement else [])]:
         table.add_column(column, justify="left" if column == "family" else "right")
-
-    def row(family: str, block: dict, n: int) -> None:
-        cells = [family, str(n)]
-        for name in names:
-            low, high = block[name]["ci95"]["accuracy"]
-            cells.append(f"{_pct(block[name]['accuracy'])} [{_pct(low)}, {_pct(high)}]")
-        cells += [_pct(block[name]["f1"]) for name in names]
-        if agreement:
-            cells.append(_pct(block["agreement_rate"]))
-        table.add_row(*cells)
-
-    row("all", results, results["n_val"])
     for family, block in results["per_family"].items():
-        row(family, block, block["n"])
+        cells = [family, str(block["n"])]
+        for name in names:
+            entry = results["estimators"][name]["per_family"][family]
+            paired = entry.get("vs_model")
+            cells.append(
+                _pct(entry["accuracy"]) + (f" ({_p(paired['p_value'])})" if paired else "")
+            )
+        if agreement:
+            cells.append(_pct(block.get("agreement_rate")))
+        table.add_row(*cells)
+    return table
+
+
+def tradeoff_table(rows: list[dict]) -> Table:
+    """The exit-layer trade-off: accuracy and measured speedup per exit layer (* Pareto)."""
+    table = Table(title="exit-layer trade-off (* on the accuracy/speedup Pareto front)")
+    for column in ("k", "estimator", "exit", "acc [95% CI]", "speedup", ""):
+        table.add_column(column, justify="left" if column == "estimator" else "right")
+    for row in rows:
+        speedup = row.get("speedup")
+        table.add_row(
+            str(row["k"]),
+            row["estimator"],
+            "–" if row["exit_layer"] is None else str(row["exit_layer"]),
+            _interval(row),
+            "–" if speedup is None else f"{speedup:.2f}×",
+            "*" if row.get("pareto") else "",
+        )
     return table
 
 
 def print_results(results: dict, console: Console | None = None) -> None:
     console = console or Console()
     console.print(results_table(results))
-    layers = ", ".join(f"{layer}: {count}" for layer, count in results["sn_layers"].items())
-    console.print(f"super neurons per layer: {layers}")
+    if len(results["per_family"]) > 1:
+        console.print(family_table(results))
+    if results.get("exit_tradeoff"):
+        console.print(tradeoff_table(results["exit_tradeoff"]))
+    if "selected" in results:
+        console.print(
+            f"{len(results['selected'])} super neurons (t = {results['threshold']}, "
+            f"{results['metric']}, α = {results['alpha']}); agreement rate with the model: "
+            f"{_pct(results.get('agreement_rate'))} %"
+        )
+    if results.get("sn_layers"):
+        layers = ", ".join(f"{layer}: {count}" for layer, count in results["sn_layers"].items())
+        console.print(f"super neurons per layer: {layers}")
     if results.get("model_unparseable"):
         console.print(f"unparseable model answers: {results['model_unparseable']} (counted wrong)")
+
+
+def print_seeds(summary: dict, console: Console | None = None) -> None:
+    """Mean ± sd over the seeds of every estimator, and the pooled test against the model."""
+    console = console or Console()
+    seeds = ", ".join(str(seed) for seed in summary["seeds"])
+    table = Table(title=f"{summary['model']} on {summary['dataset']}, seeds {seeds}")
+    for column in ("estimator", "acc mean ± sd", "F1 mean ± sd", "pooled b/c", "pooled p"):
+        table.add_column(column, justify="left" if column == "estimator" else "right")
+    for name, entry in summary["estimators"].items():
+        acc, f1 = entry["accuracy"], entry["f1"]
+        paired = entry.get("pooled_vs_model")
+        table.add_row(
+            name,
+            f"{_pct(acc['mean'])} ± {_pct(acc['sd'])}",
+            f"{_pct(f1['mean'])} ± {_pct(f1['sd'])}",
+            f"{paired['b']}/{paired['c']}" if paired else "",
+            _p(paired["p_value"]) if paired else "",
+        )
+    console.print(table)

@@ -7,6 +7,10 @@ template), the label names and the name of its tensor file, ``DIR/neurons-<hash>
 index, polarity, score) and every neuron's probe score (``scores.<site>``, (polarities, layers,
 width)). No pickle.
 
+The baselines (:data:`ESTIMATORS`: SAVs, linear and sparse probes) are saved the same way: their
+``classifier`` entry names the estimator and holds its parameters and JSON state, and the tensor
+file holds its arrays (``to_state``/``from_state``), so ``predict`` serves any of them.
+
 Replacing a classifier is atomic: the new tensor file is written under its own (content-hashed)
 name, then ``classifier.json`` is replaced in one rename, then the old tensor file is removed; a
 kill at any instant leaves the old classifier or the new one.
@@ -20,12 +24,15 @@ import math
 import re
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from safetensors import SafetensorError
 from safetensors.numpy import load, save
 
 from superneurons import atomic
+from superneurons.classifiers.probes import LinearProbeClassifier, SparseProbeClassifier
+from superneurons.classifiers.savs import SAVClassifier
 from superneurons.classifiers.super_neurons import SelectedNeuron, SuperNeuronClassifier
 from superneurons.errors import ClassifierError
 from superneurons.outputs import Claim
@@ -36,14 +43,13 @@ _SELECTED = ("site", "layer", "index", "polarity", "score")
 _HASHED = re.compile(r"neurons-[0-9a-f]{16}\.safetensors")
 
 
-def save_classifier(
-    out_dir: str | Path,
-    classifier: SuperNeuronClassifier,
-    provenance: dict,
-    extra: dict | None = None,
-) -> Path:
-    """Write ``classifier`` to ``out_dir``, replacing a classifier there atomically."""
-    out_dir = Path(out_dir)
+# The other estimators a classifier directory may hold, by ``classifier.estimator``.
+ESTIMATORS = {
+    cls.__name__: cls for cls in (SAVClassifier, LinearProbeClassifier, SparseProbeClassifier)
+}
+
+
+def _super_neuron_state(classifier: SuperNeuronClassifier) -> tuple[dict, dict, list[str]]:
     state = classifier.to_dict()
     selected = state.pop("selected")
     sites = list(state["sites"])
@@ -56,6 +62,30 @@ def save_classifier(
     }
     for site, scores in classifier.scores_.items():
         tensors[f"scores.{site}"] = np.ascontiguousarray(scores, dtype=np.float32)
+    return state, tensors, sites
+
+
+def _baseline_state(estimator) -> tuple[dict, dict, list[str]]:
+    params = {k: list(v) if isinstance(v, tuple) else v for k, v in estimator.get_params().items()}
+    state, arrays = estimator.to_state()
+    document = {"estimator": type(estimator).__name__, "params": params, "state": state}
+    tensors = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
+    return document, tensors, list(estimator.sites_)
+
+
+def save_classifier(
+    out_dir: str | Path,
+    classifier,
+    provenance: dict,
+    extra: dict | None = None,
+) -> Path:
+    """Write ``classifier`` (super neurons or one of :data:`ESTIMATORS`) to ``out_dir``,
+    replacing a classifier there atomically."""
+    out_dir = Path(out_dir)
+    if isinstance(classifier, SuperNeuronClassifier):
+        state, tensors, sites = _super_neuron_state(classifier)
+    else:
+        state, tensors, sites = _baseline_state(classifier)
     data = save(tensors)
     tensor_file = f"neurons-{hashlib.sha256(data).hexdigest()[:16]}.safetensors"
     document = {
@@ -149,13 +179,16 @@ def _selected(document: dict, tensors: dict[str, np.ndarray], file: Path) -> lis
     return selected
 
 
-def load_classifier(path: str | Path) -> tuple[SuperNeuronClassifier, dict]:
+def load_classifier(path: str | Path) -> tuple[Any, dict]:
     """(classifier, its JSON document) from ``save_classifier``'s directory, every field checked:
     a malformed or tampered file is a ClassifierError naming it."""
     path = Path(path)
     document = _document(path)
     file = path / document.get("tensors", TENSOR_FILE)
     tensors = _tensors(file)
+    name = document["classifier"].get("estimator", SuperNeuronClassifier.__name__)
+    if name != SuperNeuronClassifier.__name__:
+        return _load_baseline(path, name, document, tensors), document
     selected = _selected(document, tensors, file)
     try:
         classifier = SuperNeuronClassifier.from_dict(
@@ -173,3 +206,16 @@ def load_classifier(path: str | Path) -> tuple[SuperNeuronClassifier, dict]:
         if k.startswith("scores.")
     }
     return classifier, document
+
+
+def _load_baseline(path: Path, name: str, document: dict, tensors: dict):
+    if name not in ESTIMATORS:
+        raise ClassifierError(
+            f"{path / JSON_FILE}: unknown estimator {name!r}; known: "
+            f"{', '.join([SuperNeuronClassifier.__name__, *ESTIMATORS])}"
+        )
+    entry = document["classifier"]
+    try:
+        return ESTIMATORS[name].from_state(entry["params"], entry["state"], tensors)
+    except (KeyError, TypeError, ValueError, IndexError) as error:
+        raise ClassifierError(f"{path / JSON_FILE}: invalid {name} ({error})") from None

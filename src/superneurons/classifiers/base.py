@@ -137,3 +137,8 @@ def reads_of(pairs) -> dict[str, list[int]]:
         if layer not in reads.setdefault(site, []):
             reads[site].append(layer)
     return reads
+
+
+def shapes_json(sites: dict) -> dict[str, list[int]]:
+    """``sites_`` as JSON: site -> [n_layers, width]."""
+    return {site: [int(n) for n in shape] for site, shape in sites.items()}

@@ -101,6 +101,10 @@ class Adapter:
         module, _ = self.site_module(model, site, 0)
         return module.in_features
 
+    def n_heads(self, model: nn.Module) -> int:
+        """Attention heads per layer: the ``attn`` site is ``n_heads × head_dim`` wide."""
+        return int(self.text_config(model).num_attention_heads)
+
     def targets(
         self, model: nn.Module, sites: Sequence[str] = SITES, layers: Iterable[int] | None = None
     ) -> dict[str, tuple[nn.Module, HookPoint]]:
