@@ -37,20 +37,26 @@ def test_run_writes_results_with_the_documented_keys(checkpoint, tiny_run):
         "metric",
         "threshold",
         "selected",
-        "sn",
-        "model_answers",
+        "estimators",
         "agreement_rate",
         "per_family",
         "sn_layers",
-        "question_only",
+        "exit_tradeoff",
     ):
         assert key in results, key
+    assert results["format"] == "superneurons-results/2"
     assert results["n_probe"] == 24 and results["n_val"] == 16
     assert results["selected"], "a fitted classifier selects at least one neuron"
-    for block in ("sn", "model_answers", "question_only"):
-        assert set(results[block]) >= {"accuracy", "precision", "recall", "f1", "ci95"}
-        low, high = results[block]["ci95"]["accuracy"]
-        assert low <= results[block]["accuracy"] <= high
+    names = ["super_neurons", "model", "savs", "linear_probe", "sparse_probe", "question_only"]
+    assert list(results["estimators"]) == names
+    for name, entry in results["estimators"].items():
+        assert set(entry) >= {"accuracy", "precision", "recall", "f1", "ci95", "exit_layer"}
+        low, high = entry["ci95"]["accuracy"]
+        assert low <= entry["accuracy"] <= high
+        assert ("vs_model" in entry) == (name != "model")
+        assert set(entry["per_family"]) == set(results["per_family"])
+    layers = {name: entry["exit_layer"] for name, entry in results["estimators"].items()}
+    assert layers["model"] == 1 and layers["question_only"] is None  # the tiny LLaVA: 2 layers
     probe = ActivationStore.open(tmp_path / "activations" / "probe")
     labels = [r["label"] for r in probe.records]
     assert labels.count("yes") == labels.count("no") == 12
@@ -60,9 +66,18 @@ def test_run_writes_results_with_the_documented_keys(checkpoint, tiny_run):
     val = ActivationStore.open(tmp_path / "activations" / "val")
     truth = np.array([r["label"] == "yes" for r in val.records])
     accuracy = float((classifier.predict(val) == truth).mean())
-    assert accuracy == pytest.approx(results["sn"]["accuracy"], abs=1e-4)
-    for family, block in results["per_family"].items():
-        assert 0 <= block["question_only"]["accuracy"] <= 1, family
+    assert accuracy == pytest.approx(results["estimators"]["super_neurons"]["accuracy"], abs=1e-4)
+    # Every baseline is saved beside it and predicts what the results say, too.
+    for name in ("savs", "linear_probe", "sparse_probe"):
+        baseline, _ = load_classifier(tmp_path / "baselines" / name)
+        accuracy = float((baseline.predict(val) == truth).mean())
+        assert accuracy == pytest.approx(results["estimators"][name]["accuracy"], abs=1e-4), name
+    # predictions.jsonl holds every estimator's answer per validation question.
+    lines = [json.loads(line) for line in (tmp_path / "predictions.jsonl").open()]
+    assert [line["id"] for line in lines] == val.ids
+    for name in names:
+        right = np.mean([line[name] == line["label"] for line in lines])
+        assert right == pytest.approx(results["estimators"][name]["accuracy"], abs=1e-4), name
 
 
 def test_results_print_as_a_table(tiny_run):
@@ -74,8 +89,8 @@ def test_results_print_as_a_table(tiny_run):
     console = Console(record=True, width=150)
     print_results(results, console)
     text = console.export_text()
-    assert "all" in text and all(family in text for family in results["per_family"])
-    assert "question-only acc" in text
+    assert all(name in text for name in results["estimators"])
+    assert "exit-layer trade-off" in text and "p" in text
 
 
 def test_rerun_reuses_finished_steps_and_gives_the_same_results(checkpoint, tmp_path):
@@ -148,15 +163,15 @@ def test_evaluate_builds_the_same_results_as_run(tiny_run, tmp_path):
     assert done.returncode == 0, done.stderr
     evaluated = json.loads((tmp_path / "r.json").read_text())
     # What only `run` knows: the probing questions (for the blind baseline), its size and time.
-    only_run = {"question_only", "n_probe", "seconds", "config"}
+    only_run = {"n_probe", "seconds", "config", "exit_tradeoff"}
+    evaluated_by_both = ("super_neurons", "model")
 
     def comparable(document: dict) -> dict:
         document = {k: v for k, v in document.items() if k not in only_run | {"dataset"}}
-        for block in document["per_family"].values():
-            block.pop("question_only", None)
+        document["estimators"] = {n: document["estimators"][n] for n in evaluated_by_both}
         return document
 
     assert comparable(evaluated) == comparable(results)
     assert list(comparable(evaluated)) == list(comparable(results))  # the same key order
-    assert evaluated["format"] == "superneurons-results/1"
+    assert evaluated["format"] == "superneurons-results/2"
     assert evaluated["dataset"] == str(out / "activations" / "val")

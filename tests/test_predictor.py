@@ -183,14 +183,14 @@ def test_any_estimator_that_reads_activations_is_served_with_early_exit(tiny_run
     assert (got == (column > 0))[clear].all() and clear.sum() >= store.n // 2
 
     results = evaluate({"first_neuron": FirstNeuron()}, Split.from_store(store))
-    assert set(results) == {"n_val", "first_neuron", "per_family"}
-    assert results["first_neuron"]["accuracy"] == pytest.approx(
+    assert set(results) == {"n_val", "estimators", "per_family"}
+    assert results["estimators"]["first_neuron"]["accuracy"] == pytest.approx(
         np.mean((column > 0) == np.array([label == "yes" for label in store.labels])), abs=1e-4
     )
-    table = results_table({**results, "model": "m", "dataset": "d", "selected": [],
-                           "threshold": None, "metric": "accuracy", "alpha": 0.0})  # fmt: skip
-    assert [c.header for c in table.columns] == ["family", "n", "first_neuron acc [95% CI]",
-                                                 "first_neuron F1"]  # fmt: skip
+    table = results_table({**results, "model": "m", "dataset": "d"})
+    assert [c.header for c in table.columns][:4] == ["estimator", "exit", "acc [95% CI]", "F1"]
+    assert table.columns[0]._cells == ["first_neuron"]
+    assert table.columns[1]._cells == ["0"]  # its exit layer
 
 
 def test_the_cascade_answers_undecided_questions_with_the_full_model(tiny_run):

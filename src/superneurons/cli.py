@@ -255,7 +255,8 @@ def discover(
     seed: int = typer.Option(0, help="Seed of the held-out split."),
     max_layer: int = MAX_LAYER,
 ) -> None:
-    """Score every neuron on the probing set and keep the super neurons."""
+    """Score every neuron on the probing set and keep the super neurons (a forward pass may
+    stop after the deepest)."""
     from superneurons.classifiers import SuperNeuronClassifier
     from superneurons.classifiers.artifact import save_classifier
     from superneurons.outputs import Claim
@@ -286,9 +287,10 @@ def evaluate(
     ),
     seed: int = typer.Option(0, help="Bootstrap seed."),
 ) -> None:
-    """Compare super neurons with the model's own answers on validation data."""
+    """Compare a fitted classifier (super neurons or a baseline) with the model's own answers
+    on validation data."""
     from superneurons.classifiers import ModelAnswers
-    from superneurons.classifiers.artifact import load_classifier
+    from superneurons.classifiers.artifact import load_classifier, results_name
     from superneurons.evaluate import build_results, check_same_model
     from superneurons.outputs import check_output_file, write_output_json
     from superneurons.report import print_results
@@ -300,7 +302,7 @@ def evaluate(
     val = ActivationStore.open(store)
     provenance = document["provenance"]
     check_same_model(fitted, provenance, val, f"{classifier} and {store}")
-    estimators = {"sn": fitted, "model_answers": ModelAnswers()}
+    estimators = {results_name(fitted): fitted, "model": ModelAnswers()}
     results = build_results(estimators, val, provenance, str(store), seed=seed).to_json()
     if out is not None:
         write_output_json(out, results, [classifier, store])

@@ -248,7 +248,7 @@ def build_results(
         model=provenance.get("model"),
         revision=provenance.get("revision"),
         dataset=dataset,
-        selection=describe_selection(estimators[SN]),
+        selection=describe_selection(estimators[SN]) if SN in estimators else {},
         scores=evaluate(estimators, split, seed=seed, families=families),
         seed=seed,
         template=provenance.get("template"),

@@ -49,6 +49,13 @@ ESTIMATORS = {
 }
 
 
+def results_name(classifier) -> str:
+    """The name ``results.json`` gives ``classifier``'s entry (docs/method.md)."""
+    names = {SuperNeuronClassifier: "super_neurons", SAVClassifier: "savs"}
+    names |= {LinearProbeClassifier: "linear_probe", SparseProbeClassifier: "sparse_probe"}
+    return names.get(type(classifier), type(classifier).__name__)
+
+
 def _super_neuron_state(classifier: SuperNeuronClassifier) -> tuple[dict, dict, list[str]]:
     state = classifier.to_dict()
     selected = state.pop("selected")
