@@ -195,6 +195,19 @@ CASES: dict[str, Case | object] = {
         lambda w: ["run", "--out", w.tmp / "o", "--metric", "auc"], ("'--metric'", "auc")
     ),
     "aggregate": Case(lambda w: _discover(w, "--aggregate", "median"), ("'--aggregate'",)),
+    "baselines": Case(
+        lambda w: ["run", "--out", w.tmp / "o", "--baselines", "savs,ridge"], ("'--baselines'",)
+    ),
+    "savs-without-attn": Case(
+        lambda w: ["run", "--out", w.tmp / "o", "--sites", "resid", "--baselines", "savs"],
+        ("savs", "attn"),
+    ),
+    "exit-layers": Case(
+        lambda w: ["run", "--out", w.tmp / "o", "--exit-layers", "last"], ("'--exit-layers'",)
+    ),
+    "seeds": Case(lambda w: ["run", "--out", w.tmp / "o", "--seeds", "0,x"], ("'--seeds'",)),
+    "seeds-twice": Case(lambda w: ["run", "--out", w.tmp / "o", "--seeds", "1,1"], ("distinct",)),
+    "max-layer": Case(lambda w: _discover(w, "--max-layer", "-1"), ("'--max-layer'",)),
     "sites": Case(
         lambda w: ["run", "--out", w.tmp / "o", "--sites", "resid,bogus"], ("'--sites'",)
     ),
