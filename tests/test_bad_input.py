@@ -196,7 +196,7 @@ CASES: dict[str, Case | object] = {
     ),
     "aggregate": Case(lambda w: _discover(w, "--aggregate", "median"), ("'--aggregate'",)),
     "baselines": Case(
-        lambda w: ["run", "--out", w.tmp / "o", "--baselines", "savs,ridge"], ("'--baselines'",)
+        lambda w: ["run", "--out", w.tmp / "o", "--baselines", "savs,ridge"], ("baselines", "ridge")
     ),
     "savs-without-attn": Case(
         lambda w: ["run", "--out", w.tmp / "o", "--sites", "resid", "--baselines", "savs"],

@@ -101,15 +101,6 @@ MAX_LAYER = typer.Option(
 )
 
 
-def _baselines(value: str) -> str:
-    from superneurons.pipeline import BASELINES
-
-    unknown = [name for name in _sites(value) if name not in BASELINES]
-    if value != "none" and (unknown or not _sites(value)):
-        raise typer.BadParameter(f"{value!r}: none, or a comma-separated subset of {BASELINES}")
-    return value
-
-
 def _integers(value: str | None) -> str | None:
     if value is not None and not (_sites(value) and all(i.isdigit() for i in _sites(value))):
         raise typer.BadParameter(f"{value!r}: comma-separated integers >= 0, such as 0,1,2")
@@ -351,7 +342,6 @@ def run(
     max_layer: int = MAX_LAYER,
     baselines: str = typer.Option(
         "savs,linear_probe,sparse_probe",
-        callback=_baselines,
         help="Baselines fitted beside the super neurons (comma-separated), or none.",
     ),
     exit_layers: str = typer.Option(
@@ -586,6 +576,28 @@ def bench_flops(
     if out is not None:
         write_output_json(out, {"format": "superneurons-bench-flops/1", **split})
     print(json.dumps(split))
+
+
+@bench_app.command("baselines")
+def bench_baselines(
+    out: Path = typer.Option(Path("runs/bench-baselines.json"), help="Results JSON."),
+    shape: str = typer.Option(
+        "llava-1.5-7b", callback=_one_of("llava-1.5-7b", "tiny"), help="llava-1.5-7b or tiny."
+    ),
+    n: int = typer.Option(3000, min=4, help="Samples in the synthetic store."),
+    cache: Path = typer.Option(
+        Path("runs/bench-stores"), help="Where the synthetic store is built once and kept."
+    ),
+) -> None:
+    """Fit time and peak memory of SAVs and the linear/sparse probes against one streaming
+    read of a store of a real model's shape."""
+    from superneurons.bench.baselines import run_baselines_bench
+    from superneurons.outputs import check_output_file, write_output_json
+
+    check_output_file(out)
+    result = run_baselines_bench(cache, shape, n, log=console.print)
+    write_output_json(out, result)
+    console.print(f"results: {out}")
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: inspect what a task loads.")

@@ -51,3 +51,29 @@ def test_flop_split_adds_up_and_grows_with_depth_evenly():
     # Identical decoder layers over the same tokens cost the same.
     assert len(set(split["layers"])) == 1 and split["layers"][0] > 0
     assert 0 < split["vision_share"] < 1
+
+
+def test_the_baselines_bench_reports_every_fit_against_one_read(tmp_path):
+    from command import superneurons
+
+    args = ["bench", "baselines", "--shape", "tiny", "--n", "200", "--cache", tmp_path / "cache"]
+    done = superneurons(*args, "--out", tmp_path / "b.json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "b.json").read_text())
+    assert result["format"] == "superneurons-bench-baselines/1" and result["n"] == 200
+    fits = [row["fit"] for row in result["rows"]]
+    assert fits == [
+        "savs",
+        "sparse_probe",
+        *(f"linear_probe[{s}]" for s in ("resid", "mlp", "attn")),
+    ]
+    for row in result["rows"]:
+        ratio = row["seconds"] / result["read_s"]
+        assert row["x_read"] == pytest.approx(ratio, rel=0.05, abs=0.01)
+        assert row["peak_mb"] > 0
+    # The synthetic store is built once: a second run reuses it byte for byte.
+    store = tmp_path / "cache" / "tiny-200" / "mlp.npy"
+    stamp = store.stat().st_mtime_ns
+    again = superneurons(*args, "--out", tmp_path / "b2.json")
+    assert again.returncode == 0, again.stderr
+    assert store.stat().st_mtime_ns == stamp

@@ -91,7 +91,8 @@ def _row_space(fit_rows: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, .
     gram = (fit_rows @ fit_rows.T).astype(np.float64)
     values, vectors = np.linalg.eigh(gram)
     keep = values > _EIGEN_FLOOR * values[-1]
-    values, vectors = values[keep], vectors[:, keep]
+    keep[-1] = True  # rows without any variance still get one (zero) coordinate
+    values, vectors = np.maximum(values[keep], np.finfo(np.float64).tiny), vectors[:, keep]
     coordinates = vectors * np.sqrt(values)  # = rows @ basis, basis = rows.T @ vectors / sqrt
     to_basis = vectors / np.sqrt(values)
     projected = [(other @ fit_rows.T).astype(np.float64) @ to_basis for other in others]
@@ -192,7 +193,13 @@ class LinearProbeClassifier(_LogisticProbe):
         if n_samples(source) != y.size:
             raise ValueError(f"activations hold {n_samples(source)} samples but labels {y.size}")
         held = self._held(y)
-        folds = StratifiedKFold(self.cv, shuffle=True, random_state=self.random_state)
+        # A probing set too small for cv folds per class gets as many as it can; below 2, C = 1.
+        smallest = int(min(np.count_nonzero(y[~held]), np.count_nonzero(~y[~held])))
+        folds = None
+        if smallest >= 2:
+            folds = StratifiedKFold(
+                min(self.cv, smallest), shuffle=True, random_state=self.random_state
+            )
         self.layer_scores_ = {site: np.full(n, np.nan) for site, (n, _) in sites.items()}
         self.layer_C_ = {site: np.full(n, np.nan) for site, (n, _) in sites.items()}
         for site, (n_layers, width) in sites.items():
@@ -216,6 +223,10 @@ class LinearProbeClassifier(_LogisticProbe):
         fit_rows, held_rows = rows[:n_fit], rows[n_fit:]
         if fit_rows.shape[1] > fit_rows.shape[0]:
             fit_rows, held_rows, _ = _row_space(fit_rows, held_rows)
+        if folds is None:
+            fitted = LogisticRegression(C=1.0, tol=self.tol, max_iter=self.max_iter)
+            fitted.fit(np.asarray(fit_rows, np.float64), y[~held])
+            return float(fitted.score(np.asarray(held_rows, np.float64), y[held])), 1.0
         search = LogisticRegressionCV(
             Cs=list(self.Cs),
             cv=folds,

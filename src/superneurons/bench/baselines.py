@@ -1,0 +1,122 @@
+"""``superneurons bench baselines``: the baselines' fit time and peak memory on a store of a real
+model's shape, against one streaming read of the same store, side by side in one process.
+
+The store is synthetic (a seeded generator; float16 as extraction writes it) with a planted
+signal — a few neurons and one attention head per layer band separate yes from no — so that the
+fits have something to find. It is built once and cached. Peak memory is what numpy allocates
+during a fit (``tracemalloc`` sees numpy's buffers), in units of one float32 (N, widest) slab.
+"""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from superneurons.store import ActivationStore, ActivationWriter, is_complete
+
+# The language model's shapes from the published config.json files: layers, widths, heads.
+STORE_SHAPES = {
+    "llava-1.5-7b": (32, {"resid": 4096, "mlp": 11008, "attn": 4096}, 32),
+    "tiny": (4, {"resid": 64, "mlp": 160, "attn": 64}, 4),
+}
+_CHUNK = 100
+
+
+def synthetic_store(path: Path, shape: str, n: int, seed: int = 0) -> ActivationStore:
+    """A seeded synthetic store of ``shape`` with ``n`` balanced samples (built once)."""
+    if is_complete(path):
+        return ActivationStore.open(path)
+    n_layers, widths, n_heads = STORE_SHAPES[shape]
+    sites = {site: (n_layers, width) for site, width in widths.items()}
+    meta = {"model": f"synthetic {shape}", "seed": seed, "attn_heads": n_heads}
+    rng = np.random.default_rng(seed)
+    labels = np.arange(n) % 2 == 0
+    with ActivationWriter(path, sites, n, "float16", meta) as writer:
+        for start in range(writer.n_done, n, _CHUNK):
+            rows = labels[start : start + _CHUNK]
+            sign = np.where(rows, 1.0, -1.0).astype(np.float32)[:, None]
+            chunk = {}
+            for site, width in widths.items():
+                values = rng.standard_normal((len(rows), n_layers, width), dtype=np.float32)
+                values[:, :, :4] += 0.6 * sign[:, :, None]  # four neurons, every layer
+                if site == "attn":
+                    head = width // n_heads
+                    values[:, n_layers // 2, head : 2 * head] += 0.3 * sign
+                chunk[site] = values
+            records = [
+                {"id": f"s{start + i}", "label": "yes" if y else "no", "parsed": None}
+                for i, y in enumerate(rows)
+            ]
+            writer.append(chunk, records)
+        return writer.finish()
+
+
+def streaming_read(store: ActivationStore) -> float:
+    """Seconds to read every slab once, widened to float32 as the estimators read it."""
+    started = time.perf_counter()
+    for site, (n_layers, _) in store.sites.items():
+        for layer in range(n_layers):
+            store.layer(site, layer).sum()
+    return time.perf_counter() - started
+
+
+def measured(fit: Callable[[], object]) -> tuple[float, int]:
+    """(seconds, peak bytes numpy allocated) of one call."""
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        fit()
+        seconds = time.perf_counter() - started
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return seconds, peak
+
+
+def run_baselines_bench(cache: Path, shape: str, n: int, log=print) -> dict:
+    """Time and peak memory of each baseline's fit against one streaming read."""
+    from superneurons.classifiers import Split
+    from superneurons.classifiers.probes import LinearProbeClassifier, SparseProbeClassifier
+    from superneurons.classifiers.savs import SAVClassifier
+
+    store = synthetic_store(cache / f"{shape}-{n}", shape, n)
+    split = Split.from_store(store)
+    n_heads = STORE_SHAPES[shape][2]
+    slab = n * max(width for _, width in store.sites.values()) * 4
+    streaming_read(store)  # the page cache warm, as for every fit after it
+    read = streaming_read(store)
+    log(f"one streaming read of {store.n} samples: {read:.2f} s")
+    fits: dict[str, Callable[[], object]] = {
+        "savs": lambda: SAVClassifier(n_heads=n_heads).fit(split, split.labels),
+        "sparse_probe": lambda: SparseProbeClassifier().fit(split, split.labels),
+    }
+    for site in store.sites:
+        fits[f"linear_probe[{site}]"] = lambda site=site: LinearProbeClassifier(sites=[site]).fit(
+            split, split.labels
+        )
+    rows = []
+    for name, fit in fits.items():
+        seconds, peak = measured(fit)
+        rows.append(
+            {
+                "fit": name,
+                "seconds": round(seconds, 4),
+                "x_read": round(seconds / read, 2),
+                "peak_mb": round(peak / 2**20, 1),
+                "peak_slabs": round(peak / slab, 2),
+            }
+        )
+        log(rows[-1])
+    return {
+        "format": "superneurons-bench-baselines/1",
+        "shape": shape,
+        "n": store.n,
+        "store_gb": round(sum(p.stat().st_size for p in store.path.glob("*.npy")) / 1e9, 2),
+        "read_s": round(read, 4),
+        "slab_mb": round(slab / 2**20, 1),
+        "rows": rows,
+    }
