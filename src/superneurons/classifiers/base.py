@@ -40,6 +40,21 @@ class ActivationEstimator(BaseEstimator):
                 raise ConfigError(f"unknown parameter {name!r}; known: {sorted(known)}")
         return super().set_params(**params)
 
+    def _fit_inputs(self, activations: Any, labels: Any, sites, pos_label: str = "yes"):
+        """What every ``fit`` starts with: the parameters checked, then (source, the sites'
+        shapes, bool labels), the labels' count checked against the source's."""
+        from superneurons.classifiers.super_neurons import as_activation_source
+
+        self.check_params()
+        source = as_activation_source(activations)
+        shapes = fit_sites(source, sites)
+        y = encode_labels(labels, pos_label)
+        if n_samples(source) != y.size:
+            raise ValueError(
+                f"activations hold {n_samples(source)} samples but labels has {y.size}"
+            )
+        return source, shapes, y
+
     def check_max_layer(self) -> None:
         max_layer = getattr(self, "max_layer", None)
         if max_layer is not None and (not isinstance(max_layer, int) or max_layer < 0):

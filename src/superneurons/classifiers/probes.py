@@ -33,9 +33,7 @@ from superneurons.classifiers.base import (
     ActivationEstimator,
     NotFittedError,
     encode_labels,
-    fit_sites,
     layers_read,
-    n_samples,
     read_slab,
     reads_of,
     shapes_json,
@@ -53,6 +51,7 @@ from superneurons.errors import ConfigError
 DEFAULT_CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 DEFAULT_KS = (1, 2, 4, 8, 16, 32, 64)
 _EIGEN_FLOOR = 1e-6  # Gram eigenvalues below this fraction of the largest are float32 noise
+_CHUNK_ROWS = 256  # rows standardised at once: bounds the scaler's temporaries
 
 
 @dataclass
@@ -84,38 +83,49 @@ class LogisticModel:
         return cls(*parts, float(np.asarray(arrays["intercept"]).ravel()[0]))
 
 
+def standardise(x: np.ndarray, rows: np.ndarray | None = None) -> StandardScaler:
+    """Standardise ``x`` (N, W) in place with the mean and deviation of its ``rows`` (a mask;
+    all by default): scikit-learn's ``StandardScaler``, fitted and applied a few hundred rows
+    at a time so that no temporary approaches the slab's size."""
+    index = np.arange(len(x)) if rows is None else np.flatnonzero(rows)
+    scaler = StandardScaler()
+    for start in range(0, index.size, _CHUNK_ROWS):
+        scaler.partial_fit(x[index[start : start + _CHUNK_ROWS]])
+    for start in range(0, len(x), _CHUNK_ROWS):
+        x[start : start + _CHUNK_ROWS] = scaler.transform(x[start : start + _CHUNK_ROWS])
+    return scaler
+
+
 def _row_space(fit_rows: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
     """Coordinates of ``fit_rows`` (n, W) in an orthonormal basis of their span, (n, r), and of
     each of ``others`` projected on it, plus the map (W-space weights = rows.T @ (map @ beta)):
     the first returned array is Z, then the others', then the (n, r) map."""
-    gram = (fit_rows @ fit_rows.T).astype(np.float64)
-    values, vectors = np.linalg.eigh(gram)
+    values, vectors = np.linalg.eigh((fit_rows @ fit_rows.T).astype(np.float64))
     keep = values > _EIGEN_FLOOR * values[-1]
     keep[-1] = True  # rows without any variance still get one (zero) coordinate
-    values, vectors = np.maximum(values[keep], np.finfo(np.float64).tiny), vectors[:, keep]
-    coordinates = vectors * np.sqrt(values)  # = rows @ basis, basis = rows.T @ vectors / sqrt
-    to_basis = vectors / np.sqrt(values)
-    projected = [(other @ fit_rows.T).astype(np.float64) @ to_basis for other in others]
-    return (coordinates, *projected, to_basis)
+    root = np.sqrt(np.maximum(values[keep], np.finfo(np.float64).tiny))
+    vectors = vectors[:, keep]
+    coordinates = vectors * root  # = rows @ basis, basis = rows.T @ vectors / root
+    vectors /= root  # the map, in place of a copy
+    projected = [(other @ fit_rows.T).astype(np.float64) @ vectors for other in others]
+    return (coordinates, *projected, vectors)
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, C: float, tol: float, max_iter: int):
     """Standardise ``x`` (in place: it is overwritten) and fit scikit-learn's
     ``LogisticRegression(C)`` on it (in the rows' span when there are more columns than rows):
     a :class:`LogisticModel`."""
-    scaler = StandardScaler(copy=False)
-    z = scaler.fit_transform(x)
-    scale = np.asarray(scaler.scale_, np.float64)
+    scaler = standardise(x)
     regression = LogisticRegression(C=C, tol=tol, max_iter=max_iter)
-    if z.shape[1] > z.shape[0]:
-        coordinates, to_basis = _row_space(z)
+    if x.shape[1] > x.shape[0]:
+        coordinates, to_basis = _row_space(x)
         regression.fit(coordinates, y)
-        coef = z.T.astype(np.float64) @ (to_basis @ regression.coef_[0])
+        # float32 weights in the rows' span: x.T @ (float64 vector) would widen the slab first
+        coef = (x.T @ (to_basis @ regression.coef_[0]).astype(x.dtype)).astype(np.float64)
     else:
-        coef = regression.fit(z.astype(np.float64), y).coef_[0]
-    return LogisticModel(
-        scaler.mean_.astype(np.float64), scale, coef, float(regression.intercept_[0])
-    )
+        coef = regression.fit(np.asarray(x, np.float64), y).coef_[0]
+    mean, scale = (np.asarray(v, np.float64) for v in (scaler.mean_, scaler.scale_))
+    return LogisticModel(mean, scale, coef, float(regression.intercept_[0]))
 
 
 class _LogisticProbe(ActivationEstimator):
@@ -186,12 +196,7 @@ class LinearProbeClassifier(_LogisticProbe):
 
     def fit(self, activations: Any, labels: Any) -> LinearProbeClassifier:
         """Score every (site, layer) on the held-out part; refit the best on all rows."""
-        self.check_params()
-        source = as_activation_source(activations)
-        sites = fit_sites(source, self.sites)
-        y = encode_labels(labels)
-        if n_samples(source) != y.size:
-            raise ValueError(f"activations hold {n_samples(source)} samples but labels {y.size}")
+        source, sites, y = self._fit_inputs(activations, labels, self.sites)
         held = self._held(y)
         # A probing set too small for cv folds per class gets as many as it can; below 2, C = 1.
         smallest = int(min(np.count_nonzero(y[~held]), np.count_nonzero(~y[~held])))
@@ -204,7 +209,7 @@ class LinearProbeClassifier(_LogisticProbe):
         self.layer_C_ = {site: np.full(n, np.nan) for site, (n, _) in sites.items()}
         for site, (n_layers, width) in sites.items():
             for layer in layers_read(n_layers, self.max_layer):
-                # The slab is handed over, not kept: _score_layer reorders it in place of a copy.
+                # The slab is handed over, not kept: _score_layer standardises it in place.
                 score, c = self._score_layer(
                     read_slab(source, site, layer, y.size, width), y, held, folds
                 )
@@ -213,14 +218,11 @@ class LinearProbeClassifier(_LogisticProbe):
         return self._choose(source, y)
 
     def _score_layer(self, slab, y, held, folds) -> tuple[float, float]:
-        """(held-out accuracy, chosen C) of one slab (overwritten: at most two slabs in memory)."""
-        order = np.argsort(held, kind="stable")  # the fit rows first, in their order
-        rows = slab[order]
+        """(held-out accuracy, chosen C) of one slab, standardised by its fit rows (the slab is
+        overwritten and released: at most two slabs in memory)."""
+        standardise(slab, ~held)
+        fit_rows, held_rows = slab[~held], slab[held]
         del slab
-        n_fit = int(np.count_nonzero(~held))
-        scaler = StandardScaler(copy=False).fit(rows[:n_fit])
-        rows = scaler.transform(rows, copy=False)
-        fit_rows, held_rows = rows[:n_fit], rows[n_fit:]
         if fit_rows.shape[1] > fit_rows.shape[0]:
             fit_rows, held_rows, _ = _row_space(fit_rows, held_rows)
         if folds is None:
@@ -343,12 +345,7 @@ class SparseProbeClassifier(_LogisticProbe):
 
     def fit(self, activations: Any, labels: Any) -> SparseProbeClassifier:
         """Rank every neuron (one pass over the slabs), then choose k on the held-out part."""
-        self.check_params()
-        source = as_activation_source(activations)
-        sites = fit_sites(source, self.sites)
-        y = encode_labels(labels)
-        if n_samples(source) != y.size:
-            raise ValueError(f"activations hold {n_samples(source)} samples but labels {y.size}")
+        source, sites, y = self._fit_inputs(activations, labels, self.sites)
         held = self._held(y)
         full, fit = _score_pass(
             source, sites, y, self.alpha, "accuracy", (1,), held, self.max_layer

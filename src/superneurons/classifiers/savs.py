@@ -30,10 +30,7 @@ from sklearn.base import clone
 from superneurons.classifiers.base import (
     ActivationEstimator,
     NotFittedError,
-    encode_labels,
-    fit_sites,
     layers_read,
-    n_samples,
     read_slab,
     reads_of,
     shapes_json,
@@ -84,16 +81,12 @@ class SAVClassifier(ActivationEstimator):
 
     def fit(self, activations: Any, labels: Any) -> SAVClassifier:
         """Class means and the accuracy of every head (layers <= max_layer); keep the top k."""
-        self.check_params()
-        source = as_activation_source(activations)
-        ((n_layers, width),) = fit_sites(source, self.site).values()
+        source, sites, y = self._fit_inputs(activations, labels, self.site)
+        ((n_layers, width),) = sites.values()
         if width % self.n_heads:
             raise ConfigError(
                 f"{self.site} width {width} is not a multiple of {self.n_heads} heads"
             )
-        y = encode_labels(labels)
-        if n_samples(source) != y.size:
-            raise ValueError(f"activations hold {n_samples(source)} samples but labels {y.size}")
         head_dim = width // self.n_heads
         # NaN: a layer not read (past max_layer).
         self.class_means_ = np.full((n_layers, 2, self.n_heads, head_dim), np.nan, np.float32)

@@ -26,9 +26,7 @@ from superneurons.classifiers.base import (
     ActivationSource,
     NotFittedError,
     encode_labels,
-    fit_sites,
     layers_read,
-    n_samples,
     read_slab,
     reads_of,
     stratified_heldout,
@@ -194,14 +192,7 @@ class SuperNeuronClassifier(ActivationEstimator):
 
     def fit(self, activations: Any, labels: Any) -> SuperNeuronClassifier:
         """Score every neuron on the probing set and select the super neurons; returns self."""
-        self.check_params()
-        source = as_activation_source(activations)
-        sites = fit_sites(source, self.sites)
-        y = encode_labels(labels, self.pos_label)
-        if n_samples(source) != y.size:
-            raise ValueError(
-                f"activations hold {n_samples(source)} samples but labels has {y.size}"
-            )
+        source, sites, y = self._fit_inputs(activations, labels, self.sites, self.pos_label)
         polarities = POLARITIES[self.polarity]
         held = None
         if self.selection == "heldout":
