@@ -108,11 +108,7 @@ def _integers(value: str | None) -> str | None:
 
 
 def _exit_layers(value: str) -> str:
-    if value not in ("all", "none") and not (
-        _sites(value) and all(i.isdigit() for i in _sites(value))
-    ):
-        raise typer.BadParameter(f"{value!r}: all, none or comma-separated layers such as 0,1,3")
-    return value
+    return value if value in ("all", "none") else _integers(value)
 
 
 MAX_PIXELS = typer.Option(

@@ -210,17 +210,27 @@ def bootstrap_ci(
     if not 0.0 < level < 1.0:
         raise ValueError(f"level must be in (0, 1), got {level}")
     n = pred.size
-    rng = np.random.default_rng(seed)
     values = np.empty(n_boot)
-    rows_per_chunk = max(1, _BOOT_CELLS // n)
-    for start in range(0, n_boot, rows_per_chunk):
-        rows = min(rows_per_chunk, n_boot - start)
-        idx = rng.integers(0, n, size=(rows, n))
+    for start, idx in bootstrap_resamples(n, n_boot, seed):
         p, y = pred[idx], labels[idx]
         tp = np.count_nonzero(p & y, axis=1)
         fp = np.count_nonzero(p & ~y, axis=1)
         fn = np.count_nonzero(~p & y, axis=1)
-        values[start : start + rows] = metric_from_counts(tp, fp, fn, n - tp - fp - fn, metric)
+        values[start : start + len(idx)] = metric_from_counts(tp, fp, fn, n - tp - fp - fn, metric)
+    return percentile_interval(values, level)
+
+
+def bootstrap_resamples(n: int, n_boot: int, seed: int):
+    """``(start, indices)`` chunks of ``n_boot`` resamples of ``n`` rows with replacement, each
+    chunk a (rows, n) index array of at most ~2M cells; deterministic per seed."""
+    rng = np.random.default_rng(seed)
+    rows_per_chunk = max(1, _BOOT_CELLS // n)
+    for start in range(0, n_boot, rows_per_chunk):
+        yield start, rng.integers(0, n, size=(min(rows_per_chunk, n_boot - start), n))
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central ``level`` interval of bootstrap ``values``."""
     tail = (1.0 - level) / 2.0
     low, high = np.quantile(values, [tail, 1.0 - tail])
     return float(low), float(high)

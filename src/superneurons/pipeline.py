@@ -101,10 +101,6 @@ class RunConfig:
             raise ConfigError(f"baselines must be a subset of {BASELINES}, got {unknown}")
         if "savs" in self.baselines and "attn" not in self.sites:
             raise ConfigError("the savs baseline reads the attn site: add attn to the sites")
-        if self.max_layer is not None and (
-            not isinstance(self.max_layer, int) or self.max_layer < 0
-        ):
-            raise ConfigError(f"max_layer must be an integer >= 0, got {self.max_layer!r}")
         if isinstance(self.exit_layers, str):
             if self.exit_layers not in ("all", "none"):
                 raise ConfigError(

@@ -16,6 +16,16 @@ def _interval(entry: dict) -> str:
     return f"{_pct(entry['accuracy'])} [{_pct(low)}, {_pct(high)}]"
 
 
+# Short column heads for the per-family table (results names elsewhere); others as they are.
+SHORT_NAMES = {
+    "super_neurons": "SN",
+    "savs": "SAVs",
+    "linear_probe": "linear",
+    "sparse_probe": "sparse",
+    "question_only": "blind",
+}
+
+
 def _p(value: float) -> str:
     return f"{value:.3g}" if value >= 1e-4 else f"{value:.1e}"
 
@@ -48,7 +58,8 @@ def family_table(results: dict) -> Table:
     names = list(results["estimators"])
     agreement = "agreement_rate" in results
     table = Table(title="per family: accuracy (p against the model)")
-    for column in ["family", "n", *names, *(["AR"] if agreement else [])]:
+    heads = [SHORT_NAMES.get(name, name) for name in names]
+    for column in ["family", "n", *heads, *(["AR"] if agreement else [])]:
         table.add_column(column, justify="left" if column == "family" else "right")
     for family, block in results["per_family"].items():
         cells = [family, str(block["n"])]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.stats import binomtest
 
-_BOOT_CELLS = 2_000_000  # resampled questions held at once
+from superneurons.metrics import bootstrap_resamples, percentile_interval
 
 
 def _paired(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -50,16 +50,10 @@ def paired_bootstrap_diff(
     if n_boot < 1 or not 0.0 < level < 1.0:
         raise ValueError(f"need n_boot >= 1 and level in (0, 1), got {n_boot} and {level}")
     difference = correct.astype(np.int8) - reference.astype(np.int8)
-    n = difference.size
-    rng = np.random.default_rng(seed)
     values = np.empty(n_boot)
-    rows_per_chunk = max(1, _BOOT_CELLS // n)
-    for start in range(0, n_boot, rows_per_chunk):
-        rows = min(rows_per_chunk, n_boot - start)
-        values[start : start + rows] = difference[rng.integers(0, n, size=(rows, n))].mean(axis=1)
-    tail = (1.0 - level) / 2.0
-    low, high = np.quantile(values, [tail, 1.0 - tail])
-    return float(low), float(high)
+    for start, idx in bootstrap_resamples(difference.size, n_boot, seed):
+        values[start : start + len(idx)] = difference[idx].mean(axis=1)
+    return percentile_interval(values, level)
 
 
 def compare(correct: np.ndarray, reference: np.ndarray, n_boot: int = 1000, seed: int = 0) -> dict:

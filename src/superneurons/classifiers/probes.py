@@ -13,7 +13,7 @@ probe on the ``k`` best single neurons.
 
 Both read one (site, layer) slab at a time. With more features than rows (an MLP slab of
 11,008 neurons, 3,000 questions), an L2-regularised logistic regression's weights lie in the
-span of the rows, so it is fitted on the rows' coordinates in that span (an eigendecomposition
+span of the rows, so it is fitted on the rows' coordinates in that span (the Cholesky factor
 of their Gram matrix) and mapped back: the same model, at a fraction of the memory and time.
 """
 
@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.linalg import solve_triangular
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
@@ -50,7 +51,7 @@ from superneurons.errors import ConfigError
 
 DEFAULT_CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 DEFAULT_KS = (1, 2, 4, 8, 16, 32, 64)
-_EIGEN_FLOOR = 1e-6  # Gram eigenvalues below this fraction of the largest are float32 noise
+_JITTER = 1e-7  # added to the Gram matrix's diagonal, relative to its mean: far below its spectrum
 _CHUNK_ROWS = 256  # rows standardised at once: bounds the scaler's temporaries
 
 
@@ -97,18 +98,28 @@ def standardise(x: np.ndarray, rows: np.ndarray | None = None) -> StandardScaler
 
 
 def _row_space(fit_rows: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Coordinates of ``fit_rows`` (n, W) in an orthonormal basis of their span, (n, r), and of
-    each of ``others`` projected on it, plus the map (W-space weights = rows.T @ (map @ beta)):
-    the first returned array is Z, then the others', then the (n, r) map."""
-    values, vectors = np.linalg.eigh((fit_rows @ fit_rows.T).astype(np.float64))
-    keep = values > _EIGEN_FLOOR * values[-1]
-    keep[-1] = True  # rows without any variance still get one (zero) coordinate
-    root = np.sqrt(np.maximum(values[keep], np.finfo(np.float64).tiny))
-    vectors = vectors[:, keep]
-    coordinates = vectors * root  # = rows @ basis, basis = rows.T @ vectors / root
-    vectors /= root  # the map, in place of a copy
-    projected = [(other @ fit_rows.T).astype(np.float64) @ vectors for other in others]
-    return (coordinates, *projected, vectors)
+    """The rows' coordinates in an orthonormal basis of their span, and each of ``others``
+    projected on it: with the Gram matrix K = rows @ rows.T = L @ L.T (Cholesky), the basis is
+    rows.T @ inv(L).T, the rows' coordinates are L (n, n) and another's are inv(L) @ (rows @
+    other.T). Returns (Z, the others' coordinates..., L); weights beta on the basis are
+    rows.T @ solve(L.T, beta) in the rows' own space (:func:`_from_row_space`)."""
+    gram = (fit_rows @ fit_rows.T).astype(np.float64)
+    # A jitter far below any real eigenvalue makes K positive definite when rows repeat.
+    gram[np.diag_indices_from(gram)] += _JITTER * max(np.trace(gram) / len(gram), 1.0)
+    factor = np.linalg.cholesky(gram)
+    del gram
+    projected = [
+        solve_triangular(factor, (fit_rows @ other.T).astype(np.float64), lower=True).T
+        for other in others
+    ]
+    return (factor, *projected, factor)
+
+
+def _from_row_space(rows: np.ndarray, factor: np.ndarray, beta: np.ndarray) -> np.ndarray:
+    """The weights on ``rows``' own features of weights ``beta`` on their span's basis."""
+    combination = solve_triangular(factor.T, beta, lower=False).astype(rows.dtype)
+    # float32 on purpose: rows.T @ (a float64 vector) would widen the slab first
+    return (rows.T @ combination).astype(np.float64)
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, C: float, tol: float, max_iter: int):
@@ -118,10 +129,9 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, C: float, tol: float, max_iter: i
     scaler = standardise(x)
     regression = LogisticRegression(C=C, tol=tol, max_iter=max_iter)
     if x.shape[1] > x.shape[0]:
-        coordinates, to_basis = _row_space(x)
+        coordinates, factor = _row_space(x)
         regression.fit(coordinates, y)
-        # float32 weights in the rows' span: x.T @ (float64 vector) would widen the slab first
-        coef = (x.T @ (to_basis @ regression.coef_[0]).astype(x.dtype)).astype(np.float64)
+        coef = _from_row_space(x, factor, regression.coef_[0])
     else:
         coef = regression.fit(np.asarray(x, np.float64), y).coef_[0]
     mean, scale = (np.asarray(v, np.float64) for v in (scaler.mean_, scaler.scale_))

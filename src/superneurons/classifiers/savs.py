@@ -97,6 +97,7 @@ class SAVClassifier(ActivationEstimator):
             means = np.stack([heads[~y].mean(axis=0), heads[y].mean(axis=0)])
             self.class_means_[layer] = means
             self.head_scores_[layer] = (head_votes(heads, means) == y[:, None]).mean(axis=0)
+            del heads  # before the next slab is read
         self.sites_ = {self.site: (n_layers, width)}
         return self._select()
 

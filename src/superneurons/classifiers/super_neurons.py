@@ -400,6 +400,7 @@ def _score_pass(
                 if held is not None:
                     held_counts = np.stack(confusion_counts(held_slab, y[held], alpha, polarity))
                     fit[site][p, layer] = metric_from_counts(*(counts - held_counts), metric)
+            del slab, held_slab  # before the next slab is read: one slab in memory, not two
     return full, fit
 
 
