@@ -123,3 +123,18 @@ def test_seeds_pool_every_question_of_every_seed(tiny_llava_checkpoint, tmp_path
         expected = 1.0 if b + c == 0 else binomtest(b, b + c, 0.5).pvalue
         assert pooled["p_value"] == pytest.approx(expected)
     assert summary["n"] == 32
+
+
+def test_evaluate_scores_a_saved_baseline_as_the_run_did(tiny_run, tmp_path):
+    out, results = tiny_run
+    done = superneurons(
+        "evaluate", "--classifier", out / "baselines" / "linear_probe",
+        "--store", out / "activations" / "val", "--out", tmp_path / "r.json",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    evaluated = json.loads((tmp_path / "r.json").read_text())
+    assert list(evaluated["estimators"]) == ["model", "linear_probe"]
+    for name in ("model", "linear_probe"):
+        ours, theirs = evaluated["estimators"][name], results["estimators"][name]
+        assert ours["accuracy"] == theirs["accuracy"] and ours["per_family"] == theirs["per_family"]
+    assert "selected" not in evaluated  # super neurons' settings belong to their own classifier

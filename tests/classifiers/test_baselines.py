@@ -158,3 +158,16 @@ def test_a_tampered_baseline_is_refused(tmp_path):
     file.write_text(json.dumps(document))
     with pytest.raises(ClassifierError, match="invalid SparseProbeClassifier"):
         load_classifier(tmp_path / "c")
+
+
+def test_rows_are_split_in_place_as_fancy_indexing_would():
+    from superneurons.classifiers.probes import _split_rows
+
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(1000, 7)).astype(np.float32)
+    held = rng.random(1000) < 0.2
+    expected_fit, expected_held = x[~held].copy(), x[held].copy()
+    fit_rows, held_rows = _split_rows(x, held)
+    np.testing.assert_array_equal(fit_rows, expected_fit)
+    np.testing.assert_array_equal(held_rows, expected_held)
+    assert np.shares_memory(fit_rows, x)  # moved within x, not copied

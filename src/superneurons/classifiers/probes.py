@@ -97,6 +97,18 @@ def standardise(x: np.ndarray, rows: np.ndarray | None = None) -> StandardScaler
     return scaler
 
 
+def _split_rows(x: np.ndarray, held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(the rows outside ``held``, the held rows) of ``x``: the held rows copied, the others
+    moved up to the front of ``x`` in place and returned as a view, a few hundred rows at a
+    time, so that no more than x and its held rows are ever in memory."""
+    held_rows = x[held]
+    keep = np.flatnonzero(~held)
+    # keep[i] >= i: each chunk reads rows at or after the ones it overwrites.
+    for start in range(0, keep.size, _CHUNK_ROWS):
+        x[start : start + _CHUNK_ROWS] = x[keep[start : start + _CHUNK_ROWS]]
+    return x[: keep.size], held_rows
+
+
 def _row_space(fit_rows: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
     """The rows' coordinates in an orthonormal basis of their span, and each of ``others``
     projected on it: with the Gram matrix K = rows @ rows.T = L @ L.T (Cholesky), the basis is
@@ -231,7 +243,7 @@ class LinearProbeClassifier(_LogisticProbe):
         """(held-out accuracy, chosen C) of one slab, standardised by its fit rows (the slab is
         overwritten and released: at most two slabs in memory)."""
         standardise(slab, ~held)
-        fit_rows, held_rows = slab[~held], slab[held]
+        fit_rows, held_rows = _split_rows(slab, held)
         del slab
         if fit_rows.shape[1] > fit_rows.shape[0]:
             fit_rows, held_rows, _ = _row_space(fit_rows, held_rows)
