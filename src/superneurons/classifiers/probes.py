@@ -105,7 +105,8 @@ def _split_rows(x: np.ndarray, held: np.ndarray) -> tuple[np.ndarray, np.ndarray
     keep = np.flatnonzero(~held)
     # keep[i] >= i: each chunk reads rows at or after the ones it overwrites.
     for start in range(0, keep.size, _CHUNK_ROWS):
-        x[start : start + _CHUNK_ROWS] = x[keep[start : start + _CHUNK_ROWS]]
+        chunk = keep[start : start + _CHUNK_ROWS]
+        x[start : start + chunk.size] = x[chunk]
     return x[: keep.size], held_rows
 
 
