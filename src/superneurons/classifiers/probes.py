@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.linalg import solve_triangular
+from scipy.linalg import cholesky, solve_triangular
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
 from sklearn.model_selection import StratifiedKFold
@@ -119,8 +119,9 @@ def _row_space(fit_rows: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, .
     gram = (fit_rows @ fit_rows.T).astype(np.float64)
     # A jitter far below any real eigenvalue makes K positive definite when rows repeat.
     gram[np.diag_indices_from(gram)] += _JITTER * max(np.trace(gram) / len(gram), 1.0)
-    factor = np.linalg.cholesky(gram)
-    del gram
+    # In place: K is symmetric, so its transpose is the Fortran-ordered K LAPACK factors
+    # without a copy, into U with U.T @ U = K; L = U.T.
+    factor = cholesky(gram.T, lower=False, overwrite_a=True, check_finite=False).T
     projected = [
         solve_triangular(factor, (fit_rows @ other.T).astype(np.float64), lower=True).T
         for other in others
