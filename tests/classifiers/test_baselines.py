@@ -171,3 +171,18 @@ def test_rows_are_split_in_place_as_fancy_indexing_would():
     np.testing.assert_array_equal(fit_rows, expected_fit)
     np.testing.assert_array_equal(held_rows, expected_held)
     assert np.shares_memory(fit_rows, x)  # moved within x, not copied
+
+
+def test_repeated_rows_fall_back_to_the_eigendecomposition_and_still_match_scikit_learn():
+    rng = np.random.default_rng(10)
+    y = np.arange(60) % 2 == 0
+    base = rng.normal(size=(30, 1, 200)).astype(np.float32)
+    x = np.concatenate([base, base])  # every row twice: a singular Gram matrix
+    x[:, 0, :3] += np.where(y, 1.0, -1.0)[:, None]
+    probe = LinearProbeClassifier(tol=1e-8).fit({"mlp": x}, y)
+    direct = make_pipeline(StandardScaler(), LogisticRegression(C=probe.C_, tol=1e-8))
+    direct.fit(x[:, 0], y)
+    test = rng.normal(size=(20, 1, 200)).astype(np.float32)
+    np.testing.assert_allclose(
+        probe.decision_function({"mlp": test}), direct.decision_function(test[:, 0]), atol=2e-3
+    )

@@ -51,7 +51,7 @@ from superneurons.errors import ConfigError
 
 DEFAULT_CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 DEFAULT_KS = (1, 2, 4, 8, 16, 32, 64)
-_JITTER = 1e-7  # added to the Gram matrix's diagonal, relative to its mean: far below its spectrum
+_EIGEN_FLOOR = 1e-6  # Gram eigenvalues below this fraction of the largest are float32 noise
 _CHUNK_ROWS = 256  # rows standardised at once: bounds the scaler's temporaries
 
 
@@ -110,30 +110,56 @@ def _split_rows(x: np.ndarray, held: np.ndarray) -> tuple[np.ndarray, np.ndarray
     return x[: keep.size], held_rows
 
 
-def _row_space(fit_rows: np.ndarray, *others: np.ndarray) -> tuple[np.ndarray, ...]:
-    """The rows' coordinates in an orthonormal basis of their span, and each of ``others``
-    projected on it: with the Gram matrix K = rows @ rows.T = L @ L.T (Cholesky), the basis is
-    rows.T @ inv(L).T, the rows' coordinates are L (n, n) and another's are inv(L) @ (rows @
-    other.T). Returns (Z, the others' coordinates..., L); weights beta on the basis are
-    rows.T @ solve(L.T, beta) in the rows' own space (:func:`_from_row_space`)."""
-    gram = (fit_rows @ fit_rows.T).astype(np.float64)
-    # A jitter far below any real eigenvalue makes K positive definite when rows repeat.
-    gram[np.diag_indices_from(gram)] += _JITTER * max(np.trace(gram) / len(gram), 1.0)
-    # In place: K is symmetric, so its transpose is the Fortran-ordered K LAPACK factors
-    # without a copy, into U with U.T @ U = K; L = U.T.
-    factor = cholesky(gram.T, lower=False, overwrite_a=True, check_finite=False).T
-    projected = [
-        solve_triangular(factor, (fit_rows @ other.T).astype(np.float64), lower=True).T
-        for other in others
-    ]
-    return (factor, *projected, factor)
+class RowSpan:
+    """The span of ``rows`` (n, W), n < W, in an orthonormal basis: the rows' ``coordinates``
+    (n, r) there, another row set's coordinates (``project``), and weights on the basis
+    back in the rows' own features (``weights``).
 
+    With the Gram matrix K = rows @ rows.T = L @ L.T (Cholesky), the basis is rows.T @ inv(L).T
+    and the coordinates are L itself. When K is singular up to float32 rounding (rows that
+    repeat, or a Cholesky pivot below 1e-6 of K's largest diagonal entry), its
+    eigendecomposition K = U diag(λ) U.T is used instead, keeping the eigenvalues above 1e-6 of
+    the largest (basis rows.T @ U / √λ, coordinates U √λ).
+    """
 
-def _from_row_space(rows: np.ndarray, factor: np.ndarray, beta: np.ndarray) -> np.ndarray:
-    """The weights on ``rows``' own features of weights ``beta`` on their span's basis."""
-    combination = solve_triangular(factor.T, beta, lower=False).astype(rows.dtype)
-    # float32 on purpose: rows.T @ (a float64 vector) would widen the slab first
-    return (rows.T @ combination).astype(np.float64)
+    def __init__(self, rows: np.ndarray) -> None:
+        self.rows = rows
+        gram = (rows @ rows.T).astype(np.float64)
+        largest = float(np.max(np.diag(gram)))
+        self.factor = self.map = None
+        try:
+            # In place: K is symmetric, so its transpose is the Fortran-ordered K that LAPACK
+            # factors without a copy, into U with U.T @ U = K; L = U.T.
+            factor = cholesky(gram.T, lower=False, overwrite_a=True, check_finite=False).T
+            # A pivot this small is float32 rounding, not a direction of the rows.
+            if np.min(np.diag(factor)) ** 2 <= _EIGEN_FLOOR * largest:
+                raise np.linalg.LinAlgError("nearly singular")
+            self.factor = self.coordinates = factor
+        except np.linalg.LinAlgError:
+            gram = (rows @ rows.T).astype(np.float64)  # the failed factorisation overwrote it
+            values, vectors = np.linalg.eigh(gram)
+            del gram
+            keep = values > _EIGEN_FLOOR * values[-1]
+            keep[-1] = True  # rows without any variance still get one (zero) coordinate
+            root = np.sqrt(np.maximum(values[keep], np.finfo(np.float64).tiny))
+            self.coordinates = vectors[:, keep] * root
+            self.map = vectors[:, keep] / root
+
+    def project(self, other: np.ndarray) -> np.ndarray:
+        """The coordinates (m, r) of ``other`` (m, W) on the basis."""
+        cross = (self.rows @ other.T).astype(np.float64)  # (n, m)
+        if self.factor is not None:
+            return solve_triangular(self.factor, cross, lower=True).T
+        return cross.T @ self.map
+
+    def weights(self, beta: np.ndarray) -> np.ndarray:
+        """The (W,) weights on the rows' features of weights ``beta`` on the basis."""
+        if self.factor is not None:
+            combination = solve_triangular(self.factor.T, beta, lower=False)
+        else:
+            combination = self.map @ beta
+        # float32 on purpose: rows.T @ (a float64 vector) would widen the slab first
+        return (self.rows.T @ combination.astype(self.rows.dtype)).astype(np.float64)
 
 
 def fit_logistic(x: np.ndarray, y: np.ndarray, C: float, tol: float, max_iter: int):
@@ -143,9 +169,9 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, C: float, tol: float, max_iter: i
     scaler = standardise(x)
     regression = LogisticRegression(C=C, tol=tol, max_iter=max_iter)
     if x.shape[1] > x.shape[0]:
-        coordinates, factor = _row_space(x)
-        regression.fit(coordinates, y)
-        coef = _from_row_space(x, factor, regression.coef_[0])
+        span = RowSpan(x)
+        regression.fit(span.coordinates, y)
+        coef = span.weights(regression.coef_[0])
     else:
         coef = regression.fit(np.asarray(x, np.float64), y).coef_[0]
     mean, scale = (np.asarray(v, np.float64) for v in (scaler.mean_, scaler.scale_))
@@ -248,7 +274,8 @@ class LinearProbeClassifier(_LogisticProbe):
         fit_rows, held_rows = _split_rows(slab, held)
         del slab
         if fit_rows.shape[1] > fit_rows.shape[0]:
-            fit_rows, held_rows, _ = _row_space(fit_rows, held_rows)
+            span = RowSpan(fit_rows)
+            fit_rows, held_rows = span.coordinates, span.project(held_rows)
         if folds is None:
             fitted = LogisticRegression(C=1.0, tol=self.tol, max_iter=self.max_iter)
             fitted.fit(np.asarray(fit_rows, np.float64), y[~held])
