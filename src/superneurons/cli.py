@@ -465,6 +465,36 @@ def predict(
         print(json.dumps(line))
 
 
+def _analyses(value: str) -> str:
+    from superneurons.analysis import ANALYSES
+
+    unknown = [name for name in _sites(value) if name not in ANALYSES]
+    if unknown or not _sites(value):
+        raise typer.BadParameter(f"{value!r}: comma-separated, from {', '.join(ANALYSES)}")
+    return value
+
+
+@app.command()
+def analyze(
+    run_dir: Path = typer.Argument(..., help="A directory written by `superneurons run`."),
+    what: str = typer.Option(
+        "layers,alpha,agreement", callback=_analyses, help="Comma-separated analyses."
+    ),
+) -> None:
+    """The paper's analyses of a finished run, from its stores (no re-extraction), each into
+    RUN_DIR/analysis/NAME.json (schemas in docs/analyses.md)."""
+    from superneurons import atomic
+    from superneurons.analysis import ANALYSES, RunData
+    from superneurons.outputs import Claim
+
+    with Claim(run_dir, "run") as claim:
+        run = RunData.open(run_dir)
+        for name in _sites(what):
+            result = ANALYSES[name](run)
+            atomic.write_json(run_dir / "analysis" / f"{name}.json", result, claim.tmp)
+            console.print(f"{name}: {run_dir / 'analysis' / f'{name}.json'}")
+
+
 def _bench_models(value: str) -> str:
     from superneurons.bench.shapes import SHAPES
 

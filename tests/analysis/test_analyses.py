@@ -1,0 +1,104 @@
+"""The analyses on a small store with a planted answer return the planted values, and equal a
+naive computation."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from command import superneurons
+from superneurons.analysis import RunData, agreement, alpha, layers
+from superneurons.analysis.alpha import site_scale
+from superneurons.classifiers import SuperNeuronClassifier
+from superneurons.store import ActivationWriter
+
+N, LAYERS, WIDTH, PLANTED = 400, 4, 20, (2, 5)
+
+
+def planted_store(path, seed: int, offset: float = 0.0):
+    """resid: noise, but neuron 5 of layer 2 is offset ± 0.8 (yes/no) plus noise; the model's
+    parsed answers are right three times in four."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(N) % 2 == 0
+    values = rng.normal(size=(N, LAYERS, WIDTH)).astype(np.float32)
+    layer, index = PLANTED
+    values[:, layer, index] = offset + np.where(y, 0.8, -0.8) + 0.3 * rng.normal(size=N)
+    right = rng.random(N) < 0.75
+    answers = np.where(right, y, ~y)
+    records = [
+        {"id": f"q{i}", "label": "yes" if y[i] else "no", "parsed": "yes" if answers[i] else "no"}
+        for i in range(N)
+    ]
+    with ActivationWriter(path, {"resid": (LAYERS, WIDTH)}, N) as writer:
+        writer.append({"resid": values}, records)
+        return writer.finish()
+
+
+def planted_run(tmp_path, offset: float = 0.0, **params) -> RunData:
+    probe = planted_store(tmp_path / "probe", 0, offset)
+    val = planted_store(tmp_path / "val", 1, offset)
+    classifier = SuperNeuronClassifier(**params).fit(probe, probe.labels)
+    return RunData(tmp_path, probe, val, classifier, {})
+
+
+def test_layers_find_the_planted_layer_and_neuron(tmp_path):
+    result = layers(planted_run(tmp_path))
+    rows = {row["layer"]: row for row in result["sites"]["resid"]}
+    assert rows[2]["best_index"] == 5 and rows[2]["best_val"] > 0.95
+    assert result["model_probe_accuracy"] == pytest.approx(0.75, abs=0.05)
+    better = {layer: row["n_better_than_model"] for layer, row in rows.items()}
+    assert better == {0: 0, 1: 0, 2: 1, 3: 0}
+    assert rows[2]["linear_probe_val"] > 0.9 > max(rows[k]["linear_probe_val"] for k in (0, 1, 3))
+
+
+def test_alpha_peaks_at_the_planted_offset(tmp_path):
+    result = alpha(planted_run(tmp_path, offset=1.0))
+    assert result["best_alpha"] == 1.0
+    by_alpha = {row["alpha"]: row for row in result["grid"]}
+    assert by_alpha[1.0]["sn_val_accuracy"] > by_alpha[0.0]["sn_val_accuracy"]
+
+
+def test_the_site_scale_equals_numpy_over_every_value(tmp_path):
+    store = planted_store(tmp_path / "s", 3)
+    values = np.stack([store.layer("resid", k) for k in range(LAYERS)]).astype(np.float64)
+    scale = site_scale(store, "resid")
+    assert scale["mean"] == pytest.approx(values.mean(), abs=1e-6)
+    assert scale["std"] == pytest.approx(values.std(), abs=1e-6)
+    assert scale["quantiles"]["0.5"] == pytest.approx(np.quantile(values, 0.5), abs=1e-6)
+
+
+def test_agreement_equals_a_naive_loop_over_t(tmp_path):
+    run = planted_run(tmp_path)
+    result = agreement(run, span=0.1, step=0.02)
+    scores = run.classifier.scores_["resid"][0]
+    val = np.stack([run.val.layer("resid", k) for k in range(LAYERS)], axis=1)
+    labels = run.val_split.labels
+    answers = np.array([a == "yes" for a in run.val.field("parsed")])
+    for row in result["thresholds"]:
+        chosen = np.argwhere(scores >= row["t"] - 1e-12)
+        votes = np.stack([val[:, layer, index] > 0 for layer, index in chosen], axis=1)
+        assert row["n_sn"] == len(chosen)
+        assert row["accuracy"] == pytest.approx(np.mean((votes.mean(1) >= 0.5) == labels), abs=1e-4)
+        expected = np.mean(votes == answers[:, None])
+        assert row["agreement_rate"] == pytest.approx(expected, abs=1e-4)
+    assert result["thresholds"][0]["n_sn"] == 1  # the planted neuron alone at the best score
+
+
+def test_analyze_writes_every_analysis_of_a_run(tiny_run):
+    out, _ = tiny_run
+    done = superneurons("analyze", out)
+    assert done.returncode == 0, done.stderr
+    for name in ("layers", "alpha", "agreement"):
+        document = json.loads((out / "analysis" / f"{name}.json").read_text())
+        assert document["format"] == f"superneurons-analysis-{name}/1"
+
+
+def test_analyze_refuses_what_is_not_a_finished_run(tmp_path):
+    (tmp_path / "empty").mkdir()
+    done = superneurons("analyze", tmp_path / "empty")
+    assert done.returncode == 2 and "not a finished run" in done.stderr
+    assert list((tmp_path / "empty").iterdir()) == []
+    done = superneurons("analyze", tmp_path / "empty", "--what", "layers,bogus")
+    assert done.returncode == 2 and "'--what'" in done.stderr
