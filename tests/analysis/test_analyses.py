@@ -93,6 +93,8 @@ def test_analyze_writes_every_analysis_of_a_run(tiny_run):
     for name in ("layers", "alpha", "agreement"):
         document = json.loads((out / "analysis" / f"{name}.json").read_text())
         assert document["format"] == f"superneurons-analysis-{name}/1"
+    # From the saved classifier (float32 scores): the best neuron is an SN at the best t.
+    assert document["thresholds"][0]["n_sn"] >= 1
 
 
 def test_analyze_refuses_what_is_not_a_finished_run(tmp_path):

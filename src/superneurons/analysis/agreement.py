@@ -25,7 +25,8 @@ def agreement(run: RunData, span: float = 0.15, step: float = 0.01) -> dict:
     classifier = run.classifier
     scores, polarities = classifier.scores_, classifier.polarities_
     best = float(max(np.nanmax(array) for array in scores.values()))
-    thresholds = [round(best - i * step, 6) for i in range(int(np.floor(span / step + 1e-9)) + 1)]
+    # Not rounded: the best score itself (a float32 in a loaded classifier) must stay >= t.
+    thresholds = [best - i * step for i in range(int(np.floor(span / step + 1e-9)) + 1)]
     ranked = _rank(scores, polarities, thresholds[-1])
     ranked_scores = np.array([neuron.score for neuron in ranked])
     votes = _votes(run.val, ranked, classifier.alpha)
@@ -38,7 +39,7 @@ def agreement(run: RunData, span: float = 0.15, step: float = 0.01) -> dict:
         rate = agreement_rate(votes[:, :k], answers, valid)
         rows.append(
             {
-                "t": t,
+                "t": round(t, 6),
                 "n_sn": k,
                 "accuracy": round(float(np.mean(prediction == split.labels)), 4),
                 "agreement_rate": None if np.isnan(rate) else round(float(rate), 4),
