@@ -478,21 +478,25 @@ def _analyses(value: str) -> str:
 def analyze(
     run_dir: Path = typer.Argument(..., help="A directory written by `superneurons run`."),
     what: str = typer.Option(
-        "layers,alpha,agreement", callback=_analyses, help="Comma-separated analyses."
+        "layers,alpha,agreement,probe-size,claims",
+        callback=_analyses,
+        help="Comma-separated analyses (claims computes the others it reads).",
     ),
 ) -> None:
     """The paper's analyses of a finished run, from its stores (no re-extraction), each into
     RUN_DIR/analysis/NAME.json (schemas in docs/analyses.md)."""
     from superneurons import atomic
-    from superneurons.analysis import ANALYSES, RunData
+    from superneurons.analysis import RunData, analyze
     from superneurons.outputs import Claim
 
     with Claim(run_dir, "run") as claim:
-        run = RunData.open(run_dir)
-        for name in _sites(what):
-            result = ANALYSES[name](run)
+        results = analyze(RunData.open(run_dir), _sites(what))
+        for name, result in results.items():
             atomic.write_json(run_dir / "analysis" / f"{name}.json", result, claim.tmp)
             console.print(f"{name}: {run_dir / 'analysis' / f'{name}.json'}")
+    if "claims" in results:
+        for row in results["claims"]["claims"]:
+            console.print(f"claim {row['claim']} ({row['statement']}): {row['verdict']}")
 
 
 def _bench_models(value: str) -> str:

@@ -90,11 +90,14 @@ def test_analyze_writes_every_analysis_of_a_run(tiny_run):
     out, _ = tiny_run
     done = superneurons("analyze", out)
     assert done.returncode == 0, done.stderr
-    for name in ("layers", "alpha", "agreement"):
-        document = json.loads((out / "analysis" / f"{name}.json").read_text())
-        assert document["format"] == f"superneurons-analysis-{name}/1"
+    written = {}
+    for name in ("layers", "alpha", "agreement", "probe-size", "claims"):
+        written[name] = json.loads((out / "analysis" / f"{name}.json").read_text())
+        assert written[name]["format"] == f"superneurons-analysis-{name}/1"
     # From the saved classifier (float32 scores): the best neuron is an SN at the best t.
-    assert document["thresholds"][0]["n_sn"] >= 1
+    assert written["agreement"]["thresholds"][0]["n_sn"] >= 1
+    assert [row["claim"] for row in written["claims"]["claims"]] == [1, 2, 3, 4, 5, 6]
+    assert "claim 1 (SNs beat the model on validation data):" in done.stderr
 
 
 def test_analyze_refuses_what_is_not_a_finished_run(tmp_path):
@@ -104,3 +107,53 @@ def test_analyze_refuses_what_is_not_a_finished_run(tmp_path):
     assert list((tmp_path / "empty").iterdir()) == []
     done = superneurons("analyze", tmp_path / "empty", "--what", "layers,bogus")
     assert done.returncode == 2 and "'--what'" in done.stderr
+
+
+def test_probe_size_refits_on_balanced_seeded_subsets(tmp_path):
+    from superneurons.analysis import probe_size
+    from superneurons.analysis.probe_size import balanced_subset
+
+    run = planted_run(tmp_path)
+    result = probe_size(run, sizes=(20, 100, 1000), repeats=3, seed=4)
+    assert [row["size"] for row in result["sizes"]] == [20, 100, N]  # capped at the store's
+    assert [row["repeats"] for row in result["sizes"]] == [3, 3, 1]
+    whole = result["sizes"][-1]["accuracy"]
+    expected = np.mean(run.classifier.predict(run.val_split) == run.val_split.labels)
+    assert whole == {"mean": pytest.approx(expected, abs=1e-4), "sd": 0.0}
+    assert probe_size(run, sizes=(20, 100, 1000), repeats=3, seed=4) == result
+    rows = balanced_subset(run.probe_split.labels, 20, np.random.default_rng(0))
+    assert rows.size == 20 and run.probe_split.labels[rows].sum() == 10
+
+
+def fake_inputs(sn=0.8, model=0.7, p=0.01, early=0.5, rho=-0.9, peaks=None, gain=0.05):
+    peaks = peaks or {"mlp": 0.0}
+    results = {"estimators": {"super_neurons": {"accuracy": sn, "vs_model": {"p_value": p}},
+                              "model": {"accuracy": model}}}  # fmt: skip
+    layers_ = {"model_val_accuracy": model, "sites": {"mlp": [{"layer": 0, "best_val": early}]}}
+    alpha_ = {"by_site": {s: {"best_alpha": a} for s, a in peaks.items()}, "notes": {}}
+    agreement_ = {"spearman_rho": rho}
+    sizes = [{"size": 100, "accuracy": {"mean": 0.7, "sd": 0.01}},
+             {"size": 1000, "accuracy": {"mean": 0.7 + gain, "sd": 0.01}}]  # fmt: skip
+    return RunData(None, None, None, None, results), layers_, alpha_, agreement_, {"sizes": sizes}
+
+
+@pytest.mark.parametrize(
+    ("inputs", "expected"),
+    [
+        ({}, ["shown", "not shown", "shown", "shown", "shown", "not measured"]),
+        (
+            {"sn": 0.6, "early": 0.75, "rho": 0.9, "peaks": {"mlp": 2.0}, "gain": -0.05},
+            ["refuted", "shown", "refuted", "not shown", "refuted", "not measured"],
+        ),
+        (
+            {"p": 0.2, "rho": 0.1, "gain": 0.01},
+            ["not shown", "not shown", "not shown", "shown", "not shown", "not measured"],
+        ),
+    ],
+)
+def test_claim_verdicts_follow_their_rules(inputs, expected):
+    from superneurons.analysis import claims
+
+    rows = claims(*fake_inputs(**inputs))["claims"]
+    assert [row["verdict"] for row in rows] == expected
+    assert all(row["rule"] and row["statement"] for row in rows)

@@ -5,17 +5,52 @@ classifier (no re-extraction) and returning a JSON-able dict (schemas in docs/an
   probing set, the best neuron there, and a linear probe's validation accuracy;
 - :func:`alpha` (Fig. 3a): the binarisation threshold swept, and each site's activation scale;
 - :func:`agreement` (Fig. 4): the selection threshold t swept: number of SNs, their vote's
-  validation accuracy and the agreement rate AR@t, and AR's rank correlation with t.
+  validation accuracy and the agreement rate AR@t, and AR's rank correlation with t;
+- :func:`probe_size` (Fig. 5): metrics as the probing set grows;
+- :func:`claims`: the paper's claims, each with its numbers, its rule and a verdict.
 
-``superneurons analyze RUN_DIR --what layers,alpha,agreement`` writes
-``RUN_DIR/analysis/NAME.json``.
+``superneurons analyze RUN_DIR [--what layers,alpha,...]`` writes ``RUN_DIR/analysis/NAME.json``.
 """
 
 from superneurons.analysis.agreement import agreement
 from superneurons.analysis.alpha import alpha
+from superneurons.analysis.claims import claims
 from superneurons.analysis.layers import layers
+from superneurons.analysis.probe_size import probe_size
 from superneurons.analysis.run_data import RunData
 
-ANALYSES = {"layers": layers, "alpha": alpha, "agreement": agreement}
+# By name, in the order ``analyze`` runs them: claims reads the four before it.
+ANALYSES = {
+    "layers": layers,
+    "alpha": alpha,
+    "agreement": agreement,
+    "probe-size": probe_size,
+    "claims": claims,
+}
 
-__all__ = ["ANALYSES", "RunData", "agreement", "alpha", "layers"]
+CLAIMS_READ = ("layers", "alpha", "agreement", "probe-size")
+
+
+def analyze(run: RunData, names) -> dict[str, dict]:
+    """The analyses ``names`` of ``run``, by name, in :data:`ANALYSES` order; ``claims``
+    computes those it reads that are not among ``names``."""
+    done: dict[str, dict] = {}
+    for name in [n for n in ANALYSES if n in names]:
+        if name == "claims":
+            inputs = [done[n] if n in done else ANALYSES[n](run) for n in CLAIMS_READ]
+            done[name] = claims(run, *inputs)
+        else:
+            done[name] = ANALYSES[name](run)
+    return done
+
+
+__all__ = [
+    "ANALYSES",
+    "RunData",
+    "agreement",
+    "alpha",
+    "analyze",
+    "claims",
+    "layers",
+    "probe_size",
+]

@@ -48,7 +48,7 @@ def alpha(run: RunData, grid: Sequence[float] = DEFAULT_GRID, relative: bool = F
     the classifier refitted on the probing store with that α and otherwise the run's settings.
     Per site: the activation mean, standard deviation and quantiles, and a note when the grid
     is far narrower than the site's spread (the grid then only probes the distribution's
-    centre)."""
+    centre). The same sweep per site alone is ``by_site``."""
     classifier = run.classifier
     scale = {site: site_scale(run.probe, site) for site in classifier.sites_}
     unit = float(np.sqrt(np.mean([s["std"] ** 2 for s in scale.values()]))) if relative else 1.0
@@ -58,10 +58,29 @@ def alpha(run: RunData, grid: Sequence[float] = DEFAULT_GRID, relative: bool = F
         for site, s in scale.items()
         if s["std"] > 3 * span
     }
+    values = [float(a) * unit for a in grid]
+    rows = _sweep(run, classifier, values)
+    by_site = {site: _sweep(run, clone(classifier).set_params(sites=[site]), values)
+               for site in classifier.sites_}  # fmt: skip
+    return {
+        "format": FORMAT,
+        "metric": classifier.metric,
+        "relative": relative,
+        "unit": round(unit, 6),
+        "grid": rows,
+        "best_alpha": _best_alpha(rows),
+        "by_site": {site: {"grid": r, "best_alpha": _best_alpha(r)} for site, r in by_site.items()},
+        "sites": scale,
+        "notes": notes,
+    }
+
+
+def _sweep(run: RunData, classifier, values: Sequence[float]) -> list[dict]:
+    """The classifier refitted at each α of ``values``: best probing score, SN validation
+    accuracy, number of SNs."""
     probe, val = run.probe_split, run.val_split
     rows = []
-    for a in grid:
-        value = float(a) * unit
+    for value in values:
         refitted = clone(classifier).set_params(alpha=value).fit(probe, probe.labels)
         best = max(float(np.nanmax(s)) for s in refitted.scores_.values())
         accuracy = float(np.mean(refitted.predict(val) == val.labels))
@@ -73,14 +92,9 @@ def alpha(run: RunData, grid: Sequence[float] = DEFAULT_GRID, relative: bool = F
                 "n_sn": len(refitted.selected_),
             }
         )
-    best_row = max(rows, key=lambda r: (r["sn_val_accuracy"], -abs(r["alpha"])))
-    return {
-        "format": FORMAT,
-        "metric": classifier.metric,
-        "relative": relative,
-        "unit": round(unit, 6),
-        "grid": rows,
-        "best_alpha": best_row["alpha"],
-        "sites": scale,
-        "notes": notes,
-    }
+    return rows
+
+
+def _best_alpha(rows: list[dict]) -> float:
+    """The α of the best validation accuracy (ties: the one nearer 0)."""
+    return max(rows, key=lambda r: (r["sn_val_accuracy"], -abs(r["alpha"])))["alpha"]

@@ -1,0 +1,71 @@
+"""Metrics as the probing set grows (paper Fig. 5)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from sklearn.base import clone
+
+from superneurons.analysis.run_data import RunData
+from superneurons.classifiers import ModelAnswers
+from superneurons.metrics import METRICS, binary_metrics
+
+FORMAT = "superneurons-analysis-probe-size/1"
+DEFAULT_SIZES = (100, 250, 500, 1000, 2000, 3000)
+
+
+class RowSubset:
+    """An activation source over some rows of a store (what a smaller probing set reads)."""
+
+    def __init__(self, store, rows: np.ndarray) -> None:
+        self.store, self.rows = store, rows
+        self.sites = store.sites
+        self.n_samples = len(rows)
+
+    def layer(self, site: str, layer: int) -> np.ndarray:
+        return self.store.layer(site, layer, self.rows)
+
+
+def balanced_subset(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
+    """``size`` rows, half of each class (the odd one a "no"), sorted."""
+    yes, no = np.flatnonzero(labels), np.flatnonzero(~labels)
+    n_yes = min(size // 2, yes.size)
+    n_no = min(size - n_yes, no.size)
+    return np.sort(np.concatenate([rng.choice(yes, n_yes, False), rng.choice(no, n_no, False)]))
+
+
+def probe_size(
+    run: RunData, sizes: Sequence[int] = DEFAULT_SIZES, repeats: int = 10, seed: int = 0
+) -> dict:
+    """For each probing-set size up to what the probing store holds, ``repeats`` balanced
+    subsets (seeded): the classifier refitted with the run's settings on each, its validation
+    accuracy, precision, recall and F1 as mean ± sd over the repeats; and the model's own
+    validation metrics (the line to beat)."""
+    probe, val = run.probe_split, run.val_split
+    rng = np.random.default_rng(seed)
+    rows = []
+    for size in sorted({min(s, run.probe.n) for s in sizes}):
+        values = {m: [] for m in METRICS}
+        for _ in range(repeats if size < run.probe.n else 1):  # the whole set is one subset
+            subset = balanced_subset(probe.labels, size, rng)
+            fitted = clone(run.classifier).fit(RowSubset(run.probe, subset), probe.labels[subset])
+            for metric, value in binary_metrics(fitted.predict(val), val.labels).items():
+                values[metric].append(value)
+        rows.append(
+            {
+                "size": size,
+                "repeats": len(values["accuracy"]),
+                **{
+                    m: {"mean": round(float(np.mean(v)), 4), "sd": round(float(np.std(v)), 4)}
+                    for m, v in values.items()
+                },
+            }
+        )
+    model_metrics = binary_metrics(ModelAnswers().predict(val), val.labels)
+    return {
+        "format": FORMAT,
+        "seed": seed,
+        "sizes": rows,
+        "model": {m: round(v, 4) for m, v in model_metrics.items()},
+    }
