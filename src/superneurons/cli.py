@@ -499,6 +499,27 @@ def analyze(
             console.print(f"claim {row['claim']} ({row['statement']}): {row['verdict']}")
 
 
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="A directory written by `superneurons run`."),
+) -> None:
+    """One self-contained HTML page of a run (RUN_DIR/report/index.html): every estimator
+    against the model, the paper's claims, the analyses' figures, the exit-layer trade-off.
+    The analyses are computed (and written to RUN_DIR/analysis/) first."""
+    from superneurons import atomic
+    from superneurons.analysis import ANALYSES, RunData, analyze
+    from superneurons.html_report import build_report
+    from superneurons.outputs import Claim
+
+    with Claim(run_dir, "run") as claim:
+        analyses = analyze(RunData.open(run_dir), list(ANALYSES))
+        for name, result in analyses.items():
+            atomic.write_json(run_dir / "analysis" / f"{name}.json", result, claim.tmp)
+        page = build_report(run_dir, analyses).encode("utf-8")
+        atomic.write_bytes(run_dir / "report" / "index.html", page, claim.tmp)
+    console.print(f"report: {run_dir / 'report' / 'index.html'} ({len(page) / 1e6:.2f} MB)")
+
+
 def _bench_models(value: str) -> str:
     from superneurons.bench.shapes import SHAPES
 
