@@ -47,6 +47,14 @@ def _extract_args(questions: Path, out: Path, model: Path, n: int = N) -> list[s
     ]  # fmt: skip
 
 
+def _committed(out: Path) -> int:
+    """Samples the progress file says are committed (0 before it exists)."""
+    try:
+        return json.loads((out / PROGRESS).read_text())["n_done"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
 def _store_files(path: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(path.iterdir()) if p.is_file()}
 
@@ -65,11 +73,14 @@ def test_extraction_killed_at_random_moments_resumes_to_identical_bytes(
     partial = []
     for _ in range(3):
         process = subprocess.Popen(command, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        # A random moment after a random number of committed samples: mid-way however loaded
+        # the machine is (a fixed delay after start lands before the first chunk when it is).
+        target = int(rng.integers(1, N - 2))
         deadline = time.time() + 120
-        while not (out / PROGRESS).is_file() and process.poll() is None:
+        while process.poll() is None and _committed(out) < target:
             assert time.time() < deadline
-            time.sleep(0.01)
-        time.sleep(float(rng.uniform(0.0, 0.6)))
+            time.sleep(0.005)
+        time.sleep(float(rng.uniform(0.0, 0.05)))
         process.send_signal(signal.SIGKILL)
         process.wait()
         if (out / PROGRESS).is_file():

@@ -74,3 +74,11 @@ def test_the_report_renders_in_a_real_browser(reported, tmp_path):
         assert driver.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
     finally:
         driver.quit()
+
+
+def test_report_refuses_what_is_not_a_finished_run(tmp_path):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "mine.txt").write_text("a user's file")
+    done = superneurons("report", tmp_path / "notes")
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert [p.name for p in (tmp_path / "notes").iterdir()] == ["mine.txt"]

@@ -18,6 +18,21 @@ def _pct(value) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
+def _measured(values: dict) -> str:
+    """A claim's measured numbers as "name value" pairs (rounded), for people to read."""
+
+    def shown(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if isinstance(value, dict):
+            return ", ".join(f"{k} {shown(v)}" for k, v in value.items())
+        if isinstance(value, list):
+            return ", ".join(str(v) for v in value) or "none"
+        return str(value)
+
+    return "; ".join(f"{name.replace('_', ' ')}: {shown(v)}" for name, v in values.items()) or "–"
+
+
 def _p(value: float) -> str:
     return f"{value:.3g}" if value >= 1e-4 else f"{value:.1e}"
 
@@ -79,4 +94,5 @@ def build_report(run_dir: str | Path, analyses: dict[str, dict] | None = None) -
         version=superneurons.__version__,
         pct=_pct,
         p=_p,
+        measured=_measured,
     )
