@@ -25,6 +25,13 @@ def _svg(figure) -> str:
     return text[text.index("<svg") :]
 
 
+def _finished(figure, axes, **labels) -> str:
+    """Label the axes, add the legend, and return the figure's SVG."""
+    axes.set(**labels)
+    axes.legend(fontsize=7)
+    return _svg(figure)
+
+
 def _model_line(axes, accuracy: float | None) -> None:
     if accuracy is not None:
         axes.axhline(100 * accuracy, color="grey", linestyle="--", linewidth=1, label="model")
@@ -63,9 +70,13 @@ def alpha_figure(alpha: dict) -> str:
             label=site,
         )
     axes.axvline(0, color="grey", linewidth=0.8)
-    axes.set(xlabel="α", ylabel="SN validation accuracy (%)", title="The binarisation threshold")
-    axes.legend(fontsize=7)
-    return _svg(figure)
+    return _finished(
+        figure,
+        axes,
+        xlabel="α",
+        ylabel="SN validation accuracy (%)",
+        title="The binarisation threshold",
+    )
 
 
 def agreement_figure(agreement: dict) -> str:
@@ -78,9 +89,9 @@ def agreement_figure(agreement: dict) -> str:
     axes.plot(*zip(*rated, strict=True), marker="s", label="AR@t")
     _model_line(axes, agreement["model_val_accuracy"])
     axes.invert_xaxis()
-    axes.set(xlabel="t (selection threshold)", ylabel="%", title="Agreement with the model")
-    axes.legend(fontsize=7)
-    return _svg(figure)
+    return _finished(
+        figure, axes, xlabel="t (selection threshold)", ylabel="%", title="Agreement with the model"
+    )
 
 
 def probe_size_figure(probe_size: dict) -> str:
@@ -97,9 +108,13 @@ def probe_size_figure(probe_size: dict) -> str:
     )
     _model_line(axes, probe_size["model"]["accuracy"])
     axes.set_xscale("log")
-    axes.set(xlabel="probing-set size", ylabel="validation accuracy (%)", title="Probing data")
-    axes.legend(fontsize=7)
-    return _svg(figure)
+    return _finished(
+        figure,
+        axes,
+        xlabel="probing-set size",
+        ylabel="validation accuracy (%)",
+        title="Probing data",
+    )
 
 
 def tradeoff_figure(rows: list[dict]) -> str:
@@ -113,10 +128,10 @@ def tradeoff_figure(rows: list[dict]) -> str:
     front = sorted((r["speedup"], 100 * r["accuracy"]) for r in rows if r.get("pareto"))
     if front:
         axes.plot(*zip(*front, strict=True), color="black", linewidth=1, label="Pareto front")
-    axes.set(
+    return _finished(
+        figure,
+        axes,
         xlabel="speedup over the full model (×)",
         ylabel="validation accuracy (%)",
         title="Exit layer: cost and accuracy",
     )
-    axes.legend(fontsize=7)
-    return _svg(figure)

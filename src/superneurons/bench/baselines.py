@@ -104,7 +104,7 @@ def run_baselines_bench(cache: Path, shape: str, n: int, log=print) -> dict:
         rows.append(
             {
                 "fit": name,
-                "seconds": round(seconds, 4),
+                "seconds": round(seconds, 6),
                 "x_read": round(seconds / read, 2),
                 "peak_mb": round(peak / 2**20, 1),
                 "peak_slabs": round(peak / slab, 2),
@@ -116,7 +116,7 @@ def run_baselines_bench(cache: Path, shape: str, n: int, log=print) -> dict:
         "shape": shape,
         "n": store.n,
         "store_gb": round(sum(p.stat().st_size for p in store.path.glob("*.npy")) / 1e9, 2),
-        "read_s": round(read, 4),
+        "read_s": round(read, 6),
         "slab_mb": round(slab / 2**20, 1),
         "rows": rows,
     }
