@@ -42,6 +42,7 @@ from superneurons.significance import compare
 from superneurons.store import ActivationStore
 
 RESULTS_FORMAT = "superneurons-results/2"
+SEEDS_FORMAT = "superneurons-seeds/1"  # run --seeds: the summary over seeds (pipeline.run_seeds)
 # What must agree between a classifier's provenance and a store it reads: the same weights.
 _SAME_MODEL_KEYS = ("weights_fingerprint", "architecture")
 

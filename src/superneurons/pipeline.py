@@ -28,7 +28,7 @@ from superneurons.data.loaders import select, task
 from superneurons.data.prompts import Prompter, template_for
 from superneurons.data.records import Record
 from superneurons.errors import ConfigError
-from superneurons.evaluate import MODEL, SN, build_results, prediction_lines
+from superneurons.evaluate import MODEL, SEEDS_FORMAT, SN, build_results, prediction_lines
 from superneurons.extract import build_prompt, check_records, extract
 from superneurons.metrics import METRICS
 from superneurons.models.adapters import SITES, adapter_for
@@ -279,9 +279,6 @@ def _run(config: RunConfig, claim: Claim, log, loaded: LoadedModel | None) -> di
     ).to_json()
     atomic.write_json(out / "results.json", results, claim.tmp)
     return results
-
-
-SEEDS_FORMAT = "superneurons-seeds/1"
 
 
 def run_seeds(

@@ -157,3 +157,11 @@ def test_claim_verdicts_follow_their_rules(inputs, expected):
     rows = claims(*fake_inputs(**inputs))["claims"]
     assert [row["verdict"] for row in rows] == expected
     assert all(row["rule"] and row["statement"] for row in rows)
+
+
+def test_a_seeds_summary_points_to_its_seed_folders(tmp_path):
+    from superneurons.errors import DataError
+
+    (tmp_path / "results.json").write_text(json.dumps({"format": "superneurons-seeds/1"}))
+    with pytest.raises(DataError, match="seed-N folders"):
+        RunData.open(tmp_path)

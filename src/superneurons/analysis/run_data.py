@@ -12,7 +12,7 @@ import numpy as np
 from superneurons.classifiers import ModelAnswers, Split, SuperNeuronClassifier
 from superneurons.classifiers.artifact import load_classifier
 from superneurons.errors import DataError
-from superneurons.evaluate import RESULTS_FORMAT
+from superneurons.evaluate import RESULTS_FORMAT, SEEDS_FORMAT
 from superneurons.store import ActivationStore
 
 
@@ -37,7 +37,8 @@ class RunData:
             raise DataError(f"{file}: not valid JSON ({error})") from None
         if not isinstance(results, dict) or results.get("format") != RESULTS_FORMAT:
             found = results.get("format") if isinstance(results, dict) else None
-            raise DataError(f"{file}: format {found!r}, expected {RESULTS_FORMAT!r}; rerun it")
+            hint = "analyze one of its seed-N folders" if found == SEEDS_FORMAT else "rerun it"
+            raise DataError(f"{file}: format {found!r}, expected {RESULTS_FORMAT!r}; {hint}")
         probe = ActivationStore.open(path / "activations" / "probe")
         val = ActivationStore.open(path / "activations" / "val")
         classifier, _ = load_classifier(path / "classifier")
