@@ -205,6 +205,10 @@ CASES: dict[str, Case | object] = {
     "exit-layers": Case(
         lambda w: ["run", "--out", w.tmp / "o", "--exit-layers", "last"], ("'--exit-layers'",)
     ),
+    "exit-layer-past-the-model": Case(
+        lambda w: ["run", "--out", w.tmp / "o", "--model", w.model, "--exit-layers", "9"],
+        ("exit layers [9]", "deepest"),
+    ),
     "seeds": Case(lambda w: ["run", "--out", w.tmp / "o", "--seeds", "0,x"], ("'--seeds'",)),
     "seeds-twice": Case(lambda w: ["run", "--out", w.tmp / "o", "--seeds", "1,1"], ("distinct",)),
     "max-layer": Case(lambda w: _discover(w, "--max-layer", "-1"), ("'--max-layer'",)),

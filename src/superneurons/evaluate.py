@@ -121,17 +121,19 @@ def evaluate(
     n_boot: int = 1000,
     seed: int = 0,
     families: Sequence[str | None] | None = None,
+    answers: Mapping[str, np.ndarray] | None = None,
 ) -> dict:
     """Metrics of every estimator on ``split``, overall and per family (``families``: one per
     record, default all "all"), each against the model's answers (``"model"``) when it is there,
     with the agreement rate of the super neurons (``"super_neurons"``) with the model.
+    ``answers``: the estimators' predictions when already computed (:func:`predictions`).
 
     Entries come in this order: the super neurons, the model, then every other estimator in
     the mapping's order.
     """
     labels = split.labels
-    predictions = {name: np.asarray(e.predict(split), dtype=bool) for name, e in estimators.items()}
-    correct = {name: answers == labels for name, answers in predictions.items()}
+    predicted = dict(answers) if answers is not None else predictions(estimators, split)
+    correct = {name: values == labels for name, values in predicted.items()}
     order = [n for n in (SN, MODEL) if n in estimators] + [
         n for n in estimators if n not in (SN, MODEL)
     ]
@@ -146,7 +148,7 @@ def evaluate(
     groups = {f: families == f for f in sorted(set(families))}
 
     def scored(name: str, rows: np.ndarray) -> dict:
-        entry = _scored(predictions[name][rows], labels[rows], n_boot, seed)
+        entry = _scored(predicted[name][rows], labels[rows], n_boot, seed)
         if MODEL in estimators and name != MODEL:
             entry["vs_model"] = compare(correct[name][rows], correct[MODEL][rows], n_boot, seed)
         return entry
@@ -156,7 +158,7 @@ def evaluate(
     if MODEL in estimators:
         result["model_unparseable"] = int((~valid).sum())
     if agree:
-        result["agreement_rate"] = _rounded(agreement_rate(votes, predictions[MODEL], valid))
+        result["agreement_rate"] = _rounded(agreement_rate(votes, predicted[MODEL], valid))
     if SN in estimators:
         layers = Counter(s.layer for s in estimators[SN].selected_)
         result["sn_layers"] = dict(sorted(layers.items()))
@@ -172,15 +174,19 @@ def evaluate(
     for f, rows in groups.items():
         result["per_family"][f] = {"n": int(rows.sum())}
         if agree:
-            rate = agreement_rate(votes[rows], predictions[MODEL][rows], valid[rows])
+            rate = agreement_rate(votes[rows], predicted[MODEL][rows], valid[rows])
             result["per_family"][f]["agreement_rate"] = _rounded(rate)
     return result
 
 
-def prediction_lines(estimators: Mapping[str, Estimator], split: Split, store) -> bytes:
+def predictions(estimators: Mapping[str, Estimator], split: Split) -> dict[str, np.ndarray]:
+    """Every estimator's answers on ``split``, by name: (N,) bool, True = "yes"."""
+    return {name: np.asarray(e.predict(split), dtype=bool) for name, e in estimators.items()}
+
+
+def prediction_lines(answers: Mapping[str, np.ndarray], store) -> bytes:
     """JSON lines, one per question of ``store``: its id, label and family, and every
     estimator's answer ("yes"/"no") by name — what a paired test over several runs pools."""
-    answers = {name: np.asarray(e.predict(split), dtype=bool) for name, e in estimators.items()}
     lines = []
     for row, record in enumerate(store.records):
         line = {k: record.get(k) for k in ("id", "label", "family")}
@@ -236,12 +242,14 @@ def build_results(
     dataset: str,
     seed: int = 0,
     questions: Sequence[str] | None = None,
+    answers: Mapping[str, np.ndarray] | None = None,
     **known: object,
 ) -> Results:
-    """The results of ``estimators`` (the super neurons as ``"sn"``) on the validation ``store``:
-    one builder for ``run`` and ``evaluate``. ``questions`` are the store's question texts (for
-    text-only estimators); ``provenance`` is the classifier's (model id, revision, template);
-    ``known`` fills the remaining :class:`Results` fields (``n_probe``, ``seconds``, ``config``).
+    """The results of ``estimators`` (the super neurons as ``"super_neurons"``) on the
+    validation ``store``: one builder for ``run`` and ``evaluate``. ``questions`` are the store's
+    question texts (for text-only estimators); ``answers`` their predictions when computed
+    already; ``provenance`` is the classifier's (model id, revision, template); ``known`` fills
+    the remaining :class:`Results` fields (``n_probe``, ``seconds``, ``config``).
     """
     split = Split.from_store(store, questions)
     families = [r.get("family") for r in store.records]
@@ -250,7 +258,7 @@ def build_results(
         revision=provenance.get("revision"),
         dataset=dataset,
         selection=describe_selection(estimators[SN]) if SN in estimators else {},
-        scores=evaluate(estimators, split, seed=seed, families=families),
+        scores=evaluate(estimators, split, seed=seed, families=families, answers=answers),
         seed=seed,
         template=provenance.get("template"),
         **known,

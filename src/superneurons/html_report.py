@@ -10,12 +10,9 @@ import jinja2
 
 import superneurons
 from superneurons.analysis import ANALYSES, RunData, analyze
+from superneurons.report import p_text, pct
 
 TEMPLATE = "report.html.j2"
-
-
-def _pct(value) -> str:
-    return "–" if value is None else f"{100 * value:.1f}"
 
 
 def _measured(values: dict) -> str:
@@ -31,10 +28,6 @@ def _measured(values: dict) -> str:
         return str(value)
 
     return "; ".join(f"{name.replace('_', ' ')}: {shown(v)}" for name, v in values.items()) or "–"
-
-
-def _p(value: float) -> str:
-    return f"{value:.3g}" if value >= 1e-4 else f"{value:.1e}"
 
 
 def reproduce_command(run: RunData) -> str:
@@ -92,7 +85,7 @@ def build_report(run_dir: str | Path, analyses: dict[str, dict] | None = None) -
         figures=shown,
         command=reproduce_command(run),
         version=superneurons.__version__,
-        pct=_pct,
-        p=_p,
+        pct=pct,
+        p=p_text,
         measured=_measured,
     )

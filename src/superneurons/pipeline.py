@@ -28,7 +28,14 @@ from superneurons.data.loaders import select, task
 from superneurons.data.prompts import Prompter, template_for
 from superneurons.data.records import Record
 from superneurons.errors import ConfigError
-from superneurons.evaluate import MODEL, SEEDS_FORMAT, SN, build_results, prediction_lines
+from superneurons.evaluate import (
+    MODEL,
+    SEEDS_FORMAT,
+    SN,
+    build_results,
+    prediction_lines,
+    predictions,
+)
 from superneurons.extract import build_prompt, check_records, extract
 from superneurons.metrics import METRICS
 from superneurons.models.adapters import SITES, adapter_for
@@ -207,6 +214,8 @@ def _run(config: RunConfig, claim: Claim, log, loaded: LoadedModel | None) -> di
     started = time.time()
     # Checked before any scene is rendered, dataset read or weight loaded.
     model = loaded or open_model(config.model)
+    text = getattr(model.config, "text_config", None) or model.config
+    layers = config.tradeoff_layers(text.num_hidden_layers)  # a layer past the model: refused now
     probe, val, template = task_records(config, out)
     for part, records in (("probe", probe), ("val", val)):
         if not is_complete(out / "activations" / part):
@@ -248,11 +257,10 @@ def _run(config: RunConfig, claim: Claim, log, loaded: LoadedModel | None) -> di
     for name in config.baselines:
         save_classifier(out / "baselines" / name, fitted[name], probe_store.meta)
     val_split = Split.from_store(val_store, [question_text(r) for r in val])
-    atomic.write_bytes(
-        out / "predictions.jsonl", prediction_lines(fitted, val_split, val_store), claim.tmp
-    )
+    answers = predictions(fitted, val_split)  # once, for predictions.jsonl and the results
+    atomic.write_bytes(out / "predictions.jsonl", prediction_lines(answers, val_store), claim.tmp)
     tradeoff = None
-    if layers := config.tradeoff_layers(adapter.n_layers(loaded.model)):
+    if layers:
         prompter = Prompter.for_model(template, adapter.name)
         timed = val[: config.batch_size]
         speedups = measure_speedups(
@@ -273,6 +281,7 @@ def _run(config: RunConfig, claim: Claim, log, loaded: LoadedModel | None) -> di
         seed=config.seed,
         questions=val_split.questions,
         n_probe=len(probe),
+        answers=answers,
         exit_tradeoff=tradeoff,
         seconds=round(time.time() - started, 1),
         config={**asdict(config), "sites": list(config.sites)},

@@ -6,14 +6,15 @@ from rich.console import Console
 from rich.table import Table
 
 
-def _pct(value: float | None) -> str:
+def pct(value: float | None) -> str:
+    """A rate as a percentage with one decimal ("–" when undefined)."""
     return "–" if value is None else f"{100 * value:.1f}"
 
 
 def _interval(entry: dict) -> str:
     ci = entry["ci95"]
     low, high = ci["accuracy"] if isinstance(ci, dict) else ci
-    return f"{_pct(entry['accuracy'])} [{_pct(low)}, {_pct(high)}]"
+    return f"{pct(entry['accuracy'])} [{pct(low)}, {pct(high)}]"
 
 
 # Short column heads for the per-family table (results names elsewhere); others as they are.
@@ -26,7 +27,8 @@ SHORT_NAMES = {
 }
 
 
-def _p(value: float) -> str:
+def p_text(value: float) -> str:
+    """A p-value, three significant digits (scientific below 1e-4)."""
     return f"{value:.3g}" if value >= 1e-4 else f"{value:.1e}"
 
 
@@ -35,7 +37,7 @@ def _versus(entry: dict) -> list[str]:
     if paired is None:
         return ["", "", ""]
     low, high = paired["diff_ci95"]
-    return [f"{paired['b']}/{paired['c']}", _p(paired["p_value"]), f"[{_pct(low)}, {_pct(high)}]"]
+    return [f"{paired['b']}/{paired['c']}", p_text(paired["p_value"]), f"[{pct(low)}, {pct(high)}]"]
 
 
 def results_table(results: dict) -> Table:
@@ -48,7 +50,7 @@ def results_table(results: dict) -> Table:
         table.add_column(column, justify="left" if column == "estimator" else "right")
     for name, entry in results["estimators"].items():
         layer = entry.get("exit_layer")
-        cells = [name, "–" if layer is None else str(layer), _interval(entry), _pct(entry["f1"])]
+        cells = [name, "–" if layer is None else str(layer), _interval(entry), pct(entry["f1"])]
         table.add_row(*cells, *_versus(entry))
     return table
 
@@ -67,10 +69,10 @@ def family_table(results: dict) -> Table:
             entry = results["estimators"][name]["per_family"][family]
             paired = entry.get("vs_model")
             cells.append(
-                _pct(entry["accuracy"]) + (f" ({_p(paired['p_value'])})" if paired else "")
+                pct(entry["accuracy"]) + (f" ({p_text(paired['p_value'])})" if paired else "")
             )
         if agreement:
-            cells.append(_pct(block.get("agreement_rate")))
+            cells.append(pct(block.get("agreement_rate")))
         table.add_row(*cells)
     return table
 
@@ -104,7 +106,7 @@ def print_results(results: dict, console: Console | None = None) -> None:
         console.print(
             f"{len(results['selected'])} super neurons (t = {results['threshold']}, "
             f"{results['metric']}, α = {results['alpha']}); agreement rate with the model: "
-            f"{_pct(results.get('agreement_rate'))} %"
+            f"{pct(results.get('agreement_rate'))} %"
         )
     if results.get("sn_layers"):
         layers = ", ".join(f"{layer}: {count}" for layer, count in results["sn_layers"].items())
@@ -125,9 +127,9 @@ def print_seeds(summary: dict, console: Console | None = None) -> None:
         paired = entry.get("pooled_vs_model")
         table.add_row(
             name,
-            f"{_pct(acc['mean'])} ± {_pct(acc['sd'])}",
-            f"{_pct(f1['mean'])} ± {_pct(f1['sd'])}",
+            f"{pct(acc['mean'])} ± {pct(acc['sd'])}",
+            f"{pct(f1['mean'])} ± {pct(f1['sd'])}",
             f"{paired['b']}/{paired['c']}" if paired else "",
-            _p(paired["p_value"]) if paired else "",
+            p_text(paired["p_value"]) if paired else "",
         )
     console.print(table)
