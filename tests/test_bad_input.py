@@ -227,7 +227,7 @@ CASES: dict[str, Case | object] = {
         lambda w: _predict(w, "--fallback-margin", "0.7"), ("--fallback-margin",)
     ),
     "template": Case(
-        lambda w: ["run", "--out", w.tmp / "o", "--template", "nope"], ("--template",)
+        lambda w: ["run", "--out", w.tmp / "o", "--template", "nope"], ("template='nope'",)
     ),
     "task": Case(lambda w: ["run", "--out", w.tmp / "o", "--task", "nope"], ("'--task'", "nope")),
     "threshold-nan": Case(
@@ -329,6 +329,96 @@ CASES: dict[str, Case | object] = {
     "scenes-into-a-users-folder": Case(
         lambda w: ["scenes", "--out", _user_dir(w), "--scenes", "1"],
         ("not written by superneurons",),
+    ),
+    # -- prompt templates and shift -------------------------------------------------------------
+    **{
+        f"template-file-{name}": Case(
+            lambda w, text=text: (
+                (w.tmp / "t.yaml").write_text(text),
+                [
+                    "run",
+                    "--out",
+                    w.tmp / "o",
+                    "--model",
+                    w.model,
+                    "--template-file",
+                    w.tmp / "t.yaml",
+                ],
+            )[1],
+            expect,
+        )
+        for name, text, expect in (
+            ("placeholder", "mine:\n  binary: '{query}?'\n", ("t.yaml", "mine.binary", "{query}")),
+            ("not-yaml", "mine: {binary: [\n", ("t.yaml:", "not valid YAML")),
+            ("key", "mine:\n  binray: '{question}'\n", ("t.yaml", "unknown key", "binray")),
+            ("brace", "mine:\n  binary: '{question} {'\n", ("t.yaml", "mine.binary", "brace")),
+            (
+                "architecture",
+                "mine:\n  overrides:\n    gpt4: {binary: '{question}'}\n",
+                ("t.yaml", "unknown architecture 'gpt4'"),
+            ),
+            ("clash", "llava: {}\n", ("t.yaml", "['llava']", "built in")),
+        )
+    },
+    "template-file-missing": Case(
+        lambda w: ["run", "--out", w.tmp / "o", "--template-file", w.tmp / "none.yaml"],
+        ("none.yaml", "no such template file"),
+    ),
+    "template-unknown": Case(
+        lambda w: ["run", "--out", w.tmp / "o", "--model", w.model, "--val-template", "nope"],
+        ("val_template='nope'", "unknown prompt template"),
+    ),
+    "template-text-and-template": Case(
+        lambda w: [
+            "run",
+            "--out",
+            w.tmp / "o",
+            "--template",
+            "plain",
+            "--template-text",
+            "{question}",
+        ],
+        ("template_text", "not both"),
+    ),
+    "template-text-placeholder": Case(
+        lambda w: ["run", "--out", w.tmp / "o", "--template-text", "Is it {thing}?"],
+        ("template_text", "{thing}"),
+    ),
+    "families-none-in-records": Case(
+        lambda w: (
+            w.jsonl(good_rows()),
+            [
+                "run",
+                "--out",
+                w.tmp / "o",
+                "--model",
+                w.model,
+                "--task",
+                "jsonl",
+                "--data-dir",
+                w.tmp / "q.jsonl",
+                "--probe-families",
+                "colour",
+            ],
+        )[1],
+        ("have no families",),
+    ),
+    "probe-and-val-share-images": Case(
+        lambda w: (
+            w.jsonl(good_rows()),
+            [
+                "run",
+                "--out",
+                w.tmp / "o",
+                "--model",
+                w.model,
+                "--task",
+                "jsonl",
+                "--data-dir",
+                w.tmp / "q.jsonl",
+            ],
+        )[1],
+        ("share", "image(s)"),
     ),
     "run-into-a-store": Case(
         lambda w: ["run", "--out", _probe(w), "--model", w.model],

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -38,6 +39,13 @@ def reported(tiny_run, tmp_path):
     out, _ = tiny_run
     run = tmp_path / "run"
     shutil.copytree(out, run)
+    # An early-exit benchmark saved beside the run, in the format `bench early-exit` writes.
+    row = dict(model="embedded", batch_size=1, exit="k=0", k=0, full_s=0.5, early_s=0.1,
+               speedup=5.0, ceiling=8.0, fraction_of_ceiling=0.625)  # fmt: skip
+    (run / "bench").mkdir()
+    (run / "bench" / "early-exit.json").write_text(
+        json.dumps({"format": "superneurons-bench-early-exit/1", "rows": [row]})
+    )
     done = superneurons("report", run)
     assert done.returncode == 0, done.stderr
     return run
@@ -49,8 +57,14 @@ def test_the_report_is_one_self_contained_page(reported):
     # Nothing is fetched: no external script, style sheet, image or font.
     assert not re.search(r"<(script|link|img|iframe)[^>]+(src|href)=\"(https?:)?//", page)
     assert "<script" not in page and "<link" not in page
-    for name in ("layers", "alpha", "agreement", "probe-size", "claims"):
+    for name in ("layers", "alpha", "agreement", "probe-size", "shift", "exit", "claims"):
         assert (reported / "analysis" / f"{name}.json").is_file()
+    assert (
+        page.count('class="confusion"')
+        == len(json.loads((reported / "predictions.jsonl").read_text().splitlines()[0])) - 3
+    )  # less id, label, family
+    assert 'id="bench"' in page and "5.00×" in page
+    assert len(page) < 3_000_000
 
 
 def test_the_report_renders_in_a_real_browser(reported, tmp_path):
@@ -65,8 +79,17 @@ def test_the_report_renders_in_a_real_browser(reported, tmp_path):
         assert len(figures) == 5  # layers, alpha, agreement, probing size, exit trade-off
         for figure in figures:
             assert figure.size["width"] > 100 and figure.size["height"] > 50
-        for image in driver.find_elements(By.TAG_NAME, "img"):
+        images = driver.find_elements(By.TAG_NAME, "img")
+        assert images  # the super neurons' example thumbnails
+        for image in images:
             assert driver.execute_script("return arguments[0].naturalWidth", image) > 0
+        cards = driver.find_elements(By.CSS_SELECTOR, ".neuron")
+        neurons = json.loads((reported / "results.json").read_text())["selected"]
+        assert len(cards) == min(6, len(neurons))
+        for card in cards:
+            histogram = card.find_element(By.TAG_NAME, "svg")
+            assert histogram.size["width"] > 100 and histogram.size["height"] > 50
+            assert len(card.find_elements(By.CSS_SELECTOR, ".example")) == 6
         claims = driver.find_element(By.ID, "claims").find_elements(By.TAG_NAME, "tr")
         assert len(claims) == 7  # the head and one row per claim
         assert driver.find_element(By.ID, "estimators").text.count("\n") >= 6

@@ -54,7 +54,7 @@ def _device(value: str) -> str:
 def _site_list(value: str) -> str:
     from superneurons.models.adapters import SITES
 
-    sites = _sites(value)
+    sites = _names(value)
     unknown = [s for s in sites if s not in SITES]
     if unknown or not sites:
         raise typer.BadParameter(f"{value!r}: sites are a comma-separated subset of {SITES}")
@@ -102,7 +102,7 @@ MAX_LAYER = typer.Option(
 
 
 def _integers(value: str | None) -> str | None:
-    if value is not None and not (_sites(value) and all(i.isdigit() for i in _sites(value))):
+    if value is not None and not (_names(value) and all(i.isdigit() for i in _names(value))):
         raise typer.BadParameter(f"{value!r}: comma-separated integers >= 0, such as 0,1,2")
     return value
 
@@ -137,12 +137,12 @@ def scenes(
     console.print(f"wrote {n_scenes} scenes and {n_questions} questions to {out}")
 
 
-def _sites(value: str) -> list[str]:
+def _names(value: str) -> list[str]:
     return [s.strip() for s in value.split(",") if s.strip()]
 
 
 def _ints(value: str) -> list[int]:
-    return [int(item) for item in _sites(value)]
+    return [int(item) for item in _names(value)]
 
 
 def _shard_option(value: str | None) -> str | None:
@@ -216,7 +216,7 @@ def extract(
             loaded,
             records,
             out,
-            _sites(sites),
+            _names(sites),
             template,
             batch_size,
             max_new_tokens,
@@ -250,7 +250,7 @@ def discover(
     from superneurons.store import ActivationStore
 
     # The options are the classifier's parameters by name (the seed is its random_state).
-    params = {**ctx.params, "sites": _sites(sites), "random_state": seed}
+    params = {**ctx.params, "sites": _names(sites), "random_state": seed}
     names = SuperNeuronClassifier().get_params()
     classifier = SuperNeuronClassifier(**{k: v for k, v in params.items() if k in names})
     classifier.check_params()
@@ -323,7 +323,34 @@ def run(
     threshold: float = THRESHOLD,
     top_k: int = TOP_K,
     template: str = typer.Option(
-        None, callback=_template, help="Prompt template (default: the task's)."
+        None, help="Prompt template: built in or from --template-file (default: the task's)."
+    ),
+    template_file: Path = typer.Option(
+        None, help="A YAML file of more templates, in the built-ins' format (docs/prompts.md)."
+    ),
+    template_text: str = typer.Option(
+        None, help='The run\'s template inline, e.g. "{question} Answer yes or no." (named text).'
+    ),
+    families: str = typer.Option(
+        None, help="Only records of these families (comma-separated), in both sets."
+    ),
+    probe_task: str = typer.Option(
+        None, callback=_task, help="Shift: the probing set's task (default --task)."
+    ),
+    val_task: str = typer.Option(
+        None, callback=_task, help="Shift: the validation set's task (default --task)."
+    ),
+    probe_template: str = typer.Option(
+        None, help="Shift: the probing set's template (default --template)."
+    ),
+    val_template: str = typer.Option(
+        None, help="Shift: the validation set's template (default --template)."
+    ),
+    probe_families: str = typer.Option(
+        None, help="Shift: the probing set's families (default --families)."
+    ),
+    val_families: str = typer.Option(
+        None, help="Shift: the validation set's families (default --families)."
     ),
     batch_size: int = typer.Option(16, min=1),
     max_new_tokens: int = typer.Option(128, min=1),
@@ -363,10 +390,15 @@ def run(
     # The options are RunConfig's fields by name: passed through, never mapped by hand.
     params = {
         **ctx.params,
-        "sites": _sites(sites),
+        "sites": _names(sites),
         "shard": _shard(shard),
-        "baselines": [] if baselines == "none" else _sites(baselines),
+        "baselines": [] if baselines == "none" else _names(baselines),
         "exit_layers": exit_layers if exit_layers in ("all", "none") else _ints(exit_layers),
+        "template_file": None if template_file is None else str(template_file),
+        **{
+            name: None if ctx.params[name] is None else _names(ctx.params[name])
+            for name in ("families", "probe_families", "val_families")
+        },
     }
     config = RunConfig(**{f.name: params[f.name] for f in fields(RunConfig)})
     if seeds is not None:
@@ -468,8 +500,8 @@ def predict(
 def _analyses(value: str) -> str:
     from superneurons.analysis import ANALYSES
 
-    unknown = [name for name in _sites(value) if name not in ANALYSES]
-    if unknown or not _sites(value):
+    unknown = [name for name in _names(value) if name not in ANALYSES]
+    if unknown or not _names(value):
         raise typer.BadParameter(f"{value!r}: comma-separated, from {', '.join(ANALYSES)}")
     return value
 
@@ -490,7 +522,7 @@ def analyze(
     from superneurons.outputs import Claim
 
     with Claim(run_dir, "run") as claim:
-        results = analyze(RunData.open(run_dir), _sites(what))
+        results = analyze(RunData.open(run_dir), _names(what))
         for name, result in results.items():
             atomic.write_json(run_dir / "analysis" / f"{name}.json", result, claim.tmp)
             console.print(f"{name}: {run_dir / 'analysis' / f'{name}.json'}")
@@ -523,14 +555,14 @@ def report(
 def _bench_models(value: str) -> str:
     from superneurons.bench.shapes import SHAPES
 
-    unknown = [m for m in _sites(value) if m != "embedded" and m not in SHAPES]
-    if unknown or not _sites(value):
+    unknown = [m for m in _names(value) if m != "embedded" and m not in SHAPES]
+    if unknown or not _names(value):
         raise typer.BadParameter(f"{value!r}: choose from embedded, {', '.join(SHAPES)}")
     return value
 
 
 def _batch_sizes(value: str) -> str:
-    if not all(b.isdigit() and int(b) >= 1 for b in _sites(value)) or not _sites(value):
+    if not all(b.isdigit() and int(b) >= 1 for b in _names(value)) or not _names(value):
         raise typer.BadParameter(f"{value!r}: comma-separated integers >= 1, such as 1,16")
     return value
 
@@ -566,9 +598,9 @@ def bench_early_exit(
         classifier = None
     result = run_early_exit_bench(
         out,
-        _sites(models),
+        _names(models),
         classifier,
-        [int(b) for b in _sites(batch_sizes)],
+        [int(b) for b in _names(batch_sizes)],
         repeats,
         warmup,
         log=console.print,

@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from superneurons.capture import capture
 from superneurons.data.images import DEFAULT_MAX_PIXELS
-from superneurons.data.prompts import Prompter
+from superneurons.data.prompts import Prompter, TemplateSpec
 from superneurons.data.records import Record
 from superneurons.errors import ConfigError
 from superneurons.metrics import parse_choice, parse_yes_no
@@ -49,7 +49,7 @@ def parse_answer(record: Record, answer: str) -> str | None:
 def check_records(
     model: LoadedModel | ModelFiles,
     records: Sequence[Record],
-    template: str,
+    template: str | TemplateSpec,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     prompts: Sequence[str] | None = None,
 ) -> None:
@@ -82,7 +82,7 @@ def extract(
     records: Sequence[Record],
     out_dir: str | Path,
     sites: Sequence[str] = SITES,
-    template: str = "plain",
+    template: str | TemplateSpec = "plain",
     batch_size: int = 8,
     max_new_tokens: int = 128,
     description: str = "extract",
@@ -96,6 +96,7 @@ def extract(
     finished store is returned as is, and a store made with other arguments (model, weights,
     records, template, sites) is refused. ``shard=(i, n)`` extracts only samples ``i, i + n, …``
     (for splitting the work across machines; ``store.merge_shards`` joins the parts).
+    ``template`` is a built-in template's name or any :class:`TemplateSpec`.
 
     Before a store is started every image is decoded and every prompt measured against the
     model's context (:func:`check_records`; ``check_inputs=False`` when the caller did it), so
@@ -124,7 +125,7 @@ def extract(
         "architecture": adapter.name,
         "model_class": type(model).__name__,
         "dataset_fingerprint": fingerprint,
-        "template": template,
+        "template": template.name if isinstance(template, TemplateSpec) else template,
         "prompt": prompter.to_json(),
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -135,3 +136,28 @@ def tradeoff_figure(rows: list[dict]) -> str:
         ylabel="validation accuracy (%)",
         title="Exit layer: cost and accuracy",
     )
+
+
+def shift_figure(shift: dict) -> str:
+    """The SNs' and the model's validation accuracy without and with the shift."""
+    figure, axes = plt.subplots(figsize=_SIZE)
+    sides = [("reference", "as probed"), ("under_shift", "shifted")]
+    lowest = 100.0
+    for offset, answerer in ((-0.18, "super_neurons"), (0.18, "model")):
+        values = [100 * shift[side][answerer]["accuracy"] for side, _ in sides]
+        axes.bar([i + offset for i in range(len(sides))], values, width=0.36, label=answerer)
+        lowest = min(lowest, *values)
+    axes.set_xticks(range(len(sides)), [label for _, label in sides])
+    axes.set_ylim(max(0, lowest - 10), 100)
+    return _finished(figure, axes, ylabel="validation accuracy (%)", title="Prompt or data shift")
+
+
+def activation_histogram(values, labels, alpha: float, title: str) -> str:
+    """One neuron's validation activations for "yes" and "no" questions, α marked."""
+    figure, axes = plt.subplots(figsize=(3.4, 2.2))
+    bins = np.histogram_bin_edges(values, bins=30)
+    axes.hist(values[labels], bins=bins, alpha=0.6, label="label yes")
+    axes.hist(values[~labels], bins=bins, alpha=0.6, label="label no")
+    axes.axvline(alpha, color="black", linewidth=1, label="α")
+    axes.tick_params(labelsize=7)
+    return _finished(figure, axes, xlabel="activation", ylabel="questions", title=title)

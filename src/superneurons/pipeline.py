@@ -25,7 +25,13 @@ from superneurons.classifiers.probes import LinearProbeClassifier, SparseProbeCl
 from superneurons.classifiers.savs import SAVClassifier
 from superneurons.data.images import DEFAULT_MAX_PIXELS
 from superneurons.data.loaders import select, task
-from superneurons.data.prompts import Prompter, template_for
+from superneurons.data.prompts import (
+    TEMPLATES,
+    Prompter,
+    TemplateSpec,
+    load_templates,
+    parse_templates,
+)
 from superneurons.data.records import Record
 from superneurons.errors import ConfigError
 from superneurons.evaluate import (
@@ -38,7 +44,7 @@ from superneurons.evaluate import (
 )
 from superneurons.extract import build_prompt, check_records, extract
 from superneurons.metrics import METRICS
-from superneurons.models.adapters import SITES, adapter_for
+from superneurons.models.adapters import ADAPTERS, SITES, adapter_for
 from superneurons.models.loading import (
     DTYPES,
     LoadedModel,
@@ -51,8 +57,23 @@ from superneurons.significance import compare
 from superneurons.store import complete_shards, is_complete, merge_shards, shard_path
 from superneurons.tradeoff import exit_tradeoff, measure_speedups
 
+# The store of a shifted run's reference set: validation questions asked as the probing set was.
+REFERENCE = "reference"
 # The baselines a run fits beside the super neurons, by results name (docs/method.md).
 BASELINES: tuple[str, ...] = ("savs", "linear_probe", "sparse_probe")
+
+
+@dataclass(frozen=True)
+class Condition:
+    """What one set of a run is: its task, prompt template and families (None: all)."""
+
+    task: str
+    template: TemplateSpec
+    families: tuple[str, ...] | None = None
+
+    def to_json(self) -> dict:
+        families = None if self.families is None else list(self.families)
+        return {"task": self.task, "template": self.template.name, "families": families}
 
 
 @dataclass
@@ -74,6 +95,17 @@ class RunConfig:
     threshold: float | None = None
     top_k: int | None = None
     template: str | None = None  # default: the task's template
+    template_file: str | None = None  # a YAML file of more templates (docs/prompts.md)
+    template_text: str | None = None  # an inline yes/no template: the run's template "text"
+    families: Sequence[str] | None = None  # only records of these families (None: all)
+    # Shift (docs/analyses.md): the probing and validation sets' own task, template and
+    # families; each defaults to the setting above.
+    probe_task: str | None = None
+    val_task: str | None = None
+    probe_template: str | None = None
+    val_template: str | None = None
+    probe_families: Sequence[str] | None = None
+    val_families: Sequence[str] | None = None
     batch_size: int = 16
     max_new_tokens: int = 128
     max_pixels: int = DEFAULT_MAX_PIXELS  # images with more pixels are refused
@@ -115,11 +147,60 @@ class RunConfig:
                 )
         elif not self.exit_layers or any(not isinstance(k, int) or k < 0 for k in self.exit_layers):
             raise ConfigError(f"exit_layers must be integers >= 0, got {self.exit_layers!r}")
-        task(self.task)
-        if self.template is not None:
-            template_for(self.template)
+        if self.template_text is not None and self.template is not None:
+            raise ConfigError("template_text is the run's template: give it or template, not both")
+        for name in ("families", "probe_families", "val_families"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, str) or not value or not all(isinstance(f, str) for f in value)
+            ):
+                raise ConfigError(f"{name} must be a non-empty list of names, got {value!r}")
+        for part in ("probe", "val"):
+            self.condition(part)  # every task and template name resolves
         pick_device(self.device)
         self.classifier().check_params()
+
+    def templates(self) -> dict[str, TemplateSpec]:
+        """The templates this run may name: the built-ins, ``template_file``'s and "text"."""
+        library = dict(TEMPLATES)
+        if self.template_file is not None:
+            extra = load_templates(self.template_file, ADAPTERS)
+            clash = sorted(set(extra) & set(library))
+            if clash:
+                raise ConfigError(
+                    f"{self.template_file}: template(s) {clash} are built in; give yours another "
+                    "name"
+                )
+            library.update(extra)
+        if self.template_text is not None:
+            text = {"text": {"binary": self.template_text}}
+            library.update(parse_templates(text, "template_text"))
+        return library
+
+    def condition(self, part: str) -> Condition:
+        """What the probing ("probe") or validation ("val") set is drawn from and asked with."""
+        name = getattr(self, f"{part}_task") or self.task
+        spec = task(name)
+        # The setting the template comes from, named in an error.
+        field = next((f for f in (f"{part}_template", "template") if getattr(self, f)), None)
+        if field is not None:
+            template = getattr(self, field)
+        elif self.template_text is not None:
+            field, template = "template_text", "text"
+        else:
+            field, template = "task", spec.template
+        library = self.templates()
+        if template not in library:
+            raise ConfigError(
+                f"{field}={template!r}: unknown prompt template; known: {sorted(library)}"
+            )
+        families = getattr(self, f"{part}_families") or self.families
+        return Condition(name, library[template], None if families is None else tuple(families))
+
+    @property
+    def shifted(self) -> bool:
+        """Whether the validation set is drawn or asked otherwise than the probing set."""
+        return self.condition("probe") != self.condition("val")
 
     def classifier(self) -> SuperNeuronClassifier:
         """The (unfitted) super-neuron classifier these settings describe."""
@@ -156,19 +237,55 @@ class RunConfig:
         return sorted(set(self.exit_layers))
 
 
-def task_records(config: RunConfig, out: Path) -> tuple[list[Record], list[Record], str]:
-    """(probing set, validation set, prompt template): balanced, seeded, from the train and
-    validation splits, which never share an image. A generated task writes under ``out/data``."""
-    spec = task(config.task)
-    if config.data_dir is not None:
-        data_dir = Path(config.data_dir)
-    elif spec.generated:
-        data_dir = out / "data"
-    else:
-        raise ConfigError(f"task {config.task!r} needs --data-dir (see docs/datasets.md)")
-    probe = select(config.task, data_dir, "train", config.n_probe, config.seed, "probing set")
-    val = select(config.task, data_dir, "val", config.n_val, config.seed, "validation set")
-    return probe, val, config.template or spec.template
+@dataclass
+class RunRecords:
+    """The records of a run: the probing and validation sets, and, for a shifted run, the
+    reference set: validation questions drawn and asked as the probing set was."""
+
+    probe: list[Record]
+    val: list[Record]
+    reference: list[Record] | None = None
+
+
+def task_records(config: RunConfig, out: Path) -> RunRecords:
+    """The run's records: balanced, seeded, from the train and validation splits of each set's
+    task and families; the probing and validation sets may share no image. A generated task
+    writes under ``out/data``."""
+
+    def draw(part: str, split: str, n: int | None, what: str) -> list[Record]:
+        condition = config.condition(part)
+        spec = task(condition.task)
+        if config.data_dir is not None:
+            data_dir = Path(config.data_dir)
+        elif spec.generated:
+            data_dir = out / "data"
+        else:
+            raise ConfigError(f"task {condition.task!r} needs --data-dir (see docs/datasets.md)")
+        return select(condition.task, data_dir, split, n, config.seed, what, condition.families)
+
+    records = RunRecords(
+        draw("probe", "train", config.n_probe, "probing set"),
+        draw("val", "val", config.n_val, "validation set"),
+    )
+    check_disjoint(records.probe, records.val)
+    if config.shifted:
+        records.reference = draw("probe", "val", config.n_val, "reference set")
+    return records
+
+
+def check_disjoint(probe: Sequence[Record], val: Sequence[Record]) -> None:
+    """Refuse probing and validation sets that share an image file: SNs would be validated on
+    what they were fitted on."""
+    seen = {r.image.resolve(): r.id for r in probe if isinstance(r.image, Path)}
+    shared = [(seen[r.image.resolve()], r.id) for r in val
+              if isinstance(r.image, Path) and r.image.resolve() in seen]  # fmt: skip
+    if shared:
+        (first_probe, first_val), count = shared[0], len(shared)
+        raise ConfigError(
+            f"the probing and validation sets share {count} image(s) (probing record "
+            f"{first_probe!r} and validation record {first_val!r}, for one): fit and validate "
+            "on different splits or tasks"
+        )
 
 
 def question_text(record: Record) -> str:
@@ -216,20 +333,20 @@ def _run(config: RunConfig, claim: Claim, log, loaded: LoadedModel | None) -> di
     model = loaded or open_model(config.model)
     text = getattr(model.config, "text_config", None) or model.config
     layers = config.tradeoff_layers(text.num_hidden_layers)  # a layer past the model: refused now
-    probe, val, template = task_records(config, out)
-    for part, records in (("probe", probe), ("val", val)):
+    records = task_records(config, out)
+    probe, val = records.probe, records.val
+    # part -> (records, template): the reference set is asked as the probing set was.
+    parts = {"probe": (probe, config.condition("probe").template)}
+    parts["val"] = (val, config.condition("val").template)
+    if records.reference is not None:
+        parts[REFERENCE] = (records.reference, parts["probe"][1])
+    for part, (part_records, template) in parts.items():
         if not is_complete(out / "activations" / part):
-            check_records(model, records, template, config.max_pixels)
+            check_records(model, part_records, template, config.max_pixels)
     loaded = loaded or load_model(config.model, config.dtype, config.device)
     log(f"model {loaded.model_id} ({type(loaded.model).__name__}) on {loaded.device}")
-    common = dict(
-        sites=config.sites,
-        template=template,
-        batch_size=config.batch_size,
-        max_new_tokens=config.max_new_tokens,
-    )
     stores = {}
-    for part, records in (("probe", probe), ("val", val)):
+    for part, (part_records, template) in parts.items():
         path = out / "activations" / part
         if config.shard is not None:
             path = shard_path(path, *config.shard)
@@ -238,9 +355,12 @@ def _run(config: RunConfig, claim: Claim, log, loaded: LoadedModel | None) -> di
             merge_shards(shards, path)
         stores[part] = extract(
             loaded,
-            records,
+            part_records,
             path,
-            **common,
+            sites=config.sites,
+            template=template,
+            batch_size=config.batch_size,
+            max_new_tokens=config.max_new_tokens,
             description=part,
             shard=config.shard,
             max_pixels=config.max_pixels,
@@ -261,7 +381,7 @@ def _run(config: RunConfig, claim: Claim, log, loaded: LoadedModel | None) -> di
     atomic.write_bytes(out / "predictions.jsonl", prediction_lines(answers, val_store), claim.tmp)
     tradeoff = None
     if layers:
-        prompter = Prompter.for_model(template, adapter.name)
+        prompter = Prompter.for_model(parts["val"][1], adapter.name)
         timed = val[: config.batch_size]
         speedups = measure_speedups(
             loaded,
@@ -286,6 +406,8 @@ def _run(config: RunConfig, claim: Claim, log, loaded: LoadedModel | None) -> di
         seconds=round(time.time() - started, 1),
         config={**asdict(config), "sites": list(config.sites)},
     ).to_json()
+    results["sets"] = {part: config.condition(part).to_json() for part in ("probe", "val")}
+    results["shifted"] = config.shifted
     atomic.write_json(out / "results.json", results, claim.tmp)
     return results
 

@@ -60,3 +60,23 @@ def compare(correct: np.ndarray, reference: np.ndarray, n_boot: int = 1000, seed
     """``{"b", "c", "p_value", "diff_ci95"}``: McNemar and the paired bootstrap together."""
     low, high = paired_bootstrap_diff(correct, reference, n_boot, seed)
     return {**mcnemar(correct, reference), "diff_ci95": [round(low, 4), round(high, 4)]}
+
+
+def unpaired_bootstrap_diff(
+    correct: np.ndarray,
+    reference: np.ndarray,
+    n_boot: int = 1000,
+    seed: int = 0,
+    level: float = 0.95,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of accuracy(correct) − accuracy(reference) for two sets of
+    different questions, each resampled on its own; deterministic per seed."""
+    correct, reference = (np.asarray(v, dtype=bool) for v in (correct, reference))
+    if correct.size == 0 or reference.size == 0:
+        raise ValueError("unpaired_bootstrap_diff needs questions on both sides")
+    means = []
+    for offset, values in enumerate((correct, reference)):
+        means.append(np.empty(n_boot))
+        for start, idx in bootstrap_resamples(values.size, n_boot, seed + offset):
+            means[-1][start : start + len(idx)] = values[idx].mean(axis=1)
+    return percentile_interval(means[0] - means[1], level)

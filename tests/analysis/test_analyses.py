@@ -125,7 +125,9 @@ def test_probe_size_refits_on_balanced_seeded_subsets(tmp_path):
     assert rows.size == 20 and run.probe_split.labels[rows].sum() == 10
 
 
-def fake_inputs(sn=0.8, model=0.7, p=0.01, early=0.5, rho=-0.9, peaks=None, gain=0.05):
+def fake_inputs(
+    sn=0.8, model=0.7, p=0.01, early=0.5, rho=-0.9, peaks=None, gain=0.05, shift_ci=None
+):
     peaks = peaks or {"mlp": 0.0}
     results = {"estimators": {"super_neurons": {"accuracy": sn, "vs_model": {"p_value": p}},
                               "model": {"accuracy": model}}}  # fmt: skip
@@ -134,7 +136,13 @@ def fake_inputs(sn=0.8, model=0.7, p=0.01, early=0.5, rho=-0.9, peaks=None, gain
     agreement_ = {"spearman_rho": rho}
     sizes = [{"size": 100, "accuracy": {"mean": 0.7, "sd": 0.01}},
              {"size": 1000, "accuracy": {"mean": 0.7 + gain, "sd": 0.01}}]  # fmt: skip
-    return RunData(None, None, None, None, results), layers_, alpha_, agreement_, {"sizes": sizes}
+    shift_ = {"shifted": False, "sets": {}}
+    if shift_ci is not None:
+        change = {"accuracy_change": sum(shift_ci) / 2, "ci95": shift_ci}
+        shift_ = {"shifted": True, "sets": {}, "margin": 0.05,
+                  "change": {"super_neurons": change, "model": change}}  # fmt: skip
+    run = RunData(None, None, None, None, results)
+    return run, layers_, alpha_, agreement_, {"sizes": sizes}, shift_
 
 
 @pytest.mark.parametrize(
@@ -142,12 +150,23 @@ def fake_inputs(sn=0.8, model=0.7, p=0.01, early=0.5, rho=-0.9, peaks=None, gain
     [
         ({}, ["shown", "not shown", "shown", "shown", "shown", "not measured"]),
         (
-            {"sn": 0.6, "early": 0.75, "rho": 0.9, "peaks": {"mlp": 2.0}, "gain": -0.05},
-            ["refuted", "shown", "refuted", "not shown", "refuted", "not measured"],
+            {
+                "sn": 0.6,
+                "early": 0.75,
+                "rho": 0.9,
+                "peaks": {"mlp": 2.0},
+                "gain": -0.05,
+                "shift_ci": [-0.2, -0.1],
+            },
+            ["refuted", "shown", "refuted", "not shown", "refuted", "refuted"],
         ),
         (
-            {"p": 0.2, "rho": 0.1, "gain": 0.01},
-            ["not shown", "not shown", "not shown", "shown", "not shown", "not measured"],
+            {"p": 0.2, "rho": 0.1, "gain": 0.01, "shift_ci": [-0.08, 0.01]},
+            ["not shown", "not shown", "not shown", "shown", "not shown", "not shown"],
+        ),
+        (
+            {"shift_ci": [-0.04, 0.02]},
+            ["shown", "not shown", "shown", "shown", "shown", "shown"],
         ),
     ],
 )

@@ -7,6 +7,8 @@ classifier (no re-extraction) and returning a JSON-able dict (schemas in docs/an
 - :func:`agreement` (Fig. 4): the selection threshold t swept: number of SNs, their vote's
   validation accuracy and the agreement rate AR@t, and AR's rank correlation with t;
 - :func:`probe_size` (Fig. 5): metrics as the probing set grows;
+- :func:`shift`: SNs fitted under one prompt or distribution, validated under another;
+- :func:`early_exit` ("exit"): accuracy against the exit layer, with the measured speed-up;
 - :func:`claims`: the paper's claims, each with its numbers, its rule and a verdict.
 
 ``superneurons analyze RUN_DIR [--what layers,alpha,...]`` writes ``RUN_DIR/analysis/NAME.json``.
@@ -15,9 +17,11 @@ classifier (no re-extraction) and returning a JSON-able dict (schemas in docs/an
 from superneurons.analysis.agreement import agreement
 from superneurons.analysis.alpha import alpha
 from superneurons.analysis.claims import claims
+from superneurons.analysis.exit import early_exit
 from superneurons.analysis.layers import layers
 from superneurons.analysis.probe_size import probe_size
 from superneurons.analysis.run_data import RunData
+from superneurons.analysis.shift import shift
 
 # By name, in the order ``analyze`` runs them: claims reads the four before it.
 ANALYSES = {
@@ -25,10 +29,12 @@ ANALYSES = {
     "alpha": alpha,
     "agreement": agreement,
     "probe-size": probe_size,
+    "shift": shift,
+    "exit": early_exit,
     "claims": claims,
 }
 
-CLAIMS_READ = ("layers", "alpha", "agreement", "probe-size")
+CLAIMS_READ = ("layers", "alpha", "agreement", "probe-size", "shift")
 
 
 def analyze(run: RunData, names) -> dict[str, dict]:
@@ -51,6 +57,8 @@ __all__ = [
     "alpha",
     "analyze",
     "claims",
+    "early_exit",
     "layers",
     "probe_size",
+    "shift",
 ]

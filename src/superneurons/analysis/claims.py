@@ -21,7 +21,11 @@ RULES = {
     5: "shown when the mean validation accuracy at the largest probing size exceeds the "
     "smallest size's by more than their two standard deviations together; refuted when it "
     "falls short of it by as much; not shown otherwise",
-    6: "not measured: the prompt- and distribution-shift analysis is not implemented yet",
+    6: "shown when the 95% bootstrap interval of the SNs' accuracy change from the reference "
+    "set to the shifted validation set lies above -margin (0.05): they lose at most 5 points; "
+    "refuted when it lies wholly below -margin; not shown otherwise; not measured for a run "
+    "without a shift (run with --probe-template/--val-template, --probe-task/--val-task or "
+    "--probe-families/--val-families)",
 }
 STATEMENTS = {
     1: "SNs beat the model on validation data",
@@ -33,7 +37,9 @@ STATEMENTS = {
 }
 
 
-def claims(run: RunData, layers: dict, alpha: dict, agreement: dict, probe_size: dict) -> dict:
+def claims(
+    run: RunData, layers: dict, alpha: dict, agreement: dict, probe_size: dict, shift: dict
+) -> dict:
     """One row per claim from the run's results and the other analyses' outputs."""
     entries = run.results["estimators"]
     sn, model = entries["super_neurons"], entries["model"]
@@ -67,9 +73,9 @@ def claims(run: RunData, layers: dict, alpha: dict, agreement: dict, probe_size:
             "accuracy_gain": round(gain, 4),
             "sd_sum": round(noise, 4),
         },
-        6: {},
     }
-    verdicts = {1: first, 2: second, 3: third, 4: fourth, 5: fifth, 6: "not measured"}
+    sixth, measured[6] = shift_claim(shift)
+    verdicts = {1: first, 2: second, 3: third, 4: fourth, 5: fifth, 6: sixth}
     return {
         "format": FORMAT,
         "claims": [
@@ -82,6 +88,21 @@ def claims(run: RunData, layers: dict, alpha: dict, agreement: dict, probe_size:
             }
             for k in STATEMENTS
         ],
+    }
+
+
+def shift_claim(shift: dict) -> tuple[str, dict]:
+    """Claim 6's verdict and numbers from the shift analysis (rule 6)."""
+    if not shift["shifted"]:
+        return "not measured", {"sets": shift["sets"]}
+    change = shift["change"]
+    low, high = change["super_neurons"]["ci95"]
+    return _verdict(low > -shift["margin"], high < -shift["margin"]), {
+        "sets": shift["sets"],
+        "sn_accuracy_change": change["super_neurons"]["accuracy_change"],
+        "sn_change_ci95": [low, high],
+        "model_accuracy_change": change["model"]["accuracy_change"],
+        "margin": shift["margin"],
     }
 
 

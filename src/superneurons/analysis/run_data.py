@@ -15,6 +15,8 @@ from superneurons.errors import DataError
 from superneurons.evaluate import RESULTS_FORMAT, SEEDS_FORMAT
 from superneurons.store import ActivationStore
 
+REFERENCE = "reference"  # the store of a shifted run's reference set (superneurons.pipeline)
+
 
 @dataclass
 class RunData:
@@ -23,6 +25,7 @@ class RunData:
     val: ActivationStore
     classifier: SuperNeuronClassifier
     results: dict
+    reference: ActivationStore | None = None  # a shifted run's reference set
 
     @classmethod
     def open(cls, path: str | Path) -> RunData:
@@ -42,7 +45,10 @@ class RunData:
         probe = ActivationStore.open(path / "activations" / "probe")
         val = ActivationStore.open(path / "activations" / "val")
         classifier, _ = load_classifier(path / "classifier")
-        return cls(path, probe, val, classifier, results)
+        reference = None
+        if results.get("shifted"):
+            reference = ActivationStore.open(path / "activations" / REFERENCE)
+        return cls(path, probe, val, classifier, results, reference)
 
     @cached_property
     def probe_split(self) -> Split:

@@ -12,8 +12,9 @@ Typical use::
 
 from __future__ import annotations
 
+import math
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -178,12 +179,38 @@ def select(
     n: int | None = None,
     seed: int = 0,
     what: str = "sample",
+    families: Sequence[str] | None = None,
 ) -> list[Record]:
     """The one way every command picks its records: a balanced, seeded sample of ``n`` binary
-    records of ``split`` (``n`` None: the task's default size for the split, or all of it)."""
-    n = n if n is not None else task(name).sizes.get(split)
+    records of ``split`` (``n`` None: the task's default size for the split, or all of it),
+    of the ``families`` given only (None: every family)."""
+    spec = task(name)
+    n = n if n is not None else spec.sizes.get(split)
     records = load_task(name, data_dir, split, seed, n)
+    if families is not None:
+        kept = of_families(records, families, f"{what}: task {name!r} {split}")
+        if spec.generated and n is not None and len(kept) < len(records):
+            # A generated task makes enough questions of every family for n: ask for as many
+            # more as the families kept are a smaller share of them.
+            records = load_task(
+                name, data_dir, split, seed, math.ceil(n * len(records) / len(kept))
+            )
+            kept = of_families(records, families, f"{what}: task {name!r} {split}")
+        records = kept
     return records if n is None else balanced_sample(records, n, seed, what)
+
+
+def of_families(records: list[Record], families: Sequence[str], where: str) -> list[Record]:
+    """The records of ``families``; a family no record has is a ConfigError naming those
+    there are."""
+    present = sorted({r.family for r in records if r.family})
+    if not present:
+        raise ConfigError(f"{where}: the records have no families to choose from")
+    unknown = [f for f in families if f not in present]
+    if unknown or not families:
+        raise ConfigError(f"{where}: no family {unknown or families!r}; the records have {present}")
+    wanted = set(families)
+    return [r for r in records if r.family in wanted]
 
 
 def label_counts(records: list[Record]) -> dict[str, int]:
