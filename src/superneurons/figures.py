@@ -46,13 +46,11 @@ def layers_figure(layers: dict) -> str:
         (line,) = axes.plot(
             x, [100 * r["best_val"] for r in rows], marker="o", label=f"{site} neuron"
         )
-        axes.plot(
-            x,
-            [100 * r["linear_probe_val"] for r in rows],
-            linestyle=":",
-            color=line.get_color(),
-            label=f"{site} linear",
-        )
+        linear = [(r["layer"], 100 * r["linear_probe_val"]) for r in rows
+                  if r["linear_probe_val"] is not None]  # fmt: skip
+        if linear:  # a run without the linear_probe baseline has none
+            axes.plot(*zip(*linear, strict=True), linestyle=":", color=line.get_color(),
+                      label=f"{site} linear")  # fmt: skip
     _model_line(axes, layers["model_val_accuracy"])
     axes.set(xlabel="layer", ylabel="validation accuracy (%)", title="Where the answer is read")
     axes.legend(fontsize=7, ncol=2)

@@ -374,6 +374,17 @@ class ActivationStore:
         raw = self.array(site)[self._layer_index(site, layer), :, index]
         return self._float32(raw if rows is None else raw[rows])
 
+    def columns(self, site: str, layer: int, indices: Any, rows: Any = None) -> np.ndarray:
+        """float32 ``(n, len(indices))`` (or ``(len(rows), …)``): some scalars of one layer,
+        read without widening the rest of the slab."""
+        raw = self.array(site)[self._layer_index(site, layer)]
+        indices = np.asarray(indices, dtype=np.intp)
+        if rows is None:
+            return self._float32(raw[:, indices])
+        rows = np.asarray(rows)
+        rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.intp)
+        return self._float32(raw[np.ix_(rows, indices)])
+
     def _site_shape(self, site: str) -> tuple[int, int]:
         if site not in self.manifest["sites"]:
             known = sorted(self.manifest["sites"])

@@ -12,6 +12,7 @@ from command import superneurons
 from superneurons.analysis import RunData, agreement, alpha, layers
 from superneurons.analysis.alpha import site_scale
 from superneurons.classifiers import SuperNeuronClassifier
+from superneurons.classifiers.probes import LinearProbeClassifier
 from superneurons.store import ActivationWriter
 
 N, LAYERS, WIDTH, PLANTED = 400, 4, 20, (2, 5)
@@ -36,15 +37,18 @@ def planted_store(path, seed: int, offset: float = 0.0):
         return writer.finish()
 
 
-def planted_run(tmp_path, offset: float = 0.0, **params) -> RunData:
+def planted_run(tmp_path, offset: float = 0.0, linear: bool = False, **params) -> RunData:
     probe = planted_store(tmp_path / "probe", 0, offset)
     val = planted_store(tmp_path / "val", 1, offset)
     classifier = SuperNeuronClassifier(**params).fit(probe, probe.labels)
-    return RunData(tmp_path, probe, val, classifier, {})
+    baselines = {}
+    if linear:
+        baselines["linear_probe"] = LinearProbeClassifier(Cs=(1.0,)).fit(probe, probe.labels)
+    return RunData(tmp_path, probe, val, classifier, {}, baselines=baselines)
 
 
 def test_layers_find_the_planted_layer_and_neuron(tmp_path):
-    result = layers(planted_run(tmp_path))
+    result = layers(planted_run(tmp_path, linear=True))
     rows = {row["layer"]: row for row in result["sites"]["resid"]}
     assert rows[2]["best_index"] == 5 and rows[2]["best_val"] > 0.95
     assert result["model_probe_accuracy"] == pytest.approx(0.75, abs=0.05)

@@ -186,3 +186,29 @@ def test_repeated_rows_fall_back_to_the_eigendecomposition_and_still_match_sciki
     np.testing.assert_allclose(
         probe.decision_function({"mlp": test}), direct.decision_function(test[:, 0]), atol=2e-3
     )
+
+
+@pytest.mark.parametrize("width", [MLP, 600], ids=["fewer-features", "more-features-than-rows"])
+def test_every_layer_model_of_the_linear_probe_scores_its_held_out_part_and_is_saved(
+    width, tmp_path
+):
+    from superneurons.classifiers.base import stratified_heldout
+
+    rng = np.random.default_rng(4)
+    y = np.arange(N) % 2 == 0
+    x = rng.normal(size=(N, 3, width)).astype(np.float32)
+    x[:, 2, :5] += 0.5 * np.where(y, 1.0, -1.0)[:, None]
+    probe = LinearProbeClassifier(tol=1e-8).fit({"mlp": x}, y)
+    held = stratified_heldout(y, probe.heldout_fraction, probe.random_state)
+    save_classifier(tmp_path / "c", probe, {"model": "m"})
+    loaded, _ = load_classifier(tmp_path / "c")
+    for layer in range(3):
+        decision = probe.layer_decision({"mlp": x}, "mlp", layer)
+        # The layer's model is the one its held-out score was measured with.
+        held_accuracy = np.mean((decision[held] > 0) == y[held])
+        assert held_accuracy == pytest.approx(probe.layer_scores_["mlp"][layer], abs=1e-9)
+        saved = loaded.layer_decision({"mlp": x}, "mlp", layer)
+        np.testing.assert_allclose(saved, decision, rtol=1e-4, atol=1e-3)  # stored as float32
+    restricted = probe.refit_up_to({"mlp": x}, y, 1)
+    with pytest.raises(ValueError, match="layer 2 was not fitted"):
+        restricted.layer_decision({"mlp": x}, "mlp", 2)

@@ -45,7 +45,8 @@ def site_scale(store, site: str) -> dict:
 def alpha(run: RunData, grid: Sequence[float] = DEFAULT_GRID, relative: bool = False) -> dict:
     """For each α of ``grid`` (in units of the sites' pooled standard deviation when
     ``relative``): the best neuron's probing score and the super neurons' validation accuracy,
-    the classifier refitted on the probing store with that α and otherwise the run's settings.
+    the classifier refitted on the probing store with that α and otherwise the run's settings
+    (every α's counts from one pass over the store).
     Per site: the activation mean, standard deviation and quantiles, and a note when the grid
     is far narrower than the site's spread (the grid then only probes the distribution's
     centre). The same sweep per site alone is ``by_site``."""
@@ -59,8 +60,10 @@ def alpha(run: RunData, grid: Sequence[float] = DEFAULT_GRID, relative: bool = F
         if s["std"] > 3 * span
     }
     values = [float(a) * unit for a in grid]
-    rows = _sweep(run, classifier, values)
-    by_site = {site: _sweep(run, clone(classifier).set_params(sites=[site]), values)
+    # One pass over the probing store counts every α's votes; each refit reads only counts.
+    counts = classifier.count_votes(run.probe_split, run.probe_split.labels, values)
+    rows = _sweep(run, classifier, values, counts)
+    by_site = {site: _sweep(run, clone(classifier).set_params(sites=[site]), values, counts)
                for site in classifier.sites_}  # fmt: skip
     return {
         "format": FORMAT,
@@ -75,13 +78,14 @@ def alpha(run: RunData, grid: Sequence[float] = DEFAULT_GRID, relative: bool = F
     }
 
 
-def _sweep(run: RunData, classifier, values: Sequence[float]) -> list[dict]:
-    """The classifier refitted at each α of ``values``: best probing score, SN validation
-    accuracy, number of SNs."""
+def _sweep(run: RunData, classifier, values: Sequence[float], counts) -> list[dict]:
+    """The classifier refitted at each α of ``values`` from that α's counts: best probing
+    score, SN validation accuracy, number of SNs."""
     probe, val = run.probe_split, run.val_split
     rows = []
-    for value in values:
-        refitted = clone(classifier).set_params(alpha=value).fit(probe, probe.labels)
+    for value, at_alpha in zip(values, counts, strict=True):
+        refitted = clone(classifier).set_params(alpha=value)
+        refitted.fit(probe, probe.labels, counts=at_alpha)
         best = max(float(np.nanmax(s)) for s in refitted.scores_.values())
         accuracy = float(np.mean(refitted.predict(val) == val.labels))
         rows.append(

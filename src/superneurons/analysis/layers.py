@@ -5,24 +5,25 @@ from __future__ import annotations
 import numpy as np
 
 from superneurons.analysis.run_data import RunData
-from superneurons.classifiers.probes import fit_logistic
 
 FORMAT = "superneurons-analysis-layers/1"
 
 
-def layers(run: RunData, C: float = 1.0) -> dict:
+def layers(run: RunData) -> dict:
     """Per site and layer, for the rule ``a > alpha`` of the run's classifier: the number of
     neurons whose probing accuracy beats the model's probing accuracy, the best neuron's index,
-    probing and validation accuracy, and the validation accuracy of a logistic regression
-    (standardised, ``C``) fitted on that layer's probing slab.
+    probing and validation accuracy, and the validation accuracy of the run's linear probe
+    fitted on that layer alone (its ``layer_models_``; None without a linear_probe baseline).
 
     Probing scores are the classifier's own (``scores_``, polarity +1); validation reads one
-    column and one slab per layer.
+    column per layer, and one slab per layer for the linear probe; nothing is refitted.
     """
     classifier = run.classifier
     positive = classifier.polarities_.index(1) if 1 in classifier.polarities_ else 0
-    probe_y, val_y = run.probe_split.labels, run.val_split.labels
+    val_y = run.val_split.labels
     model_probe = run.model_accuracy(run.probe_split)
+    probe = run.baselines.get("linear_probe")
+    models = getattr(probe, "layer_models_", {})
     sites = {}
     for site, scores in classifier.scores_.items():
         rows = []
@@ -31,8 +32,10 @@ def layers(run: RunData, C: float = 1.0) -> dict:
                 continue  # past the classifier's max_layer
             best = int(np.nanargmax(layer_scores))
             column = run.val.column(site, layer, best)
-            model = fit_logistic(run.probe.layer(site, layer), probe_y, C, 1e-4, 1000)
-            probe_val = np.mean((model.decision(run.val.layer(site, layer)) > 0) == val_y)
+            linear = None
+            if site in models and models[site][layer] is not None:
+                decision = probe.layer_decision(run.val, site, layer)
+                linear = round(float(np.mean((decision > 0) == val_y)), 4)
             rows.append(
                 {
                     "layer": layer,
@@ -40,7 +43,7 @@ def layers(run: RunData, C: float = 1.0) -> dict:
                     "best_index": best,
                     "best_probe": round(float(layer_scores[best]), 4),
                     "best_val": round(float(np.mean((column > classifier.alpha) == val_y)), 4),
-                    "linear_probe_val": round(float(probe_val), 4),
+                    "linear_probe_val": linear,
                 }
             )
         sites[site] = rows

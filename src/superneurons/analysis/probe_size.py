@@ -9,6 +9,7 @@ from sklearn.base import clone
 
 from superneurons.analysis.run_data import RunData
 from superneurons.classifiers import ModelAnswers
+from superneurons.classifiers.counting import subset_counts
 from superneurons.metrics import METRICS, binary_metrics
 
 FORMAT = "superneurons-analysis-probe-size/1"
@@ -26,6 +27,10 @@ class RowSubset:
     def layer(self, site: str, layer: int) -> np.ndarray:
         return self.store.layer(site, layer, self.rows)
 
+    def columns(self, site: str, layer: int, indices, rows=None) -> np.ndarray:
+        subset = self.rows if rows is None else self.rows[rows]
+        return self.store.columns(site, layer, indices, subset)
+
 
 def balanced_subset(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """``size`` rows, half of each class (the odd one a "no"), sorted."""
@@ -39,29 +44,37 @@ def probe_size(
     run: RunData, sizes: Sequence[int] = DEFAULT_SIZES, repeats: int = 10, seed: int = 0
 ) -> dict:
     """For each probing-set size up to what the probing store holds, ``repeats`` balanced
-    subsets (seeded): the classifier refitted with the run's settings on each, its validation
-    accuracy, precision, recall and F1 as mean ± sd over the repeats; and the model's own
-    validation metrics (the line to beat)."""
+    subsets (seeded): the classifier refitted with the run's settings on each (every subset's
+    counts from one pass over the store), its validation accuracy, precision, recall and F1 as
+    mean ± sd over the repeats; and the model's own validation metrics (the line to beat)."""
     probe, val = run.probe_split, run.val_split
     rng = np.random.default_rng(seed)
-    rows = []
-    for size in sorted({min(s, run.probe.n) for s in sizes}):
-        values = {m: [] for m in METRICS}
-        for _ in range(repeats if size < run.probe.n else 1):  # the whole set is one subset
-            subset = balanced_subset(probe.labels, size, rng)
-            fitted = clone(run.classifier).fit(RowSubset(run.probe, subset), probe.labels[subset])
-            for metric, value in binary_metrics(fitted.predict(val), val.labels).items():
-                values[metric].append(value)
-        rows.append(
-            {
-                "size": size,
-                "repeats": len(values["accuracy"]),
-                **{
-                    m: {"mean": round(float(np.mean(v)), 4), "sd": round(float(np.std(v)), 4)}
-                    for m, v in values.items()
-                },
-            }
+    plan = [
+        (size, balanced_subset(probe.labels, size, rng))
+        for size in sorted({min(s, run.probe.n) for s in sizes})
+        for _ in range(repeats if size < run.probe.n else 1)  # the whole set is one subset
+    ]
+    # One pass over the probing store counts the votes of every subset at once.
+    counts = subset_counts(run.classifier, run.probe, probe.labels, [rows for _, rows in plan])
+    values: dict[int, dict[str, list[float]]] = {}
+    for (size, subset), subset_counts_ in zip(plan, counts, strict=True):
+        fitted = clone(run.classifier).fit(
+            RowSubset(run.probe, subset), probe.labels[subset], counts=subset_counts_
         )
+        scored = binary_metrics(fitted.predict(val), val.labels)
+        for metric, value in scored.items():
+            values.setdefault(size, {m: [] for m in METRICS})[metric].append(value)
+    rows = [
+        {
+            "size": size,
+            "repeats": len(by_metric["accuracy"]),
+            **{
+                m: {"mean": round(float(np.mean(v)), 4), "sd": round(float(np.std(v)), 4)}
+                for m, v in by_metric.items()
+            },
+        }
+        for size, by_metric in values.items()
+    ]
     model_metrics = binary_metrics(ModelAnswers().predict(val), val.labels)
     return {
         "format": FORMAT,

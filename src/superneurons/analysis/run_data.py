@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -26,6 +26,7 @@ class RunData:
     classifier: SuperNeuronClassifier
     results: dict
     reference: ActivationStore | None = None  # a shifted run's reference set
+    baselines: dict = field(default_factory=dict)  # fitted baselines by name (OUT/baselines)
 
     @classmethod
     def open(cls, path: str | Path) -> RunData:
@@ -48,7 +49,11 @@ class RunData:
         reference = None
         if results.get("shifted"):
             reference = ActivationStore.open(path / "activations" / REFERENCE)
-        return cls(path, probe, val, classifier, results, reference)
+        folder = path / "baselines"
+        baselines = {
+            d.name: load_classifier(d)[0] for d in sorted(folder.iterdir()) if d.is_dir()
+        } if folder.is_dir() else {}  # fmt: skip
+        return cls(path, probe, val, classifier, results, reference, baselines)
 
     @cached_property
     def probe_split(self) -> Split:

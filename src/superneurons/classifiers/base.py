@@ -145,6 +145,17 @@ def read_slab(source: ActivationSource, site: str, layer: int, n_rows: int, widt
     return slab
 
 
+def read_columns(
+    source: ActivationSource, site: str, layer: int, indices: Sequence[int], rows: Any = None
+) -> np.ndarray:
+    """float32 (N, K) values of some neurons of one slab (on ``rows`` only, when given): from
+    the source's ``columns`` when it has one (a store reads just those), else from the slab."""
+    if hasattr(source, "columns"):
+        return np.asarray(source.columns(site, layer, indices, rows), dtype=np.float32)
+    values = np.asarray(source.layer(site, layer), dtype=np.float32)[:, list(indices)]
+    return values if rows is None else values[rows]
+
+
 def reads_of(pairs) -> dict[str, list[int]]:
     """``{site: [layers]}`` from (site, layer) pairs, in first-seen order."""
     reads: dict[str, list[int]] = {}

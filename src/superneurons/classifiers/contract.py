@@ -21,6 +21,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from superneurons.classifiers.base import read_columns
+
 
 class Estimator(Protocol):
     reads_: dict[str, list[int]] | None
@@ -61,6 +63,9 @@ class Split:
 
     def layer(self, site: str, layer: int) -> np.ndarray:
         return self.activations.layer(site, layer)
+
+    def columns(self, site: str, layer: int, indices, rows=None) -> np.ndarray:
+        return read_columns(self.activations, site, layer, indices, rows)
 
     @property
     def n_samples(self) -> int:

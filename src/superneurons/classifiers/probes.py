@@ -5,7 +5,7 @@ probe on the ``k`` best single neurons.
   of one (site, layer); its regularisation chosen by cross-validation (``LogisticRegressionCV``)
   on the probing set less a stratified held-out part, the layer and site chosen on that
   held-out part — never on validation data — then refitted on the whole probing set. Every
-  layer's held-out accuracy is kept (``layer_scores_``).
+  layer's held-out accuracy and model are kept (``layer_scores_``, ``layer_models_``).
 - :class:`SparseProbeClassifier`: k-sparse probing (Gurnee et al. 2023), the bridge between
   super neurons and a linear probe: the neurons are ranked by their super-neuron accuracy (rule
   ``a > alpha``, either polarity), a logistic regression is fitted on the ``k`` best, ``k``
@@ -53,6 +53,7 @@ DEFAULT_CS = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)
 DEFAULT_KS = (1, 2, 4, 8, 16, 32, 64)
 _EIGEN_FLOOR = 1e-6  # Gram eigenvalues below this fraction of the largest are float32 noise
 _CHUNK_ROWS = 256  # rows standardised at once: bounds the scaler's temporaries
+LAYER_ARRAYS = ("mean", "scale", "coef")  # a LogisticModel's (W,) arrays
 
 
 @dataclass
@@ -174,8 +175,12 @@ def fit_logistic(x: np.ndarray, y: np.ndarray, C: float, tol: float, max_iter: i
         coef = span.weights(regression.coef_[0])
     else:
         coef = regression.fit(np.asarray(x, np.float64), y).coef_[0]
+    return _logistic_model(scaler, coef, regression.intercept_[0])
+
+
+def _logistic_model(scaler: StandardScaler, coef: np.ndarray, intercept) -> LogisticModel:
     mean, scale = (np.asarray(v, np.float64) for v in (scaler.mean_, scaler.scale_))
-    return LogisticModel(mean, scale, coef, float(regression.intercept_[0]))
+    return LogisticModel(mean, scale, np.asarray(coef, np.float64), float(intercept))
 
 
 class _LogisticProbe(ActivationEstimator):
@@ -257,39 +262,51 @@ class LinearProbeClassifier(_LogisticProbe):
             )
         self.layer_scores_ = {site: np.full(n, np.nan) for site, (n, _) in sites.items()}
         self.layer_C_ = {site: np.full(n, np.nan) for site, (n, _) in sites.items()}
+        self.layer_models_ = {site: [None] * n for site, (n, _) in sites.items()}
         for site, (n_layers, width) in sites.items():
             for layer in layers_read(n_layers, self.max_layer):
                 # The slab is handed over, not kept: _score_layer standardises it in place.
-                score, c = self._score_layer(
+                score, c, model = self._score_layer(
                     read_slab(source, site, layer, y.size, width), y, held, folds
                 )
                 self.layer_scores_[site][layer], self.layer_C_[site][layer] = score, c
+                self.layer_models_[site][layer] = model
         self.sites_ = sites
         return self._choose(source, y)
 
-    def _score_layer(self, slab, y, held, folds) -> tuple[float, float]:
-        """(held-out accuracy, chosen C) of one slab, standardised by its fit rows (the slab is
-        overwritten and released: at most two slabs in memory)."""
-        standardise(slab, ~held)
+    def _score_layer(self, slab, y, held, folds) -> tuple[float, float, LogisticModel]:
+        """(held-out accuracy, chosen C, the model fitted on the fit rows) of one slab,
+        standardised by its fit rows (the slab is overwritten and released: at most two slabs
+        in memory)."""
+        scaler = standardise(slab, ~held)
         fit_rows, held_rows = _split_rows(slab, held)
         del slab
+        span = None
         if fit_rows.shape[1] > fit_rows.shape[0]:
             span = RowSpan(fit_rows)
-            fit_rows, held_rows = span.coordinates, span.project(held_rows)
+            coordinates, held_rows = span.coordinates, span.project(held_rows)
+        else:
+            coordinates = fit_rows
         if folds is None:
             fitted = LogisticRegression(C=1.0, tol=self.tol, max_iter=self.max_iter)
-            fitted.fit(np.asarray(fit_rows, np.float64), y[~held])
-            return float(fitted.score(np.asarray(held_rows, np.float64), y[held])), 1.0
-        search = LogisticRegressionCV(
-            Cs=list(self.Cs),
-            cv=folds,
-            l1_ratios=(0.0,),
-            scoring="accuracy",
-            use_legacy_attributes=False,
-            tol=self.tol,
-            max_iter=self.max_iter,
-        ).fit(np.asarray(fit_rows, np.float64), y[~held])
-        return float(search.score(np.asarray(held_rows, np.float64), y[held])), float(search.C_)
+        else:
+            fitted = LogisticRegressionCV(
+                Cs=list(self.Cs),
+                cv=folds,
+                l1_ratios=(0.0,),
+                scoring="accuracy",
+                use_legacy_attributes=False,
+                tol=self.tol,
+                max_iter=self.max_iter,
+            )
+        fitted.fit(np.asarray(coordinates, np.float64), y[~held])
+        score = float(fitted.score(np.asarray(held_rows, np.float64), y[held]))
+        coef = fitted.coef_[0] if span is None else span.weights(fitted.coef_[0])
+        mean, scale = (np.asarray(v, np.float64) for v in (scaler.mean_, scaler.scale_))
+        model = LogisticModel(
+            mean, scale, np.asarray(coef, np.float64), float(fitted.intercept_[0])
+        )
+        return score, 1.0 if folds is None else float(fitted.C_), model
 
     def _choose(self, source, y) -> LinearProbeClassifier:
         """The best (site, layer) on the held-out part (ties: the earlier layer, then the site
@@ -317,6 +334,10 @@ class LinearProbeClassifier(_LogisticProbe):
         restricted.layer_C_ = {s: v.copy() for s, v in self.layer_C_.items()}
         for scores in (*restricted.layer_scores_.values(), *restricted.layer_C_.values()):
             scores[max_layer + 1 :] = np.nan
+        restricted.layer_models_ = {
+            site: [m if k <= max_layer else None for k, m in enumerate(models)]
+            for site, models in self.layer_models_.items()
+        }
         source = as_activation_source(activations)
         return restricted._choose(source, encode_labels(labels))
 
@@ -330,9 +351,17 @@ class LinearProbeClassifier(_LogisticProbe):
             "sites": shapes_json(self.sites_),
         }
         arrays = {f"model.{k}": v for k, v in model.arrays().items()}
-        for site in self.sites_:
+        for site, (n_layers, width) in self.sites_.items():
             arrays[f"layer_scores.{site}"] = self.layer_scores_[site]
             arrays[f"layer_C.{site}"] = self.layer_C_[site]
+            # Every layer's model, stacked (NaN: a layer not read), float32 to halve the file.
+            stacked = {k: np.full((n_layers, width), np.nan, np.float32) for k in LAYER_ARRAYS}
+            stacked["intercept"] = np.full(n_layers, np.nan, np.float32)
+            for layer, model in enumerate(self.layer_models_[site]):
+                if model is not None:
+                    for key, value in model.arrays().items():
+                        stacked[key][layer] = value.ravel()[0] if key == "intercept" else value
+            arrays.update({f"layer_model.{site}.{k}": v for k, v in stacked.items()})
         return state, arrays
 
     def _restore(self, state: dict, arrays: dict) -> None:
@@ -347,6 +376,25 @@ class LinearProbeClassifier(_LogisticProbe):
         self.model_ = LogisticModel.from_arrays(_prefixed(arrays, "model."), width)
         self.layer_scores_ = {s: arrays[f"layer_scores.{s}"] for s in self.sites_}
         self.layer_C_ = {s: arrays[f"layer_C.{s}"] for s in self.sites_}
+        self.layer_models_ = {}
+        for site, (n_layers, width) in self.sites_.items():
+            stacked = _prefixed(arrays, f"layer_model.{site}.")
+            models = [None] * n_layers
+            if stacked:  # absent in probes saved before every layer's model was kept
+                for layer in range(n_layers):
+                    if not np.isnan(stacked["intercept"][layer]):
+                        row = {k: v[layer] for k, v in stacked.items()}
+                        models[layer] = LogisticModel.from_arrays(row, width)
+            self.layer_models_[site] = models
+
+    def layer_decision(self, activations: Any, site: str, layer: int) -> np.ndarray:
+        """The log-odds of "yes" of the model fitted on ``site`` and ``layer`` alone (on the
+        probing set less its held-out part; ``layer_models_``)."""
+        self._model()
+        model = self.layer_models_[site][layer]
+        if model is None:
+            raise ConfigError(f"{site} layer {layer} was not fitted (max_layer {self.max_layer})")
+        return model.decision(as_activation_source(activations).layer(site, layer))
 
     @property
     def reads_(self) -> dict[str, list[int]]:

@@ -26,13 +26,14 @@ from superneurons.classifiers.base import (
     ActivationSource,
     NotFittedError,
     encode_labels,
-    layers_read,
-    read_slab,
+    fit_sites,
+    read_columns,
     reads_of,
     stratified_heldout,
 )
+from superneurons.classifiers.counting import VoteCounts, row_groups, vote_counts
 from superneurons.errors import ClassifierError, ConfigError
-from superneurons.metrics import METRICS, binary_metrics, confusion_counts, metric_from_counts
+from superneurons.metrics import METRICS, binary_metrics
 
 SELECTIONS: tuple[str, ...] = ("heldout", "fixed", "top_k")
 AGGREGATES: tuple[str, ...] = ("mean", "majority")
@@ -190,17 +191,57 @@ class SuperNeuronClassifier(ActivationEstimator):
 
     # -- fitting ------------------------------------------------------------------------------
 
-    def fit(self, activations: Any, labels: Any) -> SuperNeuronClassifier:
-        """Score every neuron on the probing set and select the super neurons; returns self."""
+    def fit(
+        self, activations: Any, labels: Any, counts: VoteCounts | None = None
+    ) -> SuperNeuronClassifier:
+        """Score every neuron on the probing set and select the super neurons; returns self.
+
+        ``counts``: the vote counts of these rows at this α, computed already (by
+        :meth:`count_votes` or :func:`~superneurons.classifiers.counting.subset_counts`, one
+        pass for many α or many subsets); the slabs are then not read again.
+        """
         source, sites, y = self._fit_inputs(activations, labels, self.sites, self.pos_label)
-        polarities = POLARITIES[self.polarity]
-        held = None
-        if self.selection == "heldout":
-            held = stratified_heldout(y, self.heldout_fraction, self.random_state)
-        full, fit = _score_pass(
-            source, sites, y, self.alpha, self.metric, polarities, held, self.max_layer
-        )
-        return self._select(source, y, sites, polarities, full, fit, held)
+        held = self.heldout_rows(y)
+        if counts is None:
+            counts = self._count(source, sites, y, [self.alpha])[0]
+        elif counts.alpha != float(self.alpha) or counts.polarities != self.polarities:
+            raise ConfigError(
+                f"counts are for alpha={counts.alpha} and polarities {counts.polarities}; "
+                f"this classifier has alpha={self.alpha} and polarities {self.polarities}"
+            )
+        full, fit = counts.scores(self.metric)
+        full = {site: full[site] for site in sites}
+        fit = {site: fit[site] for site in sites} if fit else {}
+        return self._select(source, y, sites, self.polarities, full, fit, held)
+
+    def count_votes(
+        self, activations: Any, labels: Any, alphas: Sequence[float] | None = None
+    ) -> list[VoteCounts]:
+        """The vote counts ``fit`` needs for each α of ``alphas`` (default: this α), in one
+        pass over the slabs: ``clone(self).set_params(alpha=a).fit(X, y, counts=c)``."""
+        source, sites, y = self._fit_inputs(activations, labels, self.sites, self.pos_label)
+        return self._count(source, sites, y, [self.alpha] if alphas is None else list(alphas))
+
+    def _count(self, source, sites, y, alphas) -> list[VoteCounts]:
+        held = self.heldout_rows(y)
+        groups = row_groups(y, held)
+        n_groups = 2 if held is None else 4
+        return vote_counts(source, sites, groups, n_groups, alphas, self.polarities, self.max_layer)
+
+    @property
+    def polarities(self) -> tuple[int, ...]:
+        """The polarities scored: (1,), (-1,) or (1, -1)."""
+        return POLARITIES[self.polarity]
+
+    def heldout_rows(self, y: np.ndarray) -> np.ndarray | None:
+        """The held-out part of a probing set with labels ``y`` (None unless "heldout")."""
+        if self.selection != "heldout":
+            return None
+        return stratified_heldout(y, self.heldout_fraction, self.random_state)
+
+    def fit_sites(self, activations: Any) -> dict[str, tuple[int, int]]:
+        """The (n_layers, width) of the sites ``fit`` reads from ``activations``."""
+        return fit_sites(as_activation_source(activations), self.sites)
 
     def _select(self, source, y, sites, polarities, full, fit, held) -> SuperNeuronClassifier:
         """Choose the super neurons from the scores of the scoring pass (NaN: a layer not read)."""
@@ -235,9 +276,7 @@ class SuperNeuronClassifier(ActivationEstimator):
         restricted.check_params()
         source = as_activation_source(activations)
         y = encode_labels(labels, self.pos_label)
-        held = None
-        if self.selection == "heldout":
-            held = stratified_heldout(y, self.heldout_fraction, self.random_state)
+        held = self.heldout_rows(y)
         full, fit = (
             {site: _mask_layers(array, max_layer) for site, array in scores.items()}
             for scores in (self.scores_, self.fit_scores_)
@@ -365,10 +404,6 @@ def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-def _read(source: ActivationSource, site: str, layer: int) -> np.ndarray:
-    return np.asarray(source.layer(site, layer), dtype=np.float32)
-
-
 def _score_pass(
     source: ActivationSource,
     sites: dict[str, tuple[int, int]],
@@ -380,28 +415,11 @@ def _score_pass(
     max_layer: int | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Scores (P, L, W) per site on all rows, and on the rows outside ``held`` when given; NaN
-    in the layers past ``max_layer``, which are not read.
-
-    Each slab is read once. Confusion counts add up over rows, so the fit part's counts are the
-    full set's minus the (smaller) held-out part's.
-    """
-    full: dict[str, np.ndarray] = {}
-    fit: dict[str, np.ndarray] = {}
-    for site, (n_layers, width) in sites.items():
-        full[site] = np.full((len(polarities), n_layers, width), np.nan)
-        if held is not None:
-            fit[site] = np.full((len(polarities), n_layers, width), np.nan)
-        for layer in layers_read(n_layers, max_layer):
-            slab = read_slab(source, site, layer, y.size, width)
-            held_slab = slab[held] if held is not None else None
-            for p, polarity in enumerate(polarities):
-                counts = np.stack(confusion_counts(slab, y, alpha, polarity))
-                full[site][p, layer] = metric_from_counts(*counts, metric)
-                if held is not None:
-                    held_counts = np.stack(confusion_counts(held_slab, y[held], alpha, polarity))
-                    fit[site][p, layer] = metric_from_counts(*(counts - held_counts), metric)
-            del slab, held_slab  # before the next slab is read: one slab in memory, not two
-    return full, fit
+    in the layers past ``max_layer``, which are not read. Each slab is read once."""
+    groups = row_groups(y, held)
+    n_groups = 2 if held is None else 4
+    counts = vote_counts(source, sites, groups, n_groups, [alpha], polarities, max_layer)[0]
+    return counts.scores(metric)
 
 
 def _best(scores: dict[str, np.ndarray]) -> float:
@@ -483,15 +501,13 @@ def neuron_values(
     rows: np.ndarray | None = None,
 ) -> np.ndarray:
     """(N, K) float32 values of ``neurons`` given as (site, layer, index) (on ``rows`` only,
-    when given); each (site, layer) slab is read once."""
+    when given); each (site, layer) is read once, and from a store only those columns."""
     groups: dict[tuple[str, int], list[int]] = {}
     for k, (site, layer, _) in enumerate(neurons):
         groups.setdefault((site, layer), []).append(k)
     out: np.ndarray | None = None
     for (site, layer), members in groups.items():
-        columns = _read(source, site, layer)[:, [neurons[k][2] for k in members]]
-        if rows is not None:
-            columns = columns[rows]
+        columns = read_columns(source, site, layer, [neurons[k][2] for k in members], rows)
         if out is None:
             out = np.empty((columns.shape[0], len(neurons)), dtype=np.float32)
         elif columns.shape[0] != out.shape[0]:
