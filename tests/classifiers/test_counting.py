@@ -101,7 +101,7 @@ def test_counts_for_another_alpha_are_refused(tmp_path):
     store = awkward_store(tmp_path / "s", "float16")
     split = Split.from_store(store)
     counts = SuperNeuronClassifier().count_votes(split, split.labels, [0.5])[0]
-    with pytest.raises(ConfigError, match="alpha=0.5"):
+    with pytest.raises(ConfigError, match=r"alpha=0\.5"):
         SuperNeuronClassifier(alpha=0.0).fit(split, split.labels, counts)
 
 
