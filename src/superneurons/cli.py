@@ -510,10 +510,11 @@ def _analyses(value: str) -> str:
 def analyze(
     run_dir: Path = typer.Argument(..., help="A directory written by `superneurons run`."),
     what: str = typer.Option(
-        "layers,alpha,agreement,probe-size,claims",
+        "layers,alpha,agreement,probe-size,shift,exit,claims",
         callback=_analyses,
         help="Comma-separated analyses (claims computes the others it reads).",
     ),
+    markdown: bool = typer.Option(False, help="Also print their tables as Markdown."),
 ) -> None:
     """The paper's analyses of a finished run, from its stores (no re-extraction), each into
     RUN_DIR/analysis/NAME.json (schemas in docs/analyses.md)."""
@@ -529,6 +530,10 @@ def analyze(
     if "claims" in results:
         for row in results["claims"]["claims"]:
             console.print(f"claim {row['claim']} ({row['statement']}): {row['verdict']}")
+    if markdown:
+        from superneurons.analysis.markdown import markdown as tables
+
+        print(tables(results), end="")
 
 
 @app.command()
@@ -681,6 +686,29 @@ def bench_baselines(
     result = run_baselines_bench(cache, shape, n, log=console.print)
     write_output_json(out, result)
     console.print(f"results: {out}")
+
+
+@bench_app.command("analyze")
+def bench_analyze(
+    out: Path = typer.Option(Path("runs/bench-analyze.json"), help="Results JSON."),
+    shape: str = typer.Option(
+        "llava-1.5-7b", callback=_one_of("llava-1.5-7b", "tiny"), help="llava-1.5-7b or tiny."
+    ),
+    n: int = typer.Option(3000, min=4, help="Samples in the synthetic probing store."),
+    n_val: int = typer.Option(1000, min=4, help="Samples in the synthetic validation store."),
+    cache: Path = typer.Option(
+        Path("runs/bench-stores"), help="Where the synthetic run is built once and kept."
+    ),
+) -> None:
+    """Every analysis of a run of a real model's shape, timed against one streaming read of
+    its probing store."""
+    from superneurons.bench.analyze import run_analyze_bench
+    from superneurons.outputs import check_output_file, write_output_json
+
+    check_output_file(out)
+    result = run_analyze_bench(cache, shape, n, n_val, log=console.print)
+    write_output_json(out, result)
+    console.print(f"results: {out} ({result['x_read']}× one read of the probing store)")
 
 
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: inspect what a task loads.")

@@ -18,28 +18,13 @@ import numpy as np
 
 import superneurons
 from superneurons.analysis import ANALYSES, RunData, analyze
-from superneurons.report import p_text, pct
+from superneurons.report import measured_text, p_text, pct
 
 TEMPLATE = "report.html.j2"
 TOP_NEURONS = 6  # super neurons shown with their histograms and examples
 EXAMPLES = 3  # validation examples shown per neuron at each end
 THUMBNAIL = 112  # pixels, the longer side
 BENCH_FORMAT = "superneurons-bench-early-exit/1"
-
-
-def _measured(values: dict) -> str:
-    """A claim's measured numbers as "name value" pairs (rounded), for people to read."""
-
-    def shown(value) -> str:
-        if isinstance(value, float):
-            return f"{value:.4g}"
-        if isinstance(value, dict):
-            return ", ".join(f"{k} {shown(v)}" for k, v in value.items())
-        if isinstance(value, list):
-            return ", ".join(str(v) for v in value) or "none"
-        return str(value)
-
-    return "; ".join(f"{name.replace('_', ' ')}: {shown(v)}" for name, v in values.items()) or "–"
 
 
 def confusion_matrices(run: RunData) -> dict[str, dict[str, int]]:
@@ -68,7 +53,9 @@ def validation_records(run: RunData) -> dict:
     from superneurons.errors import SuperneuronsError
     from superneurons.pipeline import RunConfig, task_records
 
-    config = run.results.get("config") or {}
+    config = run.results.get("config")
+    if not config:  # not written by `run` (a benchmark's synthetic run): no records to draw
+        return {}
     try:
         known = {f.name for f in fields(RunConfig)}
         settings = RunConfig(**{k: v for k, v in config.items() if k in known})
@@ -209,5 +196,5 @@ def build_report(run_dir: str | Path, analyses: dict[str, dict] | None = None) -
         version=superneurons.__version__,
         pct=pct,
         p=p_text,
-        measured=_measured,
+        measured=measured_text,
     )

@@ -11,6 +11,21 @@ def pct(value: float | None) -> str:
     return "–" if value is None else f"{100 * value:.1f}"
 
 
+def measured_text(values: dict) -> str:
+    """A claim's measured numbers as "name value" pairs (rounded), for people to read."""
+
+    def shown(value) -> str:
+        if isinstance(value, float):
+            return f"{value:.4g}"
+        if isinstance(value, dict):
+            return ", ".join(f"{k} {shown(v)}" for k, v in value.items())
+        if isinstance(value, list):
+            return ", ".join(str(v) for v in value) or "none"
+        return str(value)
+
+    return "; ".join(f"{name.replace('_', ' ')}: {shown(v)}" for name, v in values.items()) or "–"
+
+
 def _interval(entry: dict) -> str:
     ci = entry["ci95"]
     low, high = ci["accuracy"] if isinstance(ci, dict) else ci

@@ -383,6 +383,8 @@ class ActivationStore:
             return self._float32(raw[:, indices])
         rows = np.asarray(rows)
         rows = np.flatnonzero(rows) if rows.dtype == bool else rows.astype(np.intp)
+        if indices.size * 8 > raw.shape[1]:  # many columns: whole rows, then the columns
+            return self._float32(raw[rows][:, indices])
         return self._float32(raw[np.ix_(rows, indices)])
 
     def _site_shape(self, site: str) -> tuple[int, int]:

@@ -92,16 +92,22 @@ def test_agreement_equals_a_naive_loop_over_t(tmp_path):
 
 def test_analyze_writes_every_analysis_of_a_run(tiny_run):
     out, _ = tiny_run
-    done = superneurons("analyze", out)
+    done = superneurons("analyze", out, "--markdown")
     assert done.returncode == 0, done.stderr
     written = {}
-    for name in ("layers", "alpha", "agreement", "probe-size", "claims"):
+    for name in ("layers", "alpha", "agreement", "probe-size", "shift", "exit", "claims"):
         written[name] = json.loads((out / "analysis" / f"{name}.json").read_text())
         assert written[name]["format"] == f"superneurons-analysis-{name}/1"
     # From the saved classifier (float32 scores): the best neuron is an SN at the best t.
     assert written["agreement"]["thresholds"][0]["n_sn"] >= 1
     assert [row["claim"] for row in written["claims"]["claims"]] == [1, 2, 3, 4, 5, 6]
     assert "claim 1 (SNs beat the model on validation data):" in done.stderr
+    # The Markdown tables are the JSON's numbers.
+    first = written["layers"]["sites"]["resid"][0]
+    assert "| 0 |" in done.stdout and f"{100 * first['best_val']:.1f}" in done.stdout
+    for row in written["claims"]["claims"]:
+        assert f"| {row['claim']} | {row['statement']} |" in done.stdout
+        assert f"**{row['verdict']}**" in done.stdout
 
 
 def test_analyze_refuses_what_is_not_a_finished_run(tmp_path):

@@ -77,3 +77,26 @@ def test_the_baselines_bench_reports_every_fit_against_one_read(tmp_path):
     again = superneurons(*args, "--out", tmp_path / "b2.json")
     assert again.returncode == 0, again.stderr
     assert store.stat().st_mtime_ns == stamp
+
+
+def test_the_analyze_bench_times_every_analysis_of_a_cached_synthetic_run(tmp_path):
+    from command import superneurons
+    from superneurons.analysis import ANALYSES
+
+    args = ["bench", "analyze", "--shape", "tiny", "--n", "300", "--n-val", "100"]
+    args += ["--cache", tmp_path / "cache"]
+    done = superneurons(*args, "--out", tmp_path / "a.json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "a.json").read_text())
+    assert result["format"] == "superneurons-bench-analyze/1" and result["n"] == 300
+    assert [row["analysis"] for row in result["rows"]] == list(ANALYSES)
+    total = sum(row["seconds"] for row in result["rows"])
+    assert result["total_s"] == pytest.approx(total, rel=1e-3)
+    assert result["x_read"] == pytest.approx(total / result["read_s"], rel=0.05, abs=0.01)
+    # The synthetic run is a run: report takes it, and a second bench reuses it untouched.
+    folder = tmp_path / "cache" / "run-tiny-300-100"
+    stamp = (folder / "results.json").stat().st_mtime_ns
+    assert superneurons("report", folder).returncode == 0
+    again = superneurons(*args, "--out", tmp_path / "a2.json")
+    assert again.returncode == 0, again.stderr
+    assert (folder / "results.json").stat().st_mtime_ns == stamp

@@ -115,3 +115,25 @@ def test_store_columns_equal_the_slab_read_whole(tmp_path, dtype):
     np.testing.assert_array_equal(store.columns("mlp", 2, indices, mask), slab[mask][:, indices])
     rows = np.array([5, 1, 299])
     np.testing.assert_array_equal(store.columns("mlp", 2, indices, rows), slab[rows][:, indices])
+
+
+@pytest.mark.parametrize("aggregate", ["mean", "majority"])
+@pytest.mark.parametrize("alpha", [0.0, -60000.0])  # the second: every neuron ties at 0.5
+def test_the_heldout_sweep_equals_aggregating_every_candidates_votes(tmp_path, aggregate, alpha):
+    from superneurons.classifiers.super_neurons import _offsets, _rank, _votes
+    from superneurons.classifiers.super_neurons import aggregate as combine
+    from superneurons.metrics import binary_metrics
+
+    store = awkward_store(tmp_path / "s", "float16", seed=3)
+    split = Split.from_store(store)
+    fitted = SuperNeuronClassifier(alpha=alpha, aggregate=aggregate, polarity="both")
+    fitted.fit(split, split.labels)
+    held = fitted.heldout_rows(split.labels)
+    best = max(float(np.nanmax(a)) for a in fitted.fit_scores_.values())
+    candidates = _rank(fitted.fit_scores_, fitted.polarities, best - fitted.t_range)
+    votes = _votes(store, candidates, alpha, rows=held)
+    scores = np.array([c.score for c in candidates])
+    for delta in _offsets(fitted.t_step, fitted.t_range):
+        k = int(np.count_nonzero(scores >= best - delta - 1e-12))
+        expected = binary_metrics(combine(votes[:, :k], aggregate), split.labels[held])
+        assert fitted.heldout_scores_[delta] == expected["accuracy"]

@@ -52,6 +52,7 @@ def analyze(run: RunData, names) -> dict[str, dict]:
 
 __all__ = [
     "ANALYSES",
+    "CLAIMS_READ",
     "RunData",
     "agreement",
     "alpha",

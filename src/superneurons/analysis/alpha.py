@@ -15,31 +15,53 @@ QUANTILES = (0.01, 0.25, 0.5, 0.75, 0.99)
 _SAMPLE = 1_000_000  # values per site the quantiles are taken from (every k-th value)
 
 
+class SiteScale:
+    """Exact mean and standard deviation of every value of one site, and quantiles of an evenly
+    strided sample of them, from its slabs in any order (``add`` each (N, width) slab once)."""
+
+    def __init__(self, n_samples: int, n_layers: int, width: int) -> None:
+        self.per_layer = n_samples * width
+        self.stride = max(1, self.per_layer * n_layers // _SAMPLE)
+        # layer -> (sum, sum of squares, sample): one entry per slab, so that slabs read on
+        # several threads never update the same number.
+        self.parts: dict[int, tuple[float, float, np.ndarray]] = {}
+
+    def add(self, layer: int, slab: np.ndarray) -> None:
+        values = slab.ravel()
+        start = (-layer * self.per_layer) % self.stride  # every stride-th value of the site
+        self.parts[layer] = (
+            float(np.sum(values, dtype=np.float64)),
+            float(np.sum(np.square(values), dtype=np.float64)),
+            values[start :: self.stride].copy(),  # a copy: a view would keep the whole slab
+        )
+
+    def result(self) -> dict:
+        count = self.per_layer * len(self.parts)
+        mean = sum(part[0] for part in self.parts.values()) / count
+        squares = sum(part[1] for part in self.parts.values())
+        std = float(np.sqrt(max(squares / count - mean**2, 0.0)))
+        sample = np.concatenate([self.parts[k][2] for k in sorted(self.parts)])
+        quantiles = np.quantile(sample, QUANTILES)
+        return {
+            "mean": round(float(mean), 6),
+            "std": round(std, 6),
+            "quantiles": {
+                str(q): round(float(v), 6) for q, v in zip(QUANTILES, quantiles, strict=True)
+            },
+        }
+
+
+def _scales(store, sites) -> dict[str, SiteScale]:
+    return {site: SiteScale(store.n, *store.sites[site]) for site in sites}
+
+
 def site_scale(store, site: str) -> dict:
     """Mean and standard deviation of every value of ``site`` (exact, one pass over its slabs)
     and quantiles of an evenly strided sample of them."""
-    n_layers, width = store.sites[site]
-    total = store.n * n_layers * width
-    stride = max(1, total // _SAMPLE)
-    count, mean, square, sample = 0, 0.0, 0.0, []
-    offset = 0
-    for layer in range(n_layers):
-        values = store.layer(site, layer).astype(np.float64).ravel()
-        count += values.size
-        mean += values.sum()
-        square += np.square(values).sum()
-        sample.append(values[(-offset) % stride :: stride])
-        offset += values.size
-    mean /= count
-    std = float(np.sqrt(max(square / count - mean**2, 0.0)))
-    quantiles = np.quantile(np.concatenate(sample), QUANTILES)
-    return {
-        "mean": round(float(mean), 6),
-        "std": round(std, 6),
-        "quantiles": {
-            str(q): round(float(v), 6) for q, v in zip(QUANTILES, quantiles, strict=True)
-        },
-    }
+    scale = _scales(store, [site])[site]
+    for layer in range(store.sites[site][0]):
+        scale.add(layer, store.layer(site, layer))
+    return scale.result()
 
 
 def alpha(run: RunData, grid: Sequence[float] = DEFAULT_GRID, relative: bool = False) -> dict:
@@ -51,17 +73,28 @@ def alpha(run: RunData, grid: Sequence[float] = DEFAULT_GRID, relative: bool = F
     is far narrower than the site's spread (the grid then only probes the distribution's
     centre). The same sweep per site alone is ``by_site``."""
     classifier = run.classifier
-    scale = {site: site_scale(run.probe, site) for site in classifier.sites_}
-    unit = float(np.sqrt(np.mean([s["std"] ** 2 for s in scale.values()]))) if relative else 1.0
+    if relative:  # the grid's unit is known only after a pass over the store
+        scale = {site: site_scale(run.probe, site) for site in classifier.sites_}
+        unit = float(np.sqrt(np.mean([s["std"] ** 2 for s in scale.values()])))
+        values = [float(a) * unit for a in grid]
+        counts = classifier.count_votes(run.probe_split, run.probe_split.labels, values)
+    else:
+        # One pass over the probing store counts every α's votes and the sites' scale.
+        accumulators = _scales(run.probe, classifier.sites_)
+        unit, values = 1.0, [float(a) for a in grid]
+        counts = classifier.count_votes(
+            run.probe_split,
+            run.probe_split.labels,
+            values,
+            also=lambda site, layer, slab: accumulators[site].add(layer, slab),
+        )
+        scale = {site: accumulator.result() for site, accumulator in accumulators.items()}
     span = max(abs(a) for a in grid) * unit
     notes = {
         site: f"std {s['std']:.3g} is over 3x the grid's reach ({span:.3g}): try relative=True"
         for site, s in scale.items()
         if s["std"] > 3 * span
     }
-    values = [float(a) * unit for a in grid]
-    # One pass over the probing store counts every α's votes; each refit reads only counts.
-    counts = classifier.count_votes(run.probe_split, run.probe_split.labels, values)
     rows = _sweep(run, classifier, values, counts)
     by_site = {site: _sweep(run, clone(classifier).set_params(sites=[site]), values, counts)
                for site in classifier.sites_}  # fmt: skip

@@ -26,8 +26,11 @@ STORE_SHAPES = {
 _CHUNK = 100
 
 
-def synthetic_store(path: Path, shape: str, n: int, seed: int = 0) -> ActivationStore:
-    """A seeded synthetic store of ``shape`` with ``n`` balanced samples (built once)."""
+def synthetic_store(
+    path: Path, shape: str, n: int, seed: int = 0, answers: bool = False
+) -> ActivationStore:
+    """A seeded synthetic store of ``shape`` with ``n`` balanced samples (built once); with
+    ``answers``, model answers right three times in four (seeded too), else none."""
     if is_complete(path):
         return ActivationStore.open(path)
     n_layers, widths, n_heads = STORE_SHAPES[shape]
@@ -35,6 +38,7 @@ def synthetic_store(path: Path, shape: str, n: int, seed: int = 0) -> Activation
     meta = {"model": f"synthetic {shape}", "seed": seed, "attn_heads": n_heads}
     rng = np.random.default_rng(seed)
     labels = np.arange(n) % 2 == 0
+    right = np.random.default_rng(seed + 1).random(n) < 0.75
     with ActivationWriter(path, sites, n, "float16", meta) as writer:
         for start in range(writer.n_done, n, _CHUNK):
             rows = labels[start : start + _CHUNK]
@@ -48,7 +52,11 @@ def synthetic_store(path: Path, shape: str, n: int, seed: int = 0) -> Activation
                     values[:, n_layers // 2, head : 2 * head] += 0.3 * sign
                 chunk[site] = values
             records = [
-                {"id": f"s{start + i}", "label": "yes" if y else "no", "parsed": None}
+                {
+                    "id": f"s{start + i}",
+                    "label": "yes" if y else "no",
+                    "parsed": ("yes" if y == right[start + i] else "no") if answers else None,
+                }
                 for i, y in enumerate(rows)
             ]
             writer.append(chunk, records)

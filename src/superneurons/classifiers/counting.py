@@ -142,9 +142,11 @@ def vote_counts(
     polarities: tuple[int, ...],
     max_layer: int | None = None,
     workers: int | None = None,
+    also: Callable[[str, int, np.ndarray], None] | None = None,
 ) -> list[VoteCounts]:
     """Per α of ``alphas``, the votes of every neuron summed per row group (``group``: each
-    row's group, 0..n_groups-1), one pass over the slabs."""
+    row's group, 0..n_groups-1), one pass over the slabs; ``also(site, layer, slab)`` is
+    called with every slab read, for whatever else the caller counts in the same pass."""
     order = np.argsort(group, kind="stable")
     sizes = np.bincount(group, minlength=n_groups)
     bounds = np.concatenate([[0], np.cumsum(sizes)])
@@ -155,6 +157,8 @@ def vote_counts(
 
     def visit(site: str, layer: int, slab: np.ndarray) -> None:
         counts[site][:, :, :, layer] = partition_counts(slab, alphas, polarities, order, bounds)
+        if also is not None:
+            also(site, layer, slab)
 
     slab_pass(source, sites, group.size, max_layer, visit, workers)
     return [

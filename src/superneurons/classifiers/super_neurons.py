@@ -14,7 +14,7 @@ time, so memory-mapped activations much larger than RAM are fine.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -215,18 +215,25 @@ class SuperNeuronClassifier(ActivationEstimator):
         return self._select(source, y, sites, self.polarities, full, fit, held)
 
     def count_votes(
-        self, activations: Any, labels: Any, alphas: Sequence[float] | None = None
+        self,
+        activations: Any,
+        labels: Any,
+        alphas: Sequence[float] | None = None,
+        also: Callable[[str, int, np.ndarray], None] | None = None,
     ) -> list[VoteCounts]:
         """The vote counts ``fit`` needs for each α of ``alphas`` (default: this α), in one
-        pass over the slabs: ``clone(self).set_params(alpha=a).fit(X, y, counts=c)``."""
+        pass over the slabs: ``clone(self).set_params(alpha=a).fit(X, y, counts=c)``;
+        ``also(site, layer, slab)`` sees every slab of that pass."""
         source, sites, y = self._fit_inputs(activations, labels, self.sites, self.pos_label)
-        return self._count(source, sites, y, [self.alpha] if alphas is None else list(alphas))
+        alphas = [self.alpha] if alphas is None else list(alphas)
+        return self._count(source, sites, y, alphas, also)
 
-    def _count(self, source, sites, y, alphas) -> list[VoteCounts]:
+    def _count(self, source, sites, y, alphas, also=None) -> list[VoteCounts]:
         held = self.heldout_rows(y)
-        groups = row_groups(y, held)
-        n_groups = 2 if held is None else 4
-        return vote_counts(source, sites, groups, n_groups, alphas, self.polarities, self.max_layer)
+        groups, n_groups = row_groups(y, held), 2 if held is None else 4
+        return vote_counts(
+            source, sites, groups, n_groups, alphas, self.polarities, self.max_layer, also=also
+        )
 
     @property
     def polarities(self) -> tuple[int, ...]:
@@ -294,14 +301,17 @@ class SuperNeuronClassifier(ActivationEstimator):
         """The offset delta that did best on the held-out part, and every offset's result."""
         best_fit = _best(fit)
         # Only neurons within t_range of the best can be SNs for any offset: read just those.
-        candidates = _rank(fit, polarities, best_fit - self.t_range, None, self.max_neurons)
-        candidate_scores = np.array([neuron.score for neuron in candidates])
-        held_votes = _votes(source, candidates, self.alpha, rows=held)
+        # They are sorted best first, so the SNs of every offset are a prefix of them.
+        ranked = _ranked(fit, best_fit - self.t_range, None, self.max_neurons)
+        offsets = _offsets(self.t_step, self.t_range)
+        ks = [int(np.count_nonzero(ranked.score >= best_fit - d - _TOLERANCE)) for d in offsets]
+        yes, first = _prefix_yes_votes(source, list(fit), polarities, ranked, self.alpha, held, ks)
         results = {}
-        for delta in _offsets(self.t_step, self.t_range):
-            # candidates are sorted best first, so the SNs of every offset are a prefix
-            k = int(np.count_nonzero(candidate_scores >= best_fit - delta - _TOLERANCE))
-            pred = aggregate(held_votes[:, :k], self.aggregate)
+        for delta, k, yes_votes in zip(offsets, ks, yes, strict=True):
+            if self.aggregate == "mean":
+                pred = 2 * yes_votes >= k
+            else:  # majority, an exact tie going to the best SN's vote (as ``aggregate``)
+                pred = np.where(2 * yes_votes == k, first, 2 * yes_votes > k)
             results[delta] = binary_metrics(pred, y[held])[self.metric]
         best_delta = max(results, key=lambda d: (results[d], -d))  # ties: the smaller offset
         return best_delta, results
@@ -440,6 +450,42 @@ def _offsets(step: float, span: float) -> list[float]:
     return [round(i * step, 12) for i in range(count + 1)]
 
 
+@dataclass(frozen=True)
+class _Ranked:
+    """Neurons best first, as arrays: site number (in the scores' order), polarity number,
+    layer, index and score."""
+
+    site: np.ndarray
+    polarity: np.ndarray
+    layer: np.ndarray
+    index: np.ndarray
+    score: np.ndarray
+
+
+def _ranked(
+    scores: dict[str, np.ndarray],
+    threshold: float | None,
+    top_k: int | None = None,
+    cap: int | None = None,
+) -> _Ranked:
+    """Neurons scoring >= threshold (or the top_k best), best first, at most ``cap`` of them.
+    Equal scores keep a fixed order: site, polarity, layer, index."""
+    if top_k is not None:
+        flat = np.concatenate([array.ravel() for array in scores.values()])
+        flat = flat[~np.isnan(flat)]
+        k = min(top_k, flat.size)
+        threshold = float(np.partition(flat, flat.size - k)[flat.size - k])
+    found = [np.nonzero(array >= threshold - _TOLERANCE) for array in scores.values()]
+    site = np.concatenate([np.full(f[0].size, s) for s, f in enumerate(found)])
+    polarity, layer, index = (np.concatenate([f[axis] for f in found]) for axis in range(3))
+    value = np.concatenate([array[f] for array, f in zip(scores.values(), found, strict=True)])
+    order = np.lexsort((index, layer, polarity, site, -value))  # last key sorts first
+    limits = [limit for limit in (top_k, cap) if limit is not None]
+    if limits:
+        order = order[: min(limits)]
+    return _Ranked(site[order], polarity[order], layer[order], index[order], value[order])
+
+
 def _rank(
     scores: dict[str, np.ndarray],
     polarities: tuple[int, ...],
@@ -447,37 +493,47 @@ def _rank(
     top_k: int | None = None,
     cap: int | None = None,
 ) -> list[SelectedNeuron]:
-    """Neurons scoring >= threshold (or the top_k best), best first, at most ``cap`` of them.
-
-    ``scores`` holds (P, L, W) arrays, P indexing ``polarities``. Equal scores keep a fixed
-    order: site, polarity, layer, index.
-    """
-    if top_k is not None:
-        flat = np.concatenate([array.ravel() for array in scores.values()])
-        flat = flat[~np.isnan(flat)]
-        k = min(top_k, flat.size)
-        threshold = float(np.partition(flat, flat.size - k)[flat.size - k])
+    """:func:`_ranked` as :class:`SelectedNeuron` s; ``scores`` holds (P, L, W) arrays, P
+    indexing ``polarities``."""
+    ranked = _ranked(scores, threshold, top_k, cap)
     names = list(scores)
-    found = [np.nonzero(array >= threshold - _TOLERANCE) for array in scores.values()]
-    site_id = np.concatenate([np.full(f[0].size, s) for s, f in enumerate(found)])
-    pol_id = np.concatenate([f[0] for f in found])
-    layer = np.concatenate([f[1] for f in found])
-    index = np.concatenate([f[2] for f in found])
-    value = np.concatenate([array[f] for array, f in zip(scores.values(), found, strict=True)])
-    order = np.lexsort((index, layer, pol_id, site_id, -value))  # last key sorts first
-    limits = [limit for limit in (top_k, cap) if limit is not None]
-    if limits:
-        order = order[: min(limits)]
     return [
         SelectedNeuron(
-            site=names[site_id[i]],
-            layer=int(layer[i]),
-            index=int(index[i]),
-            polarity=polarities[pol_id[i]],
-            score=float(value[i]),
+            site=names[s], layer=int(layer), index=int(index), polarity=polarities[p],
+            score=float(value),
         )
-        for i in order
-    ]
+        for s, p, layer, index, value in zip(
+            ranked.site, ranked.polarity, ranked.layer, ranked.index, ranked.score, strict=True
+        )
+    ]  # fmt: skip
+
+
+def _prefix_yes_votes(
+    source: ActivationSource,
+    sites: list[str],
+    polarities: tuple[int, ...],
+    ranked: _Ranked,
+    alpha: float,
+    rows: np.ndarray,
+    ks: list[int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """(yes votes of the first k ranked neurons per row, for each k of ``ks``; the first
+    neuron's vote), on ``rows``: each (site, layer) read once, its votes never all held at
+    once (a sweep may rank every neuron when many tie)."""
+    n_rows = int(np.count_nonzero(rows)) if rows.dtype == bool else len(rows)
+    yes = np.zeros((len(ks), n_rows), np.int64)
+    first = np.zeros(n_rows, bool)
+    position = np.arange(ranked.score.size)
+    for s, layer in sorted(set(zip(ranked.site.tolist(), ranked.layer.tolist(), strict=True))):
+        members = (ranked.site == s) & (ranked.layer == layer)
+        values = read_columns(source, sites[s], layer, ranked.index[members], rows)
+        positive = np.array([polarities[p] > 0 for p in ranked.polarity[members]])
+        votes = np.where(positive, values > alpha, values < alpha)
+        for j, k in enumerate(ks):
+            yes[j] += np.count_nonzero(votes[:, position[members] < k], axis=1)
+        if members[0]:
+            first = votes[:, 0]  # members keep rank order: the best neuron is its first column
+    return yes, first
 
 
 def _check_source(source: ActivationSource, selected: list[SelectedNeuron]) -> None:
