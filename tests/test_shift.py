@@ -3,6 +3,8 @@ analysis: real runs of the tiny LLaVA, and a planted store whose answer is known
 
 from __future__ import annotations
 
+import shlex
+
 import numpy as np
 import pytest
 
@@ -15,6 +17,7 @@ from superneurons.data.prompts import (
     load_templates,
     parse_templates,
 )
+from superneurons.html_report import reproduce_command
 from superneurons.models.adapters import ADAPTERS
 from superneurons.pipeline import REFERENCE, RunConfig, run
 from superneurons.significance import compare
@@ -82,6 +85,11 @@ def test_a_prompt_shift_validates_on_the_same_questions_asked_otherwise(
     assert result["under_shift"]["sn_vs_model"] == compare(sn, model)
     assert result["under_shift"]["super_neurons"]["accuracy"] == pytest.approx(sn.mean(), abs=1e-4)
     assert results["estimators"]["super_neurons"]["accuracy"] == pytest.approx(sn.mean(), abs=1e-4)
+    # The report's command reproduces the run, the inline template quoted.
+    args = shlex.split(reproduce_command(data))
+    assert args[args.index("--template-text") + 1] == text
+    assert args[args.index("--probe-template") + 1] == "plain"
+    assert args[args.index("--baselines") + 1] == "none"
     claim = analyze(data, ["claims"])["claims"]["claims"][5]
     assert claim["verdict"] in ("shown", "not shown", "refuted")
     assert (

@@ -12,13 +12,17 @@ Results schema (``results.json``, documented in docs/method.md)::
      "estimators": {name: {**METRICS, "exit_layer", "vs_model": PAIRED,
                            "per_family": {family: {"n", **METRICS, "vs_model": PAIRED}}}},
      "per_family": {family: {"n", "agreement_rate"}},
+     "shifted", "sets": {"probe": CONDITION, "val": CONDITION},
      "exit_tradeoff": [{"k", "estimator", "exit_layer", "accuracy", "ci95", "speedup",
                         "pareto"}],
      "seconds", "config"}
 
 where METRICS = {"accuracy", "precision", "recall", "f1", "ci95": {metric: [low, high]}} and
 PAIRED = {"b", "c", "p_value", "diff_ci95"} (b: questions only the estimator gets right, c: only
-the model; McNemar's exact p-value; paired bootstrap interval of the accuracy difference). The
+the model; McNemar's exact p-value; paired bootstrap interval of the accuracy difference);
+CONDITION = {"task", "template", "families"} is what a set was drawn from and asked with, and
+``shifted`` says whether the two differ (a run's reference set is then in
+``activations/reference``). The
 positive class is "yes". An unparseable model answer counts as wrong (the opposite of the label)
 and is excluded from the agreement rate (null when no answer parses). ``exit_layer`` is the
 deepest decoder layer an estimator reads (the model's last for ``model``, null for one that
@@ -211,6 +215,8 @@ class Results:
     seed: int | None = None
     n_probe: int | None = None
     template: str | None = None
+    shifted: bool | None = None
+    sets: dict | None = None
     exit_tradeoff: list | None = None
     seconds: float | None = None
     config: dict | None = None
@@ -225,7 +231,13 @@ class Results:
             "n_probe": self.n_probe,
             "template": self.template,
         }
-        tail = {"exit_tradeoff": self.exit_tradeoff, "seconds": self.seconds, "config": self.config}
+        tail = {
+            "shifted": self.shifted,
+            "sets": self.sets,
+            "exit_tradeoff": self.exit_tradeoff,
+            "seconds": self.seconds,
+            "config": self.config,
+        }
         always = ("format", "model", "dataset")
         return {
             **{k: v for k, v in head.items() if v is not None or k in always},

@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import shlex
 from dataclasses import fields
 from pathlib import Path
 
@@ -148,9 +149,9 @@ def reproduce_command(run: RunData) -> str:
         if name not in defaults or value == default or value is None:
             continue
         if isinstance(value, list):
-            value = ",".join(str(v) for v in value)
+            value = ",".join(str(v) for v in value) or "none"  # --baselines none
         parts += [f"--{name.replace('_', '-')}", str(value)]
-    return " ".join(parts)
+    return shlex.join(parts)  # quoted as a shell reads it back (a --template-text has spaces)
 
 
 def build_report(run_dir: str | Path, analyses: dict[str, dict] | None = None) -> str:
@@ -160,8 +161,8 @@ def build_report(run_dir: str | Path, analyses: dict[str, dict] | None = None) -
     run = RunData.open(run_dir)
     analyses = analyses if analyses is not None else analyze(run, list(ANALYSES))
     shown = [
-        ("Best single neuron (solid) and a logistic regression (dotted) per layer, validation "
-         "accuracy; dashed: the model.", figures.layers_figure(analyses["layers"])),
+        ("Best single neuron (solid) and the run's linear probe on that layer alone (dotted), "
+         "validation accuracy; dashed: the model.", figures.layers_figure(analyses["layers"])),
         ("Each site's super neurons over the binarisation threshold α.",
          figures.alpha_figure(analyses["alpha"])),
         ("The SNs' accuracy and their agreement rate with the model as t falls.",

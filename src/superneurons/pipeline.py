@@ -405,9 +405,9 @@ def _run(config: RunConfig, claim: Claim, log, loaded: LoadedModel | None) -> di
         exit_tradeoff=tradeoff,
         seconds=round(time.time() - started, 1),
         config={**asdict(config), "sites": list(config.sites)},
+        shifted=config.shifted,
+        sets={part: config.condition(part).to_json() for part in ("probe", "val")},
     ).to_json()
-    results["sets"] = {part: config.condition(part).to_json() for part in ("probe", "val")}
-    results["shifted"] = config.shifted
     atomic.write_json(out / "results.json", results, claim.tmp)
     return results
 

@@ -94,11 +94,10 @@ def claims(
 def shift_claim(shift: dict) -> tuple[str, dict]:
     """Claim 6's verdict and numbers from the shift analysis (rule 6)."""
     if not shift["shifted"]:
-        return "not measured", {"sets": shift["sets"]}
+        return "not measured", {}
     change = shift["change"]
     low, high = change["super_neurons"]["ci95"]
     return _verdict(low > -shift["margin"], high < -shift["margin"]), {
-        "sets": shift["sets"],
         "sn_accuracy_change": change["super_neurons"]["accuracy_change"],
         "sn_change_ci95": [low, high],
         "model_accuracy_change": change["model"]["accuracy_change"],

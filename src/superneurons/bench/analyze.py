@@ -48,9 +48,15 @@ def synthetic_run(folder: Path, shape: str, n_probe: int, n_val: int, log=print)
         lines = prediction_lines(answers, stores["val"])
         atomic.write_bytes(folder / "predictions.jsonl", lines, claim.tmp)
         results = build_results(
-            fitted, stores["val"], meta, f"synthetic {shape}", answers=answers, n_probe=n_probe
+            fitted,
+            stores["val"],
+            meta,
+            f"synthetic {shape}",
+            answers=answers,
+            n_probe=n_probe,
+            shifted=False,
         ).to_json()
-        atomic.write_json(folder / "results.json", {**results, "shifted": False}, claim.tmp)
+        atomic.write_json(folder / "results.json", results, claim.tmp)
     return folder
 
 
