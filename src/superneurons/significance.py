@@ -74,6 +74,8 @@ def unpaired_bootstrap_diff(
     correct, reference = (np.asarray(v, dtype=bool) for v in (correct, reference))
     if correct.size == 0 or reference.size == 0:
         raise ValueError("unpaired_bootstrap_diff needs questions on both sides")
+    if n_boot < 1 or not 0.0 < level < 1.0:
+        raise ValueError(f"need n_boot >= 1 and level in (0, 1), got {n_boot} and {level}")
     means = []
     for offset, values in enumerate((correct, reference)):
         means.append(np.empty(n_boot))

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from superneurons import atomic
-from superneurons.bench.baselines import measured, streaming_read, synthetic_store
+from superneurons.bench.baselines import streaming_read, synthetic_store, timing
 
 FORMAT = "superneurons-bench-analyze/1"
 
@@ -81,16 +81,7 @@ def run_analyze_bench(cache: Path, shape: str, n: int, n_val: int, log=print) ->
             else:
                 done[name] = analysis(run)
 
-        seconds, peak = measured(call)
-        rows.append(
-            {
-                "analysis": name,
-                "seconds": round(seconds, 6),
-                "x_read": round(seconds / read, 2),
-                "peak_mb": round(peak / 2**20, 1),
-                "peak_slabs": round(peak / slab, 2),
-            }
-        )
+        rows.append({"analysis": name, **timing(call, read, slab)})
         log(rows[-1])
     total = sum(row["seconds"] for row in rows)
     return {

@@ -85,6 +85,17 @@ def measured(fit: Callable[[], object]) -> tuple[float, int]:
     return seconds, peak
 
 
+def timing(call: Callable[[], object], read: float, slab: int) -> dict:
+    """One call's seconds and peak memory, as multiples of one ``read`` and one ``slab``."""
+    seconds, peak = measured(call)
+    return {
+        "seconds": round(seconds, 6),
+        "x_read": round(seconds / read, 2),
+        "peak_mb": round(peak / 2**20, 1),
+        "peak_slabs": round(peak / slab, 2),
+    }
+
+
 def run_baselines_bench(cache: Path, shape: str, n: int, log=print) -> dict:
     """Time and peak memory of each baseline's fit against one streaming read."""
     from superneurons.classifiers import Split
@@ -108,16 +119,7 @@ def run_baselines_bench(cache: Path, shape: str, n: int, log=print) -> dict:
         )
     rows = []
     for name, fit in fits.items():
-        seconds, peak = measured(fit)
-        rows.append(
-            {
-                "fit": name,
-                "seconds": round(seconds, 6),
-                "x_read": round(seconds / read, 2),
-                "peak_mb": round(peak / 2**20, 1),
-                "peak_slabs": round(peak / slab, 2),
-            }
-        )
+        rows.append({"fit": name, **timing(fit, read, slab)})
         log(rows[-1])
     return {
         "format": "superneurons-bench-baselines/1",
