@@ -166,7 +166,7 @@ def test_evaluate_builds_the_same_results_as_run(tiny_run, tmp_path):
     assert done.returncode == 0, done.stderr
     evaluated = json.loads((tmp_path / "r.json").read_text())
     # What only `run` knows: the probing questions (for the blind baseline), its size and time.
-    only_run = {"n_probe", "seconds", "config", "exit_tradeoff"}
+    only_run = {"n_probe", "seconds", "config", "exit_tradeoff", "shifted", "sets"}
     evaluated_by_both = ("super_neurons", "model")
 
     def comparable(document: dict) -> dict:

@@ -17,9 +17,10 @@ from superneurons.data.prompts import (
     load_templates,
     parse_templates,
 )
+from superneurons.evaluate import REFERENCE
 from superneurons.html_report import reproduce_command
 from superneurons.models.adapters import ADAPTERS
-from superneurons.pipeline import REFERENCE, RunConfig, run
+from superneurons.pipeline import RunConfig, run
 from superneurons.significance import compare
 from superneurons.store import ActivationStore
 

@@ -57,7 +57,7 @@ def test_the_unpaired_interval_brackets_the_difference_of_two_independent_sets()
     rng = np.random.default_rng(5)
     a, b = rng.random(400) < 0.8, rng.random(300) < 0.6
     low, high = unpaired_bootstrap_diff(a, b, n_boot=2000, seed=1)
-    assert low < a.mean() - b.mean() < high and low > 0.1  # 20 points apart: clearly above 0
+    assert low < a.mean() - b.mean() < high and low > 0  # ~20 points apart: above 0
     assert (low, high) == unpaired_bootstrap_diff(a, b, n_boot=2000, seed=1)  # seeded
     # The same set on both sides: a paired interval would be [0, 0]; resampled apart, it is not.
     same = rng.random(400) < 0.7

@@ -47,6 +47,9 @@ from superneurons.store import ActivationStore
 
 RESULTS_FORMAT = "superneurons-results/2"
 SEEDS_FORMAT = "superneurons-seeds/1"  # run --seeds: the summary over seeds (pipeline.run_seeds)
+# The store of a shifted run's reference set (OUT/activations/reference): validation questions
+# drawn and asked as the probing set was.
+REFERENCE = "reference"
 # What must agree between a classifier's provenance and a store it reads: the same weights.
 _SAME_MODEL_KEYS = ("weights_fingerprint", "architecture")
 

@@ -36,6 +36,7 @@ from superneurons.data.records import Record
 from superneurons.errors import ConfigError
 from superneurons.evaluate import (
     MODEL,
+    REFERENCE,
     SEEDS_FORMAT,
     SN,
     build_results,
@@ -57,8 +58,6 @@ from superneurons.significance import compare
 from superneurons.store import complete_shards, is_complete, merge_shards, shard_path
 from superneurons.tradeoff import exit_tradeoff, measure_speedups
 
-# The store of a shifted run's reference set: validation questions asked as the probing set was.
-REFERENCE = "reference"
 # The baselines a run fits beside the super neurons, by results name (docs/method.md).
 BASELINES: tuple[str, ...] = ("savs", "linear_probe", "sparse_probe")
 

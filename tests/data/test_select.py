@@ -55,3 +55,24 @@ def test_scenes_need_no_data_directory_on_the_command_line(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["X"]  # nothing outside --out
     manifest = json.loads((out / "manifest.json").read_text())
     assert len(manifest["records"]) == 8 and (out / "data").is_dir()
+
+
+def test_families_keep_only_their_records_and_a_generated_task_makes_enough(tmp_path):
+    import pytest
+
+    from superneurons.errors import ConfigError
+
+    rows = [
+        {"id": str(k), "image": "a.png", "question": "q?", "label": ("yes", "no")[k % 2],
+         "family": ("colour", "shape", "size")[k % 3]}
+        for k in range(30)
+    ]  # fmt: skip
+    (tmp_path / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kept = select("jsonl", tmp_path, "val", None, families=["shape", "size"])
+    assert len(kept) == 20 and {r.family for r in kept} == {"shape", "size"}
+    with pytest.raises(ConfigError, match=r"no family \['weight'\].*\['colour', 'shape', 'size'\]"):
+        select("jsonl", tmp_path, "val", None, families=["weight"])
+    # One family of six: the scenes task generates more scenes until 60 of it are there.
+    depth = select("scenes", tmp_path / "scenes", "val", 60, seed=1, families=["depth"])
+    assert len(depth) == 60 and {r.family for r in depth} == {"depth"}
+    assert label_counts(depth) == {"no": 30, "yes": 30}

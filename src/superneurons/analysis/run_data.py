@@ -12,10 +12,8 @@ import numpy as np
 from superneurons.classifiers import ModelAnswers, Split, SuperNeuronClassifier
 from superneurons.classifiers.artifact import load_classifier
 from superneurons.errors import DataError
-from superneurons.evaluate import RESULTS_FORMAT, SEEDS_FORMAT
+from superneurons.evaluate import REFERENCE, RESULTS_FORMAT, SEEDS_FORMAT
 from superneurons.store import ActivationStore
-
-REFERENCE = "reference"  # the store of a shifted run's reference set (superneurons.pipeline)
 
 
 @dataclass
