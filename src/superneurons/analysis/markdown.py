@@ -3,9 +3,8 @@
 
 from __future__ import annotations
 
-
-def _pct(value) -> str:
-    return "–" if value is None else f"{100 * value:.1f}"
+from superneurons.report import measured_text
+from superneurons.report import pct as _pct
 
 
 def _table(head: list[str], rows: list[list]) -> list[str]:
@@ -117,8 +116,6 @@ def _condition(condition: dict) -> str:
 
 
 def claims_table(claims: dict) -> list[str]:
-    from superneurons.report import measured_text
-
     rows = [[c["claim"], c["statement"], measured_text(c["measured"]), f"**{c['verdict']}**"]
             for c in claims["claims"]]  # fmt: skip
     return ["**Claims**:", "", *_table(["#", "claim", "measured", "verdict"], rows)]

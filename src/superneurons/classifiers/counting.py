@@ -136,17 +136,19 @@ def indicator_counts(
 def vote_counts(
     source,
     sites: Mapping[str, tuple[int, int]],
-    group: np.ndarray,
-    n_groups: int,
+    y: np.ndarray,
+    held: np.ndarray | None,
     alphas: Sequence[float],
     polarities: tuple[int, ...],
     max_layer: int | None = None,
     workers: int | None = None,
     also: Callable[[str, int, np.ndarray], None] | None = None,
 ) -> list[VoteCounts]:
-    """Per α of ``alphas``, the votes of every neuron summed per row group (``group``: each
-    row's group, 0..n_groups-1), one pass over the slabs; ``also(site, layer, slab)`` is
-    called with every slab read, for whatever else the caller counts in the same pass."""
+    """Per α of ``alphas``, the votes of every neuron summed over the yes and the no rows of
+    the fit part and (with ``held``) of the held-out part: one pass over the slabs;
+    ``also(site, layer, slab)`` is called with every slab read, for whatever else the caller
+    counts in the same pass."""
+    group, n_groups = row_groups(y, held), _n_groups(held)
     order = np.argsort(group, kind="stable")
     sizes = np.bincount(group, minlength=n_groups)
     bounds = np.concatenate([[0], np.cumsum(sizes)])
@@ -160,11 +162,15 @@ def vote_counts(
         if also is not None:
             also(site, layer, slab)
 
-    slab_pass(source, sites, group.size, max_layer, visit, workers)
+    slab_pass(source, sites, y.size, max_layer, visit, workers)
     return [
         VoteCounts(float(alpha), polarities, {s: c[a] for s, c in counts.items()}, sizes)
         for a, alpha in enumerate(alphas)
     ]
+
+
+def _n_groups(held: np.ndarray | None) -> int:
+    return 2 if held is None else 4
 
 
 def subset_counts(
@@ -181,8 +187,8 @@ def subset_counts(
     polarities = classifier.polarities
     groups, sizes = [], []
     for rows in subsets:
-        subset_group = row_groups(labels[rows], classifier.heldout_rows(labels[rows]))
-        n_groups = 4 if classifier.selection == "heldout" else 2
+        held = classifier.heldout_rows(labels[rows])
+        subset_group, n_groups = row_groups(labels[rows], held), _n_groups(held)
         for g in range(n_groups):
             member = np.zeros(labels.size, np.float32)
             member[rows[subset_group == g]] = 1.0

@@ -304,10 +304,7 @@ class LinearProbeClassifier(_LogisticProbe):
         fitted.fit(np.asarray(coordinates, np.float64), y[~held])
         score = float(fitted.score(np.asarray(held_rows, np.float64), y[held]))
         coef = fitted.coef_[0] if span is None else span.weights(fitted.coef_[0])
-        mean, scale = (np.asarray(v, np.float64) for v in (scaler.mean_, scaler.scale_))
-        model = LogisticModel(
-            mean, scale, np.asarray(coef, np.float64), float(fitted.intercept_[0])
-        )
+        model = _logistic_model(scaler, coef, fitted.intercept_[0])
         return score, 1.0 if folds is None else float(fitted.C_), model
 
     def _choose(self, source, y) -> LinearProbeClassifier:

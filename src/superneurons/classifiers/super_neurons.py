@@ -31,7 +31,7 @@ from superneurons.classifiers.base import (
     reads_of,
     stratified_heldout,
 )
-from superneurons.classifiers.counting import VoteCounts, row_groups, vote_counts
+from superneurons.classifiers.counting import VoteCounts, vote_counts
 from superneurons.errors import ClassifierError, ConfigError
 from superneurons.metrics import METRICS, binary_metrics
 
@@ -230,9 +230,8 @@ class SuperNeuronClassifier(ActivationEstimator):
 
     def _count(self, source, sites, y, alphas, also=None) -> list[VoteCounts]:
         held = self.heldout_rows(y)
-        groups, n_groups = row_groups(y, held), 2 if held is None else 4
         return vote_counts(
-            source, sites, groups, n_groups, alphas, self.polarities, self.max_layer, also=also
+            source, sites, y, held, alphas, self.polarities, self.max_layer, also=also
         )
 
     @property
@@ -426,10 +425,7 @@ def _score_pass(
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """Scores (P, L, W) per site on all rows, and on the rows outside ``held`` when given; NaN
     in the layers past ``max_layer``, which are not read. Each slab is read once."""
-    groups = row_groups(y, held)
-    n_groups = 2 if held is None else 4
-    counts = vote_counts(source, sites, groups, n_groups, [alpha], polarities, max_layer)[0]
-    return counts.scores(metric)
+    return vote_counts(source, sites, y, held, [alpha], polarities, max_layer)[0].scores(metric)
 
 
 def _best(scores: dict[str, np.ndarray]) -> float:
@@ -527,8 +523,7 @@ def _prefix_yes_votes(
     for s, layer in sorted(set(zip(ranked.site.tolist(), ranked.layer.tolist(), strict=True))):
         members = (ranked.site == s) & (ranked.layer == layer)
         values = read_columns(source, sites[s], layer, ranked.index[members], rows)
-        positive = np.array([polarities[p] > 0 for p in ranked.polarity[members]])
-        votes = np.where(positive, values > alpha, values < alpha)
+        votes = _rule_votes(values, np.asarray(polarities)[ranked.polarity[members]] > 0, alpha)
         for j, k in enumerate(ks):
             yes[j] += np.count_nonzero(votes[:, position[members] < k], axis=1)
         if members[0]:
@@ -582,7 +577,11 @@ def _votes(
 ) -> np.ndarray:
     """(N, K) bool votes of ``neurons`` (on ``rows`` only, when given)."""
     values = neuron_values(source, [(n.site, n.layer, n.index) for n in neurons], rows)
-    positive = np.array([neuron.polarity > 0 for neuron in neurons])
+    return _rule_votes(values, np.array([neuron.polarity > 0 for neuron in neurons]), alpha)
+
+
+def _rule_votes(values: np.ndarray, positive: np.ndarray, alpha: float) -> np.ndarray:
+    """(N, K) votes of K neurons' rules: ``a > alpha`` where ``positive``, else ``a < alpha``."""
     return np.where(positive, values > alpha, values < alpha)
 
 
