@@ -403,6 +403,10 @@ CASES: dict[str, Case | object] = {
         )[1],
         ("have no families",),
     ),
+    "families-not-of-the-task": Case(
+        lambda w: ["run", "--out", w.tmp / "o", "--model", w.model, "--val-families", "colour"],
+        ("val_families", "no family ['colour']", "existence"),
+    ),
     "probe-and-val-share-images": Case(
         lambda w: (
             w.jsonl(good_rows()),

@@ -193,7 +193,10 @@ class RunConfig:
             raise ConfigError(
                 f"{field}={template!r}: unknown prompt template; known: {sorted(library)}"
             )
-        families = getattr(self, f"{part}_families") or self.families
+        field = f"{part}_families" if getattr(self, f"{part}_families") else "families"
+        families = getattr(self, field)
+        if families is not None:
+            spec.check_families(families, field)
         return Condition(name, library[template], None if families is None else tuple(families))
 
     @property

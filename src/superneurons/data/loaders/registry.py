@@ -28,6 +28,7 @@ from superneurons.data.loaders.scienceqa import load_scienceqa
 from superneurons.data.loaders.vizwiz import load_vizwiz
 from superneurons.data.probing import balanced_sample
 from superneurons.data.records import DataError, Record, load_jsonl
+from superneurons.data.scenes.questions import YES_NO_FAMILIES
 from superneurons.errors import ConfigError
 
 Loader = Callable[..., list[Record]]
@@ -41,6 +42,8 @@ class TaskSpec:
 
     A ``generated`` task writes its records under ``data_dir`` instead of reading them, and its
     loader also takes the number of records wanted (``loader(data_dir, split, seed, n)``).
+    ``families`` names the families its records have, when that is known before reading them
+    (so that a wrong name is refused before any work).
     """
 
     name: str
@@ -50,6 +53,15 @@ class TaskSpec:
     description: str
     sizes: Mapping[str, int] = field(default_factory=lambda: {"train": 3000})
     generated: bool = False
+    families: tuple[str, ...] = ()
+
+    def check_families(self, families: Sequence[str], what: str) -> None:
+        """Refuse family names this task is known not to have (a ConfigError naming them)."""
+        unknown = [f for f in families if self.families and f not in self.families]
+        if unknown:
+            raise ConfigError(
+                f"{what}: task {self.name!r} has no family {unknown}; it has {list(self.families)}"
+            )
 
 
 def load_jsonl_task(data_dir: Path, split: str, seed: int = 0) -> list[Record]:
@@ -78,6 +90,7 @@ TASKS: dict[str, TaskSpec] = {
             "synthetic CLEVR-like scenes, generated (docs/scenes.md)",
             sizes=DEFAULT_SIZES,
             generated=True,
+            families=YES_NO_FAMILIES,
         ),
         *(
             TaskSpec(
