@@ -365,6 +365,16 @@ class ActivationStore:
         raw = self.array(site)[self._layer_index(site, layer)]
         return self._float32(raw if rows is None else raw[rows])
 
+    def bits(self, site: str, layer: int, rows: Any = None) -> tuple[np.ndarray, str]:
+        """(int16 ``(n, width)``, the store's dtype): one layer's 16-bit floats as their raw
+        bits, not widened (a view of the file when ``rows`` is None), for comparisons made on
+        the bits (:class:`~superneurons.classifiers.counting.Slab`)."""
+        raw = self.array(site)[self._layer_index(site, layer)]
+        if rows is not None:
+            rows = np.asarray(rows)
+            raw = np.take(raw, np.flatnonzero(rows) if rows.dtype == bool else rows, axis=0)
+        return raw.view(np.int16), self.dtype
+
     def column(self, site: str, layer: int, index: int, rows: Any = None) -> np.ndarray:
         """float32 ``(n,)`` (or ``(len(rows),)``): one scalar of one layer for every sample."""
         width = self._site_shape(site)[1]

@@ -137,3 +137,74 @@ def test_the_heldout_sweep_equals_aggregating_every_candidates_votes(tmp_path, a
         k = int(np.count_nonzero(scores >= best - delta - 1e-12))
         expected = binary_metrics(combine(votes[:, :k], aggregate), split.labels[held])
         assert fitted.heldout_scores_[delta] == expected["accuracy"]
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_rules_read_on_the_bits_equal_the_float_rule_on_every_pattern(dtype):
+    """Every 16-bit pattern (±0, subnormals, ±inf, NaNs) at thresholds between, on and
+    beyond representable values votes as its float32 value does."""
+    from superneurons.classifiers.counting import Slab
+
+    bits = np.arange(2**16, dtype=np.uint32).astype(np.uint16).view(np.int16).reshape(256, 256)
+    slab = Slab(bits, dtype)
+    values = slab.float32()
+    if dtype == "float16":
+        np.testing.assert_array_equal(values, bits.view(np.float16).astype(np.float32))
+    else:
+        expected = torch.from_numpy(bits.copy()).view(torch.bfloat16).float().numpy()
+        np.testing.assert_array_equal(values, expected)
+    tiny = float(np.finfo(np.float16).smallest_subnormal)
+    for alpha in (0.0, -0.0, 0.1, -0.1, 2.5, -3.0, tiny, -tiny, 1e-40, 65504.0, 1e30, np.inf,
+                  -np.inf):  # fmt: skip
+        for polarity in (1, -1):
+            expected = values > alpha if polarity > 0 else values < alpha
+            np.testing.assert_array_equal(slab.votes(alpha, polarity), expected, f"{alpha}")
+
+
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_counts_on_the_bits_equal_counts_on_the_widened_floats(tmp_path, dtype):
+    from superneurons.classifiers import ArrayActivations
+
+    store = awkward_store(tmp_path / "s", dtype, seed=4)
+    y = Split.from_store(store).labels
+    widened = ArrayActivations(
+        {
+            site: np.stack([store.layer(site, k) for k in range(LAYERS)], axis=1)
+            for site in store.sites
+        }
+    )
+    held = np.arange(y.size) % 4 == 0
+    alphas = (*ALPHAS, -np.inf, 65504.0)
+    on_bits, on_floats = (
+        vote_counts(source, store.sites, y, held, alphas, (1, -1)) for source in (store, widened)
+    )
+    for a, b in zip(on_bits, on_floats, strict=True):
+        for site in a.counts:
+            np.testing.assert_array_equal(a.counts[site], b.counts[site])
+
+
+def test_fitting_many_together_equals_fitting_each_alone(tmp_path):
+    """fit_each shares the held-out reads of many refits (α, sites, selections, aggregates)."""
+    from superneurons.classifiers.super_neurons import fit_each
+
+    store = awkward_store(tmp_path / "s", "bfloat16", seed=5)
+    split = Split.from_store(store)
+    estimators = [
+        SuperNeuronClassifier(alpha=alpha, sites=sites, aggregate=aggregate, polarity="both")
+        for alpha in ALPHAS
+        for sites in (None, ["mlp"])
+        for aggregate in ("mean", "majority")
+    ]
+    estimators += [
+        SuperNeuronClassifier(selection="top_k", top_k=4),
+        SuperNeuronClassifier(random_state=7, max_layer=1),  # another held-out part
+        SuperNeuronClassifier(alpha=-60000.0),  # every neuron ties: all are candidates
+    ]
+    together = fit_each([clone(e) for e in estimators], split, split.labels)
+    for estimator, fitted in zip(estimators, together, strict=True):
+        assert_same_fit(fitted, clone(estimator).fit(split, split.labels))
+    counts = estimators[0].count_votes(split, split.labels, ALPHAS)
+    refits = [clone(estimators[0]).set_params(alpha=alpha) for alpha in ALPHAS]
+    expected = together[: 4 * len(ALPHAS) : 4]  # None sites, mean, at each alpha
+    for fitted, alone in zip(fit_each(refits, split, split.labels, counts), expected, strict=True):
+        assert_same_fit(fitted, alone)

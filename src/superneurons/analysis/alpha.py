@@ -8,11 +8,13 @@ import numpy as np
 from sklearn.base import clone
 
 from superneurons.analysis.run_data import RunData
+from superneurons.classifiers.super_neurons import fit_each
 
 FORMAT = "superneurons-analysis-alpha/1"
 DEFAULT_GRID = tuple(round(a, 2) for a in np.arange(-3.0, 3.01, 0.5))
 QUANTILES = (0.01, 0.25, 0.5, 0.75, 0.99)
 _SAMPLE = 1_000_000  # values per site the quantiles are taken from (every k-th value)
+_ROWS = 64  # rows of a slab widened at a time
 
 
 class SiteScale:
@@ -27,13 +29,17 @@ class SiteScale:
         self.parts: dict[int, tuple[float, float, np.ndarray]] = {}
 
     def add(self, layer: int, slab: np.ndarray) -> None:
-        values = slab.ravel()
-        start = (-layer * self.per_layer) % self.stride  # every stride-th value of the site
-        self.parts[layer] = (
-            float(np.sum(values, dtype=np.float64)),
-            float(np.sum(np.square(values), dtype=np.float64)),
-            values[start :: self.stride].copy(),  # a copy: a view would keep the whole slab
-        )
+        """One (N, width) slab of floats (float16 or float32), summed in float64 in cache-sized
+        chunks (no widened copy of the slab)."""
+        total = squares = 0.0
+        for start in range(0, slab.shape[0], _ROWS):
+            chunk = slab[start : start + _ROWS].astype(np.float32)
+            total += float(np.sum(chunk, dtype=np.float64))
+            squares += float(np.sum(np.square(chunk), dtype=np.float64))
+        values = slab.reshape(-1)
+        first = (-layer * self.per_layer) % self.stride  # every stride-th value of the site
+        # a float32 copy: a view would keep the whole slab
+        self.parts[layer] = (total, squares, values[first :: self.stride].astype(np.float32))
 
     def result(self) -> dict:
         count = self.per_layer * len(self.parts)
@@ -86,7 +92,7 @@ def alpha(run: RunData, grid: Sequence[float] = DEFAULT_GRID, relative: bool = F
             run.probe_split,
             run.probe_split.labels,
             values,
-            also=lambda site, layer, slab: accumulators[site].add(layer, slab),
+            also=lambda site, layer, slab: accumulators[site].add(layer, slab.floats()),
         )
         scale = {site: accumulator.result() for site, accumulator in accumulators.items()}
     span = max(abs(a) for a in grid) * unit
@@ -95,9 +101,14 @@ def alpha(run: RunData, grid: Sequence[float] = DEFAULT_GRID, relative: bool = F
         for site, s in scale.items()
         if s["std"] > 3 * span
     }
-    rows = _sweep(run, classifier, values, counts)
-    by_site = {site: _sweep(run, clone(classifier).set_params(sites=[site]), values, counts)
-               for site in classifier.sites_}  # fmt: skip
+    # Every refit (each α, pooled and per site) in one call: their held-out sweeps share reads.
+    variants = [classifier] + [clone(classifier).set_params(sites=[s]) for s in classifier.sites_]
+    refits = [clone(v).set_params(alpha=a) for v in variants for a in values]
+    fitted = fit_each(refits, run.probe_split, run.probe_split.labels, counts * len(variants))
+    rows, *per_site = (
+        _rows(run, fitted[i * len(values) : (i + 1) * len(values)]) for i in range(len(variants))
+    )
+    by_site = dict(zip(classifier.sites_, per_site, strict=True))
     return {
         "format": FORMAT,
         "metric": classifier.metric,
@@ -111,19 +122,16 @@ def alpha(run: RunData, grid: Sequence[float] = DEFAULT_GRID, relative: bool = F
     }
 
 
-def _sweep(run: RunData, classifier, values: Sequence[float], counts) -> list[dict]:
-    """The classifier refitted at each α of ``values`` from that α's counts: best probing
-    score, SN validation accuracy, number of SNs."""
-    probe, val = run.probe_split, run.val_split
+def _rows(run: RunData, fitted: Sequence) -> list[dict]:
+    """Per classifier refitted at an α: best probing score, SN validation accuracy, SNs."""
+    val = run.val_split
     rows = []
-    for value, at_alpha in zip(values, counts, strict=True):
-        refitted = clone(classifier).set_params(alpha=value)
-        refitted.fit(probe, probe.labels, counts=at_alpha)
+    for refitted in fitted:
         best = max(float(np.nanmax(s)) for s in refitted.scores_.values())
         accuracy = float(np.mean(refitted.predict(val) == val.labels))
         rows.append(
             {
-                "alpha": round(value, 6),
+                "alpha": round(float(refitted.alpha), 6),
                 "best_probe": round(best, 4),
                 "sn_val_accuracy": round(accuracy, 4),
                 "n_sn": len(refitted.selected_),

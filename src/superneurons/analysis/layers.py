@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import numpy as np
 
 from superneurons.analysis.run_data import RunData
@@ -24,6 +27,20 @@ def layers(run: RunData) -> dict:
     model_probe = run.model_accuracy(run.probe_split)
     probe = run.baselines.get("linear_probe")
     models = getattr(probe, "layer_models_", {})
+    fitted = [
+        (site, layer)
+        for site, scores in classifier.scores_.items()
+        for layer in range(scores.shape[1])
+        if site in models and models[site][layer] is not None
+    ]
+
+    def linear_accuracy(pair: tuple[str, int]) -> float:
+        decision = probe.layer_decision(run.val, *pair)
+        return round(float(np.mean((decision > 0) == val_y)), 4)
+
+    # two slabs at a time: widening and the product release the GIL
+    with ThreadPoolExecutor(min(2, os.cpu_count() or 1)) as pool:
+        linear_val = dict(zip(fitted, pool.map(linear_accuracy, fitted), strict=True))
     sites = {}
     for site, scores in classifier.scores_.items():
         rows = []
@@ -32,10 +49,7 @@ def layers(run: RunData) -> dict:
                 continue  # past the classifier's max_layer
             best = int(np.nanargmax(layer_scores))
             column = run.val.column(site, layer, best)
-            linear = None
-            if site in models and models[site][layer] is not None:
-                decision = probe.layer_decision(run.val, site, layer)
-                linear = round(float(np.mean((decision > 0) == val_y)), 4)
+            linear = linear_val.get((site, layer))
             rows.append(
                 {
                     "layer": layer,

@@ -31,6 +31,9 @@ class RowSubset:
         subset = self.rows if rows is None else self.rows[rows]
         return self.store.columns(site, layer, indices, subset)
 
+    def bits(self, site: str, layer: int, rows=None) -> tuple[np.ndarray, str]:
+        return self.store.bits(site, layer, self.rows if rows is None else self.rows[rows])
+
 
 def balanced_subset(labels: np.ndarray, size: int, rng: np.random.Generator) -> np.ndarray:
     """``size`` rows, half of each class (the odd one a "no"), sorted."""

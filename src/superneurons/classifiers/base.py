@@ -156,6 +156,15 @@ def read_columns(
     return values if rows is None else values[rows]
 
 
+def read_bits(
+    source: ActivationSource, site: str, layer: int, rows: Any = None
+) -> tuple[np.ndarray, str] | None:
+    """(int16 bits, "float16" or "bfloat16") of one slab, not widened, from a source that
+    stores 16-bit floats (its ``bits``); None from any other source."""
+    bits = getattr(source, "bits", None)
+    return None if bits is None else bits(site, layer, rows)
+
+
 def reads_of(pairs) -> dict[str, list[int]]:
     """``{site: [layers]}`` from (site, layer) pairs, in first-seen order."""
     reads: dict[str, list[int]] = {}

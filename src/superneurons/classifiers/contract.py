@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from superneurons.classifiers.base import read_columns
+from superneurons.classifiers.base import read_bits, read_columns
 
 
 class Estimator(Protocol):
@@ -66,6 +66,9 @@ class Split:
 
     def columns(self, site: str, layer: int, indices, rows=None) -> np.ndarray:
         return read_columns(self.activations, site, layer, indices, rows)
+
+    def bits(self, site: str, layer: int, rows=None) -> tuple[np.ndarray, str] | None:
+        return read_bits(self.activations, site, layer, rows)
 
     @property
     def n_samples(self) -> int:

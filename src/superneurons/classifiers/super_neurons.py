@@ -27,11 +27,12 @@ from superneurons.classifiers.base import (
     NotFittedError,
     encode_labels,
     fit_sites,
+    read_bits,
     read_columns,
     reads_of,
     stratified_heldout,
 )
-from superneurons.classifiers.counting import VoteCounts, vote_counts
+from superneurons.classifiers.counting import Slab, VoteCounts, scratch, vote_counts
 from superneurons.errors import ClassifierError, ConfigError
 from superneurons.metrics import METRICS, binary_metrics
 
@@ -200,19 +201,7 @@ class SuperNeuronClassifier(ActivationEstimator):
         :meth:`count_votes` or :func:`~superneurons.classifiers.counting.subset_counts`, one
         pass for many α or many subsets); the slabs are then not read again.
         """
-        source, sites, y = self._fit_inputs(activations, labels, self.sites, self.pos_label)
-        held = self.heldout_rows(y)
-        if counts is None:
-            counts = self._count(source, sites, y, [self.alpha])[0]
-        elif counts.alpha != float(self.alpha) or counts.polarities != self.polarities:
-            raise ConfigError(
-                f"counts are for alpha={counts.alpha} and polarities {counts.polarities}; "
-                f"this classifier has alpha={self.alpha} and polarities {self.polarities}"
-            )
-        full, fit = counts.scores(self.metric)
-        full = {site: full[site] for site in sites}
-        fit = {site: fit[site] for site in sites} if fit else {}
-        return self._select(source, y, sites, self.polarities, full, fit, held)
+        return fit_each([self], activations, labels, None if counts is None else [counts])[0]
 
     def count_votes(
         self,
@@ -249,10 +238,31 @@ class SuperNeuronClassifier(ActivationEstimator):
         """The (n_layers, width) of the sites ``fit`` reads from ``activations``."""
         return fit_sites(as_activation_source(activations), self.sites)
 
-    def _select(self, source, y, sites, polarities, full, fit, held) -> SuperNeuronClassifier:
-        """Choose the super neurons from the scores of the scoring pass (NaN: a layer not read)."""
+    def _scored(self, activations: Any, labels: Any, counts: VoteCounts | None) -> _Scored:
+        """The inputs checked and every neuron scored (from ``counts`` when given)."""
+        source, sites, y = self._fit_inputs(activations, labels, self.sites, self.pos_label)
+        held = self.heldout_rows(y)
+        if counts is None:
+            counts = self._count(source, sites, y, [self.alpha])[0]
+        elif counts.alpha != float(self.alpha) or counts.polarities != self.polarities:
+            raise ConfigError(
+                f"counts are for alpha={counts.alpha} and polarities {counts.polarities}; "
+                f"this classifier has alpha={self.alpha} and polarities {self.polarities}"
+            )
+        full, fit = counts.scores(self.metric)
+        full = {site: full[site] for site in sites}
+        fit = {site: fit[site] for site in sites} if fit else {}
+        return _Scored(source, sites, y, held, full, fit)
+
+    def _select(
+        self, source, y, sites, polarities, full, fit, held, swept=None
+    ) -> SuperNeuronClassifier:
+        """Choose the super neurons from the scores of the scoring pass (NaN: a layer not read);
+        ``swept``: the held-out sweep's (delta, results), when done already."""
         if self.selection == "heldout":
-            delta, self.heldout_scores_ = self._sweep_heldout(source, y, polarities, fit, held)
+            if swept is None:
+                swept = self._sweep_heldout(source, y, polarities, fit, held)
+            delta, self.heldout_scores_ = swept
             self.threshold_ = _best(full) - delta
         else:
             self.heldout_scores_ = {}
@@ -298,20 +308,31 @@ class SuperNeuronClassifier(ActivationEstimator):
         held: np.ndarray,
     ) -> tuple[float, dict[float, float]]:
         """The offset delta that did best on the held-out part, and every offset's result."""
+        plan = self._sweep_plan(fit, polarities)
+        ((yes, first),) = _prefix_yes_votes(source, [plan], held)
+        return self._sweep_result(plan, yes, first, y[held])
+
+    def _sweep_plan(self, fit: dict[str, np.ndarray], polarities: tuple[int, ...]) -> _SweepPlan:
+        """What the held-out sweep reads: the neurons any offset could select, best first."""
         best_fit = _best(fit)
         # Only neurons within t_range of the best can be SNs for any offset: read just those.
         # They are sorted best first, so the SNs of every offset are a prefix of them.
         ranked = _ranked(fit, best_fit - self.t_range, None, self.max_neurons)
         offsets = _offsets(self.t_step, self.t_range)
         ks = [int(np.count_nonzero(ranked.score >= best_fit - d - _TOLERANCE)) for d in offsets]
-        yes, first = _prefix_yes_votes(source, list(fit), polarities, ranked, self.alpha, held, ks)
+        return _SweepPlan(list(fit), polarities, ranked, float(self.alpha), offsets, ks)
+
+    def _sweep_result(
+        self, plan: _SweepPlan, yes: np.ndarray, first: np.ndarray, y_held: np.ndarray
+    ) -> tuple[float, dict[float, float]]:
+        """The best offset and every offset's held-out score, from the plan's yes votes."""
         results = {}
-        for delta, k, yes_votes in zip(offsets, ks, yes, strict=True):
+        for delta, k, yes_votes in zip(plan.offsets, plan.ks, yes, strict=True):
             if self.aggregate == "mean":
                 pred = 2 * yes_votes >= k
             else:  # majority, an exact tie going to the best SN's vote (as ``aggregate``)
                 pred = np.where(2 * yes_votes == k, first, 2 * yes_votes > k)
-            results[delta] = binary_metrics(pred, y[held])[self.metric]
+            results[delta] = binary_metrics(pred, y_held)[self.metric]
         best_delta = max(results, key=lambda d: (results[d], -d))  # ties: the smaller offset
         return best_delta, results
 
@@ -475,7 +496,9 @@ def _ranked(
     site = np.concatenate([np.full(f[0].size, s) for s, f in enumerate(found)])
     polarity, layer, index = (np.concatenate([f[axis] for f in found]) for axis in range(3))
     value = np.concatenate([array[f] for array, f in zip(scores.values(), found, strict=True)])
-    order = np.lexsort((index, layer, polarity, site, -value))  # last key sorts first
+    # nonzero lists each site's neurons in (polarity, layer, index) order, and the sites come
+    # in order: a stable sort on the score alone keeps that order among equal scores
+    order = np.argsort(-value, kind="stable")
     limits = [limit for limit in (top_k, cap) if limit is not None]
     if limits:
         order = order[: min(limits)]
@@ -504,31 +527,160 @@ def _rank(
     ]  # fmt: skip
 
 
+@dataclass(frozen=True)
+class _SweepPlan:
+    """One held-out sweep: the candidate neurons (``ranked`` over the sites ``sites``), the
+    offsets and how many of the ranked neurons each selects."""
+
+    sites: list[str]
+    polarities: tuple[int, ...]
+    ranked: _Ranked
+    alpha: float
+    offsets: list[float]
+    ks: list[int]
+
+
+@dataclass(frozen=True)
+class _Scored:
+    """A classifier's inputs with every neuron scored: what selecting the SNs starts from."""
+
+    source: Any
+    sites: dict[str, tuple[int, int]]
+    y: np.ndarray
+    held: np.ndarray | None
+    full: dict[str, np.ndarray]
+    fit: dict[str, np.ndarray]
+
+
+def fit_each(
+    estimators: Sequence[SuperNeuronClassifier],
+    activations: Any,
+    labels: Any,
+    counts: Sequence[VoteCounts] | None = None,
+) -> list[SuperNeuronClassifier]:
+    """``[e.fit(activations, labels, counts=c) for e, c in zip(estimators, counts)]``, with the
+    held-out sweeps of all of them reading the held-out rows together: each (site, layer) once
+    per held-out part, not once per estimator (what a sweep over many α refits)."""
+    counts = [None] * len(estimators) if counts is None else list(counts)
+    if len(counts) != len(estimators):
+        raise ValueError(f"{len(counts)} counts for {len(estimators)} estimators")
+    scored = [e._scored(activations, labels, c) for e, c in zip(estimators, counts, strict=True)]
+    swept: list[tuple[float, dict[float, float]] | None] = [None] * len(estimators)
+    by_held: dict[bytes, list[int]] = {}
+    for i, (estimator, part) in enumerate(zip(estimators, scored, strict=True)):
+        if estimator.selection == "heldout":
+            by_held.setdefault(np.packbits(part.held).tobytes(), []).append(i)
+    for members in by_held.values():
+        first = scored[members[0]]
+        plans = [estimators[i]._sweep_plan(scored[i].fit, estimators[i].polarities)
+                 for i in members]  # fmt: skip
+        votes = _prefix_yes_votes(first.source, plans, first.held)
+        for i, plan, (yes, best) in zip(members, plans, votes, strict=True):
+            swept[i] = estimators[i]._sweep_result(plan, yes, best, first.y[first.held])
+    return [
+        estimator._select(
+            part.source, part.y, part.sites, estimator.polarities, part.full, part.fit,
+            part.held, sweep,
+        )
+        for estimator, part, sweep in zip(estimators, scored, swept, strict=True)
+    ]  # fmt: skip
+
+
 def _prefix_yes_votes(
-    source: ActivationSource,
-    sites: list[str],
-    polarities: tuple[int, ...],
-    ranked: _Ranked,
-    alpha: float,
-    rows: np.ndarray,
-    ks: list[int],
-) -> tuple[np.ndarray, np.ndarray]:
-    """(yes votes of the first k ranked neurons per row, for each k of ``ks``; the first
-    neuron's vote), on ``rows``: each (site, layer) read once, its votes never all held at
-    once (a sweep may rank every neuron when many tie)."""
+    source: ActivationSource, plans: Sequence[_SweepPlan], rows: np.ndarray
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per plan: (yes votes of its first k ranked neurons per row, for each k of its ``ks``; its
+    first neuron's vote), on ``rows``. Each (site, layer) any plan needs is read once, for the
+    union of their neurons there, and its votes at each (α, polarity) computed once (on a
+    store's bits); a sweep may rank every neuron when many tie."""
     n_rows = int(np.count_nonzero(rows)) if rows.dtype == bool else len(rows)
-    yes = np.zeros((len(ks), n_rows), np.int64)
-    first = np.zeros(n_rows, bool)
-    position = np.arange(ranked.score.size)
-    for s, layer in sorted(set(zip(ranked.site.tolist(), ranked.layer.tolist(), strict=True))):
-        members = (ranked.site == s) & (ranked.layer == layer)
-        values = read_columns(source, sites[s], layer, ranked.index[members], rows)
-        votes = _rule_votes(values, np.asarray(polarities)[ranked.polarity[members]] > 0, alpha)
-        for j, k in enumerate(ks):
-            yes[j] += np.count_nonzero(votes[:, position[members] < k], axis=1)
-        if members[0]:
-            first = votes[:, 0]  # members keep rank order: the best neuron is its first column
-    return yes, first
+    out = [(np.zeros((len(p.ks), n_rows), np.int64), np.zeros(n_rows, bool)) for p in plans]
+    wanted: dict[tuple[str, int], list[tuple[int, np.ndarray]]] = {}
+    for i, plan in enumerate(plans):
+        # group the ranked neurons by (site, layer), each group in rank order
+        pair = plan.ranked.site.astype(np.int64) * (1 + int(plan.ranked.layer.max()))
+        pair += plan.ranked.layer
+        order = np.argsort(pair, kind="stable")
+        starts = np.flatnonzero(np.diff(pair[order], prepend=-1))
+        for members in np.split(order, starts[1:]):
+            site, layer = (
+                plan.sites[plan.ranked.site[members[0]]],
+                int(plan.ranked.layer[members[0]]),
+            )
+            wanted.setdefault((site, layer), []).append((i, members))
+    for (site, layer), needs in wanted.items():
+        indices = np.unique(np.concatenate([plans[i].ranked.index[m] for i, m in needs]))
+        held = _HeldVotes(_held_slab(source, site, layer, indices, rows))
+        for i, members in needs:
+            plan, (yes, first) = plans[i], out[i]
+            columns = np.searchsorted(indices, plan.ranked.index[members])
+            polarity = np.asarray(plan.polarities)[plan.ranked.polarity[members]]
+            # members keep rank order, so the first k ranked neurons are a prefix of them
+            start, running = 0, np.zeros(n_rows, np.int64)
+            for j, end in enumerate(np.searchsorted(members, plan.ks)):
+                for sign in np.unique(polarity[start:end]):
+                    segment = columns[start:end][polarity[start:end] == sign]
+                    running += held.yes_among(plan.alpha, int(sign), segment)
+                yes[j] += running
+                start = max(start, end)
+            if members[0] == 0:  # the best neuron is its first column
+                first[:] = held.votes(plan.alpha, int(polarity[0]), columns[:1])[:, 0]
+    return out
+
+
+def _held_slab(source, site: str, layer: int, indices: np.ndarray, rows: np.ndarray) -> Slab:
+    """The columns ``indices`` of one (site, layer) on ``rows``: for many columns a store's
+    bits, for a few (or from another source) just those columns as float32."""
+    width = source.sites[site][1]
+    bits = read_bits(source, site, layer, rows) if indices.size * 8 > width else None
+    if bits is None:
+        return Slab(read_columns(source, site, layer, indices, rows))
+    values, dtype = bits
+    return Slab(values if indices.size == values.shape[1] else values[:, indices], dtype)
+
+
+class _HeldVotes:
+    """A slab's votes at each (α, polarity), computed once and kept packed 64 columns to a
+    word: per-row counts over many column sets then cost a popcount of words."""
+
+    def __init__(self, slab: Slab) -> None:
+        self.slab = slab
+        self._packed: dict[tuple[float, int], np.ndarray] = {}
+
+    def packed(self, alpha: float, polarity: int) -> np.ndarray:
+        """(n, ceil(width / 64)) uint64: the votes, column c at bit 7 - c % 8 of byte c // 8."""
+        if (alpha, polarity) not in self._packed:
+            votes = self.slab.votes(
+                alpha, polarity, out=scratch("held", self.slab.values.shape, bool)
+            )
+            self._packed[(alpha, polarity)] = _packed_words(votes)
+        return self._packed[(alpha, polarity)]
+
+    def votes(self, alpha: float, polarity: int, columns: np.ndarray) -> np.ndarray:
+        """(n, len(columns)) bool: the votes of some columns."""
+        packed = self.packed(alpha, polarity).view(np.uint8)
+        return (packed[:, columns >> 3] >> (7 - (columns & 7)).astype(np.uint8)) & 1 == 1
+
+    def yes_among(self, alpha: float, polarity: int, columns: np.ndarray) -> np.ndarray:
+        """Per row, the yes votes among ``columns`` (distinct)."""
+        if columns.size <= _FEW_COLUMNS:
+            return np.count_nonzero(self.votes(alpha, polarity, columns), axis=1)
+        chosen = np.zeros((1, self.slab.values.shape[1]), bool)
+        chosen[0, columns] = True
+        words = self.packed(alpha, polarity) & _packed_words(chosen)
+        return np.bitwise_count(words).sum(axis=1, dtype=np.int64)
+
+
+_FEW_COLUMNS = 64  # column sets up to this size are counted from their unpacked bits
+
+
+def _packed_words(bits: np.ndarray) -> np.ndarray:
+    """(n, width) bool packed along the columns into (n, ceil(width / 64)) uint64 words."""
+    packed = np.packbits(bits, axis=1)
+    padding = -packed.shape[1] % 8
+    if padding:
+        packed = np.pad(packed, ((0, 0), (0, padding)))
+    return np.ascontiguousarray(packed).view(np.uint64)
 
 
 def _check_source(source: ActivationSource, selected: list[SelectedNeuron]) -> None:
