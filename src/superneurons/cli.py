@@ -688,6 +688,30 @@ def bench_baselines(
     console.print(f"results: {out}")
 
 
+@bench_app.command("discover")
+def bench_discover(
+    out: Path = typer.Option(Path("runs/bench-discover.json"), help="Results JSON."),
+    shape: str = typer.Option(
+        "llava-1.5-7b",
+        callback=_one_of("llava-1.5-7b", "qwen3-vl-32b", "tiny"),
+        help="llava-1.5-7b, qwen3-vl-32b or tiny.",
+    ),
+    n: int = typer.Option(3000, min=4, help="Samples in the synthetic store."),
+    cache: Path = typer.Option(
+        Path("runs/bench-stores"), help="Where the synthetic store is built once and kept."
+    ),
+) -> None:
+    """Super-neuron discovery (fit) time and peak memory against one streaming read of a store
+    of a real model's shape."""
+    from superneurons.bench.baselines import run_discover_bench
+    from superneurons.outputs import check_output_file, write_output_json
+
+    check_output_file(out)
+    result = run_discover_bench(cache, shape, n, log=console.print)
+    write_output_json(out, result)
+    console.print(f"results: {out} ({result['fit']['x_read']}x one read of the store)")
+
+
 @bench_app.command("analyze")
 def bench_analyze(
     out: Path = typer.Option(Path("runs/bench-analyze.json"), help="Results JSON."),

@@ -3,12 +3,13 @@ model's shape, against one streaming read of the same store, side by side in one
 
 The store is synthetic (a seeded generator; float16 as extraction writes it) with a planted
 signal — a few neurons and one attention head per layer band separate yes from no — so that the
-fits have something to find. It is built once and cached. Peak memory is what numpy allocates
-during a fit (``tracemalloc`` sees numpy's buffers), in units of one float32 (N, widest) slab.
+fits have something to find. It is built once and cached. Peak memory is what a fit adds
+(:func:`measured`), in units of one float32 (N, widest) slab.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 import tracemalloc
 from collections.abc import Callable
@@ -21,6 +22,9 @@ from superneurons.store import ActivationStore, ActivationWriter, is_complete
 # The language model's shapes from the published config.json files: layers, widths, heads.
 STORE_SHAPES = {
     "llava-1.5-7b": (32, {"resid": 4096, "mlp": 11008, "attn": 4096}, 32),
+    # Qwen3-VL-32B's text model: hidden 5120, intermediate 25600, 64 heads of 128 (attn: the
+    # heads' outputs before o_proj, 8192 wide); 3,000 samples: 14.9 GB.
+    "qwen3-vl-32b": (64, {"resid": 5120, "mlp": 25600, "attn": 8192}, 64),
     "tiny": (4, {"resid": 64, "mlp": 160, "attn": 64}, 4),
 }
 _CHUNK = 100
@@ -73,7 +77,43 @@ def streaming_read(store: ActivationStore) -> float:
 
 
 def measured(fit: Callable[[], object]) -> tuple[float, int]:
-    """(seconds, peak bytes numpy allocated) of one call."""
+    """(seconds, peak bytes of memory the call added). On Linux the peak is the process's
+    anonymous memory (memory-mapped store pages not counted), sampled every 10 ms on a
+    thread, so the seconds carry no tracing overhead; elsewhere what numpy allocated, traced."""
+    if not _ANON.is_file():
+        return _traced(fit)
+    baseline = peak = _anon_bytes()
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.wait(0.01):
+            peak = max(peak, _anon_bytes())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    try:
+        fit()
+        seconds = time.perf_counter() - started
+    finally:
+        done.set()
+        sampler.join()
+    return seconds, max(peak, _anon_bytes()) - baseline
+
+
+_ANON = Path("/proc/self/status")
+
+
+def _anon_bytes() -> int:
+    """The process's resident anonymous memory (RssAnon), in bytes."""
+    for line in _ANON.read_text().splitlines():
+        if line.startswith("RssAnon:"):
+            return int(line.split()[1]) * 1024
+    raise OSError("no RssAnon line in /proc/self/status")
+
+
+def _traced(fit: Callable[[], object]) -> tuple[float, int]:
     tracemalloc.start()
     started = time.perf_counter()
     try:
@@ -129,4 +169,33 @@ def run_baselines_bench(cache: Path, shape: str, n: int, log=print) -> dict:
         "read_s": round(read, 6),
         "slab_mb": round(slab / 2**20, 1),
         "rows": rows,
+    }
+
+
+def run_discover_bench(cache: Path, shape: str, n: int, log=print) -> dict:
+    """``SuperNeuronClassifier().fit`` (α = 0, held-out selection: discovery as ``run`` does
+    it) against one streaming read of the same store, side by side in one process."""
+    from superneurons.classifiers import Split, SuperNeuronClassifier
+
+    store = synthetic_store(cache / f"{shape}-{n}", shape, n)
+    split = Split.from_store(store)
+    slab = n * max(width for _, width in store.sites.values()) * 4
+    streaming_read(store)  # the page cache warm, as for the fit after it
+    read = streaming_read(store)
+    log(f"one streaming read of {store.n} samples: {read:.2f} s")
+    fitted: list = []
+    row = timing(
+        lambda: fitted.append(SuperNeuronClassifier().fit(split, split.labels)), read, slab
+    )
+    log(row)
+    return {
+        "format": "superneurons-bench-discover/1",
+        "shape": shape,
+        "n": store.n,
+        "store_gb": round(sum(p.stat().st_size for p in store.path.glob("*.npy")) / 1e9, 2),
+        "read_s": round(read, 6),
+        "slab_mb": round(slab / 2**20, 1),
+        "fit": row,
+        "n_sn": len(fitted[0].selected_),
+        "exit_layer": fitted[0].exit_layer_,
     }
