@@ -13,6 +13,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -136,65 +137,79 @@ def timing(call: Callable[[], object], read: float, slab: int) -> dict:
     }
 
 
+@dataclass(frozen=True)
+class _ReadStore:
+    """A cached synthetic store, its split, one streaming read's seconds and a slab's bytes."""
+
+    store: ActivationStore
+    split: object
+    read: float
+    slab: int
+
+    def header(self, kind: str, shape: str) -> dict:
+        """The fields every result of a store bench starts with."""
+        files = self.store.path.glob("*.npy")
+        return {
+            "format": f"superneurons-bench-{kind}/1",
+            "shape": shape,
+            "n": self.store.n,
+            "store_gb": round(sum(p.stat().st_size for p in files) / 1e9, 2),
+            "read_s": round(self.read, 6),
+            "slab_mb": round(self.slab / 2**20, 1),
+        }
+
+
+def _read_store(cache: Path, shape: str, n: int, log) -> _ReadStore:
+    """The synthetic store (built once), read twice: the second read, page cache warm as for
+    every fit after it, is the one fits are measured against."""
+    from superneurons.classifiers import Split
+
+    store = synthetic_store(cache / f"{shape}-{n}", shape, n)
+    slab = n * max(width for _, width in store.sites.values()) * 4
+    streaming_read(store)
+    read = streaming_read(store)
+    log(f"one streaming read of {store.n} samples: {read:.2f} s")
+    return _ReadStore(store, Split.from_store(store), read, slab)
+
+
 def run_baselines_bench(cache: Path, shape: str, n: int, log=print) -> dict:
     """Time and peak memory of each baseline's fit against one streaming read."""
-    from superneurons.classifiers import Split
     from superneurons.classifiers.probes import LinearProbeClassifier, SparseProbeClassifier
     from superneurons.classifiers.savs import SAVClassifier
 
-    store = synthetic_store(cache / f"{shape}-{n}", shape, n)
-    split = Split.from_store(store)
-    n_heads = STORE_SHAPES[shape][2]
-    slab = n * max(width for _, width in store.sites.values()) * 4
-    streaming_read(store)  # the page cache warm, as for every fit after it
-    read = streaming_read(store)
-    log(f"one streaming read of {store.n} samples: {read:.2f} s")
+    bench = _read_store(cache, shape, n, log)
+    split, n_heads = bench.split, STORE_SHAPES[shape][2]
     fits: dict[str, Callable[[], object]] = {
         "savs": lambda: SAVClassifier(n_heads=n_heads).fit(split, split.labels),
         "sparse_probe": lambda: SparseProbeClassifier().fit(split, split.labels),
     }
-    for site in store.sites:
+    for site in bench.store.sites:
         fits[f"linear_probe[{site}]"] = lambda site=site: LinearProbeClassifier(sites=[site]).fit(
             split, split.labels
         )
     rows = []
     for name, fit in fits.items():
-        rows.append({"fit": name, **timing(fit, read, slab)})
+        rows.append({"fit": name, **timing(fit, bench.read, bench.slab)})
         log(rows[-1])
-    return {
-        "format": "superneurons-bench-baselines/1",
-        "shape": shape,
-        "n": store.n,
-        "store_gb": round(sum(p.stat().st_size for p in store.path.glob("*.npy")) / 1e9, 2),
-        "read_s": round(read, 6),
-        "slab_mb": round(slab / 2**20, 1),
-        "rows": rows,
-    }
+    return {**bench.header("baselines", shape), "rows": rows}
 
 
 def run_discover_bench(cache: Path, shape: str, n: int, log=print) -> dict:
     """``SuperNeuronClassifier().fit`` (α = 0, held-out selection: discovery as ``run`` does
     it) against one streaming read of the same store, side by side in one process."""
-    from superneurons.classifiers import Split, SuperNeuronClassifier
+    from superneurons.classifiers import SuperNeuronClassifier
 
-    store = synthetic_store(cache / f"{shape}-{n}", shape, n)
-    split = Split.from_store(store)
-    slab = n * max(width for _, width in store.sites.values()) * 4
-    streaming_read(store)  # the page cache warm, as for the fit after it
-    read = streaming_read(store)
-    log(f"one streaming read of {store.n} samples: {read:.2f} s")
+    bench = _read_store(cache, shape, n, log)
+    split = bench.split
     fitted: list = []
     row = timing(
-        lambda: fitted.append(SuperNeuronClassifier().fit(split, split.labels)), read, slab
+        lambda: fitted.append(SuperNeuronClassifier().fit(split, split.labels)),
+        bench.read,
+        bench.slab,
     )
     log(row)
     return {
-        "format": "superneurons-bench-discover/1",
-        "shape": shape,
-        "n": store.n,
-        "store_gb": round(sum(p.stat().st_size for p in store.path.glob("*.npy")) / 1e9, 2),
-        "read_s": round(read, 6),
-        "slab_mb": round(slab / 2**20, 1),
+        **bench.header("discover", shape),
         "fit": row,
         "n_sn": len(fitted[0].selected_),
         "exit_layer": fitted[0].exit_layer_,
