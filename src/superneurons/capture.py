@@ -136,9 +136,21 @@ def capture(
     ``prompts`` are already chat-formatted (``apply_chat_template(..., add_generation_prompt=
     True)``), one image each. Activations and answers come from the same ``generate`` call.
     """
+    inputs = prepare_inputs(processor, images, prompts)
+    return capture_prepared(model, processor, inputs, sites, max_new_tokens)
+
+
+def capture_prepared(
+    model: nn.Module,
+    processor: Any,
+    inputs: Mapping[str, Any],
+    sites: Sequence[str] = SITES,
+    max_new_tokens: int = 128,
+) -> CaptureResult:
+    """:func:`capture` from the processor's output (``prepare_inputs``) already made."""
     adapter = adapter_for(model)
     layers = range(adapter.n_layers(model))
-    inputs = to_model(prepare_inputs(processor, images, prompts), model)
+    inputs = to_model(inputs, model)
     with torch.inference_mode(), trace_last_position(adapter.targets(model, sites)) as records:
         output = model.generate(
             **inputs, do_sample=False, num_beams=1, max_new_tokens=max_new_tokens

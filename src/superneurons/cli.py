@@ -688,6 +688,28 @@ def bench_baselines(
     console.print(f"results: {out}")
 
 
+@bench_app.command("extract")
+def bench_extract(
+    out: Path = typer.Option(Path("runs/bench-extract.json"), help="Results JSON."),
+    n: int = typer.Option(256, min=1, help="Scene questions extracted."),
+    batch_size: int = typer.Option(16, min=1, help="Samples per batch (run's default)."),
+    max_new_tokens: int = typer.Option(128, min=1, help="Greedy answer budget (run's default)."),
+    seed: int = typer.Option(5, help="Picks the scenes."),
+) -> None:
+    """Extraction's samples/s on the embedded default, its time per phase (decode, preprocess,
+    model, store) and plain generate on the same batches preprocessed."""
+    from superneurons.bench.extract import run_extract_bench
+    from superneurons.outputs import check_output_file, write_output_json
+
+    check_output_file(out)
+    result = run_extract_bench(n, batch_size, max_new_tokens, seed, log=console.print)
+    write_output_json(out, result)
+    console.print(result["phase_shares"])
+    console.print(
+        f"results: {out} (extraction at {result['extract_vs_generate']}x generate's rate)"
+    )
+
+
 @bench_app.command("discover")
 def bench_discover(
     out: Path = typer.Option(Path("runs/bench-discover.json"), help="Results JSON."),

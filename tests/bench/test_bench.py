@@ -132,3 +132,19 @@ def test_peak_memory_is_measured_without_tracing():
 
     seconds, peak = measured(hold)
     assert seconds >= 0.1 and peak >= 60 * 2**20
+
+
+def test_the_extract_bench_splits_extraction_into_phases_beside_plain_generate(tmp_path):
+    from command import superneurons
+
+    args = ["bench", "extract", "--n", "8", "--batch-size", "4", "--max-new-tokens", "4"]
+    done = superneurons(*args, "--out", tmp_path / "e.json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["format"] == "superneurons-bench-extract/1" and result["n"] == 8
+    assert set(result["phases_s"]) == {"decode", "preprocess", "model", "store"}
+    assert all(seconds > 0 for seconds in result["phases_s"].values())
+    assert sum(result["phase_shares"].values()) == pytest.approx(1.0, abs=1e-3)
+    ratio = result["generate_s"] / result["extract_s"]
+    assert result["extract_vs_generate"] == pytest.approx(ratio, rel=0.01)
+    assert result["extract_samples_per_s"] == pytest.approx(8 / result["extract_s"], rel=0.01)

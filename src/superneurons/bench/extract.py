@@ -1,0 +1,94 @@
+"""``superneurons bench extract``: where extraction's time goes on the embedded default, against
+``generate`` alone on the same batches already preprocessed, side by side in one process.
+
+Three measurements over the same scene questions (image files on disk, as a run reads them):
+``extract`` itself end to end (samples/s); the same loop timed phase by phase (decoding the
+images, the processor, the model with the capture hooks, the store's append and commit); and
+plain greedy ``generate`` (no hooks) on the preprocessed batches. The ratio of extraction's
+throughput to plain ``generate``'s is what an input pipeline overlapping the model would raise.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+FORMAT = "superneurons-bench-extract/1"
+PHASES = ("decode", "preprocess", "model", "store")
+
+
+def run_extract_bench(n: int, batch_size: int, max_new_tokens: int, seed: int, log=print) -> dict:
+    """Seconds and samples/s of extraction, its phases, and plain ``generate``."""
+    from superneurons.capture import capture_prepared, prepare_inputs, to_model
+    from superneurons.data.loaders import select
+    from superneurons.data.prompts import Prompter
+    from superneurons.extract import build_prompt, extract
+    from superneurons.models.adapters import SITES, adapter_for
+    from superneurons.models.loading import load_model
+    from superneurons.store import ActivationWriter
+
+    loaded = load_model(None, "fp32", "cpu")
+    model, processor = loaded.model, loaded.processor
+    adapter = adapter_for(model)
+    shapes = {s: (adapter.n_layers(model), adapter.site_width(model, s)) for s in SITES}
+    with tempfile.TemporaryDirectory(prefix="superneurons-bench-extract-") as scratch:
+        records = select("scenes", scratch, "val", n, seed, "benchmark set")
+        prompter = Prompter.for_model("plain", adapter.name)
+        prompts = [build_prompt(processor, r, prompter) for r in records]
+        batches = [range(i, min(i + batch_size, n)) for i in range(0, n, batch_size)]
+        warm = prepare_inputs(processor, [records[0].load_image()], prompts[:1])
+        with torch.inference_mode():  # first calls pay one-off costs: not timed
+            model.generate(**to_model(warm, model), do_sample=False, max_new_tokens=2)
+
+        started = time.perf_counter()
+        extract(loaded, records, Path(scratch) / "whole", batch_size=batch_size,
+                max_new_tokens=max_new_tokens, description="bench")  # fmt: skip
+        whole = time.perf_counter() - started
+        log(f"extract: {whole:.2f} s for {n} samples")
+
+        phases = dict.fromkeys(PHASES, 0.0)
+        prepared = []
+        path = Path(scratch) / "phases"
+        with ActivationWriter(path, shapes, n, "float16", {"bench": "extract"}) as writer:
+            for rows in batches:
+                mark = time.perf_counter()
+                images = [records[i].load_image() for i in rows]
+                phases["decode"] += time.perf_counter() - mark
+                mark = time.perf_counter()
+                inputs = prepare_inputs(processor, images, [prompts[i] for i in rows])
+                phases["preprocess"] += time.perf_counter() - mark
+                prepared.append(inputs)
+                mark = time.perf_counter()
+                result = capture_prepared(model, processor, inputs, SITES, max_new_tokens)
+                phases["model"] += time.perf_counter() - mark
+                mark = time.perf_counter()
+                writer.append(result.activations, [{"id": records[i].id} for i in rows])
+                phases["store"] += time.perf_counter() - mark
+            writer.finish()
+
+        started = time.perf_counter()
+        with torch.inference_mode():
+            for inputs in prepared:
+                model.generate(**to_model(inputs, model), do_sample=False, num_beams=1,
+                               max_new_tokens=max_new_tokens)  # fmt: skip
+        generate = time.perf_counter() - started
+        log(f"generate alone on preprocessed batches: {generate:.2f} s")
+    total = sum(phases.values())
+    return {
+        "format": FORMAT,
+        "model": loaded.model_id,
+        "n": n,
+        "batch_size": batch_size,
+        "max_new_tokens": max_new_tokens,
+        "extract_s": round(whole, 4),
+        "extract_samples_per_s": round(n / whole, 2),
+        "phases_s": {name: round(seconds, 4) for name, seconds in phases.items()},
+        "phase_shares": {name: round(seconds / total, 4) for name, seconds in phases.items()},
+        "generate_s": round(generate, 4),
+        "generate_samples_per_s": round(n / generate, 2),
+        "extract_vs_generate": round(generate / whole, 3),  # throughput ratio; target >= 0.9
+        "hooks_vs_generate": round(generate / phases["model"], 3),
+    }
