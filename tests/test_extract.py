@@ -151,3 +151,26 @@ def test_a_full_disk_is_one_clear_error_and_the_store_resumes(
     again = superneurons(*_extract_args(questions, out, tiny_llava_checkpoint))
     assert again.returncode == 0, again.stderr
     assert ActivationStore.open(out).n == N
+
+
+def test_prefetching_inputs_and_overlapping_the_store_leave_the_same_bytes(
+    tmp_path, tiny_llava_checkpoint
+):
+    """Inputs prepared ahead on a thread and appends overlapping the model: the same store as
+    preparing each batch when needed."""
+    from superneurons.data.records import Record
+    from superneurons.extract import extract
+    from superneurons.models.loading import load_model
+
+    questions = _questions(tmp_path)
+    lines = [json.loads(line) for line in questions.read_text().splitlines()][:20]
+    records = [
+        Record(id=str(i), image=tmp_path / line["image"], question=line["question"],
+               label=line["label"])
+        for i, line in enumerate(lines)
+    ]  # fmt: skip
+    loaded = load_model(str(tiny_llava_checkpoint), "fp32", "cpu")
+    options = {"batch_size": 3, "max_new_tokens": 2, "check_inputs": False}
+    extract(loaded, records, tmp_path / "sequential", prefetch=0, **options)
+    extract(loaded, records, tmp_path / "prefetched", prefetch=2, **options)
+    assert _store_files(tmp_path / "prefetched") == _store_files(tmp_path / "sequential")

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from itertools import islice
 from pathlib import Path
+from typing import Any
 
 import torch
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from superneurons.capture import capture
+from superneurons.capture import capture_prepared, prepare_inputs
 from superneurons.data.images import DEFAULT_MAX_PIXELS
 from superneurons.data.prompts import Prompter, TemplateSpec
 from superneurons.data.records import Record
@@ -89,6 +94,7 @@ def extract(
     shard: tuple[int, int] | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     check_inputs: bool = True,
+    prefetch: int | None = None,
 ) -> ActivationStore:
     """Capture every site's activations at the first generated token, and the model's answers.
 
@@ -101,6 +107,11 @@ def extract(
     Before a store is started every image is decoded and every prompt measured against the
     model's context (:func:`check_records`; ``check_inputs=False`` when the caller did it), so
     bad input never leaves a partial store.
+
+    Each batch's store append runs on a thread while the model runs the next batch, and the
+    inputs of the next ``prefetch`` batches are prepared on another (default: 2 when the model
+    is on an accelerator; 0 on the CPU, whose cores the model's threads already keep busy, where
+    prefetching was measured 3 % slower). The store is the same byte for byte either way.
     """
     out_dir = Path(out_dir)
     if not records:
@@ -136,17 +147,28 @@ def extract(
     if check_inputs and not is_complete(out_dir):
         check_records(loaded, records, template, max_pixels, prompts)
     dtype = "bfloat16" if model.dtype == torch.bfloat16 else "float16"
+
+    if prefetch is None:
+        prefetch = 0 if loaded.device.type == "cpu" else 2
+    # The prefetching thread gets a processor of its own: a fast tokenizer used from two
+    # threads at once can fail ("Already borrowed") while it sets its padding.
+    preparing = copy.deepcopy(processor) if prefetch > 0 else processor
+
+    def prepare(start: int) -> Any:
+        images = [r.load_image(max_pixels) for r in records[start : start + batch_size]]
+        return prepare_inputs(preparing, images, prompts[start : start + batch_size])
+
     with (
         ActivationWriter(out_dir, shapes, len(records), dtype, meta) as writer,
         progress_bar() as bar,
+        ThreadPoolExecutor(1) as store_thread,
     ):
         task = bar.add_task(description, total=len(records), completed=writer.n_done)
-        for start in range(writer.n_done, len(records), batch_size):
+        starts = range(writer.n_done, len(records), batch_size)
+        appending = None  # the previous batch's append, running while the model runs this one
+        for start, inputs in zip(starts, prefetched(prepare, starts, prefetch), strict=True):
             batch = records[start : start + batch_size]
-            images = [r.load_image(max_pixels) for r in batch]
-            result = capture(
-                model, processor, images, prompts[start : start + batch_size], sites, max_new_tokens
-            )
+            result = capture_prepared(model, processor, inputs, sites, max_new_tokens)
             rows = [
                 {
                     "id": r.id,
@@ -158,6 +180,30 @@ def extract(
                 }
                 for r, answer in zip(batch, result.answers, strict=True)
             ]
-            writer.append(result.activations, rows)
-            bar.advance(task, len(batch))
+            if appending is not None:
+                bar.advance(task, appending.result())  # re-raises a failed append
+            appending = store_thread.submit(_append, writer, result.activations, rows)
+        if appending is not None:
+            bar.advance(task, appending.result())
         return writer.finish()
+
+
+def _append(writer: ActivationWriter, activations: dict, rows: list[dict]) -> int:
+    writer.append(activations, rows)
+    return len(rows)
+
+
+def prefetched(prepare: Callable[[Any], Any], items: Iterable[Any], depth: int) -> Iterator[Any]:
+    """``prepare(item)`` for each item in order, up to ``depth`` items prepared ahead on a thread
+    (image decoding, the processor and the tokenizer release the GIL much of the time, so they
+    overlap the model's forward); ``depth`` 0 prepares each when it is needed."""
+    items = iter(items)
+    if depth <= 0:
+        yield from map(prepare, items)
+        return
+    with ThreadPoolExecutor(1) as pool:
+        ahead = deque(pool.submit(prepare, item) for item in islice(items, depth))
+        while ahead:
+            done = ahead.popleft().result()
+            ahead.extend(pool.submit(prepare, item) for item in islice(items, 1))
+            yield done

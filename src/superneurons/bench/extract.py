@@ -2,10 +2,11 @@
 ``generate`` alone on the same batches already preprocessed, side by side in one process.
 
 Three measurements over the same scene questions (image files on disk, as a run reads them):
-``extract`` itself end to end (samples/s); the same loop timed phase by phase (decoding the
+``extract`` itself end to end (samples/s; with its default prefetching pipeline and with
+``prefetch=0``); the same loop timed phase by phase (decoding the
 images, the processor, the model with the capture hooks, the store's append and commit); and
 plain greedy ``generate`` (no hooks) on the preprocessed batches. The ratio of extraction's
-throughput to plain ``generate``'s is what an input pipeline overlapping the model would raise.
+throughput to plain ``generate``'s is what the input pipeline overlapping the model raises.
 """
 
 from __future__ import annotations
@@ -43,11 +44,15 @@ def run_extract_bench(n: int, batch_size: int, max_new_tokens: int, seed: int, l
         with torch.inference_mode():  # first calls pay one-off costs: not timed
             model.generate(**to_model(warm, model), do_sample=False, max_new_tokens=2)
 
-        started = time.perf_counter()
-        extract(loaded, records, Path(scratch) / "whole", batch_size=batch_size,
-                max_new_tokens=max_new_tokens, description="bench")  # fmt: skip
-        whole = time.perf_counter() - started
-        log(f"extract: {whole:.2f} s for {n} samples")
+        wholes = {}
+        for prefetch in (0, 2):  # each batch prepared when needed; two prepared ahead (default)
+            started = time.perf_counter()
+            extract(loaded, records, Path(scratch) / f"whole-{prefetch}", batch_size=batch_size,
+                    max_new_tokens=max_new_tokens, description="bench",
+                    prefetch=prefetch)  # fmt: skip
+            wholes[prefetch] = time.perf_counter() - started
+            log(f"extract (prefetch {prefetch}): {wholes[prefetch]:.2f} s for {n} samples")
+        whole = wholes[2]
 
         phases = dict.fromkeys(PHASES, 0.0)
         prepared = []
@@ -85,6 +90,8 @@ def run_extract_bench(n: int, batch_size: int, max_new_tokens: int, seed: int, l
         "max_new_tokens": max_new_tokens,
         "extract_s": round(whole, 4),
         "extract_samples_per_s": round(n / whole, 2),
+        "extract_sequential_s": round(wholes[0], 4),  # prefetch=0: no overlap
+        "extract_sequential_samples_per_s": round(n / wholes[0], 2),
         "phases_s": {name: round(seconds, 4) for name, seconds in phases.items()},
         "phase_shares": {name: round(seconds / total, 4) for name, seconds in phases.items()},
         "generate_s": round(generate, 4),
