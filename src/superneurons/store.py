@@ -411,12 +411,19 @@ class ActivationStore:
         return layer
 
     def _float32(self, raw: np.ndarray) -> np.ndarray:
-        # np.array (not astype) so the result is a plain in-memory array, not a memmap subclass.
-        if self.dtype == "bfloat16":
-            bits = np.array(raw, dtype=np.uint32)
-            bits <<= 16  # bf16 is the upper half of a float32
-            return bits.view(np.float32)
-        return np.array(raw, dtype=np.float32)
+        return widen(raw, self.dtype)
+
+
+def widen(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 values of 16-bit floats held as a ``dtype`` ("float16" or "bfloat16") store holds
+    them, or as their int16 bits: a plain in-memory array (np.array, not astype: never a memmap
+    subclass)."""
+    raw = raw.view(STORAGE[dtype])
+    if dtype == "bfloat16":
+        bits = np.array(raw, dtype=np.uint32)
+        bits <<= 16  # bf16 is the upper half of a float32
+        return bits.view(np.float32)
+    return np.array(raw, dtype=np.float32)
 
 
 # -- conversion -----------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ from threadpoolctl import threadpool_limits
 
 from superneurons.classifiers.base import layers_read, read_bits, read_slab
 from superneurons.metrics import metric_from_counts
+from superneurons.store import widen
 
 # Group order of a count: (yes, fit part), (no, fit part), then (yes, held), (no, held).
 _BLOCK_BYTES = 2**19  # a block of rows compared at a time: small enough to stay in cache
@@ -103,13 +104,7 @@ class Slab:
 
     def float32(self) -> np.ndarray:
         """The values as float32 (widened from the bits when need be)."""
-        if self.dtype == "float32":
-            return self.values
-        if self.dtype == "float16":
-            return self.values.view(np.float16).astype(np.float32)
-        wide = self.values.view(np.uint16).astype(np.uint32)
-        wide <<= 16  # bfloat16: the upper half of a float32
-        return wide.view(np.float32)
+        return self.values if self.dtype == "float32" else widen(self.values, self.dtype)
 
     def votes(self, alpha: float, polarity: int, out: np.ndarray | None = None) -> np.ndarray:
         """(N, width) bool: ``a > alpha`` (polarity +1) or ``a < alpha`` (-1); NaN never
