@@ -174,3 +174,33 @@ def test_prefetching_inputs_and_overlapping_the_store_leave_the_same_bytes(
     extract(loaded, records, tmp_path / "sequential", prefetch=0, **options)
     extract(loaded, records, tmp_path / "prefetched", prefetch=2, **options)
     assert _store_files(tmp_path / "prefetched") == _store_files(tmp_path / "sequential")
+
+
+def test_batch_composition_changes_no_answer_and_activations_only_by_rounding(
+    tmp_path, tiny_llava_checkpoint
+):
+    """Batches of 1 (no padding) and of 7 (left padding, other neighbours): the same records,
+    the same answers, activations equal within float16 rounding. Shards of a launch are
+    batched otherwise than one process, so their stores must not depend on it."""
+    from superneurons.data.records import Record
+    from superneurons.extract import extract
+    from superneurons.models.loading import load_model
+
+    lines = [json.loads(line) for line in _questions(tmp_path).read_text().splitlines()][:14]
+    # Questions of different lengths, so that a batch of several is padded.
+    records = [
+        Record(id=str(i), image=tmp_path / line["image"],
+               question=line["question"] + " ?" * (i % 5), label=line["label"])
+        for i, line in enumerate(lines)
+    ]  # fmt: skip
+    loaded = load_model(str(tiny_llava_checkpoint), "fp32", "cpu")
+    options = {"max_new_tokens": 3, "check_inputs": False}
+    one = extract(loaded, records, tmp_path / "one", batch_size=1, **options)
+    seven = extract(loaded, records, tmp_path / "seven", batch_size=7, **options)
+    assert [r["answer"] for r in one.records] == [r["answer"] for r in seven.records]
+    assert [r["id"] for r in one.records] == [r["id"] for r in seven.records]
+    for site, (n_layers, _) in one.sites.items():
+        for layer in range(n_layers):
+            x, y = (s.layer(site, layer).astype(np.float32) for s in (one, seven))
+            ulp = np.spacing(np.maximum(np.abs(x), np.abs(y)).astype(np.float16))
+            assert np.all(np.abs(x - y) <= 2 * ulp.astype(np.float32) + 1e-4), (site, layer)

@@ -162,6 +162,30 @@ def _shard(value: str | None) -> tuple[int, int] | None:
     return index, count
 
 
+def _device_map(value: str | None) -> str | None:
+    if value is None:
+        return None
+    from superneurons.models.loading import read_device_map
+
+    try:
+        read_device_map(value)
+    except ValueError as error:  # ConfigError: not a strategy, an unreadable or bad JSON file
+        raise typer.BadParameter(str(error).removeprefix(f"--device-map {value}: ")) from None
+    return value
+
+
+def _read_device_map(value: str | None):
+    from superneurons.models.loading import read_device_map
+
+    return None if value is None else read_device_map(value)
+
+
+DEVICE_MAP = typer.Option(
+    None,
+    callback=_device_map,
+    help="Spread a model larger than one device: auto, balanced, sequential or a JSON file of "
+    "{module: device} (cpu, disk, cuda:N); --device is then unused. See docs/scale.md.",
+)
 MODEL_HELP = "Local checkpoint directory or Hugging Face id (from the cache); default: embedded."
 
 
@@ -184,6 +208,7 @@ def extract(
     max_pixels: int = MAX_PIXELS,
     dtype: str = DTYPE,
     device: str = typer.Option("auto", callback=_device, help="cpu, cuda or auto."),
+    device_map: str = DEVICE_MAP,
 ) -> None:
     """Record activations at the first generated token, and the model's answers.
 
@@ -194,7 +219,7 @@ def extract(
     from superneurons.errors import ConfigError
     from superneurons.extract import check_records
     from superneurons.extract import extract as run_extract
-    from superneurons.models.loading import load_model, open_model
+    from superneurons.models.loading import check_device_map, load_model, open_model
     from superneurons.outputs import Claim
     from superneurons.store import is_complete
 
@@ -207,11 +232,14 @@ def extract(
         raise ConfigError(f"--task {task} needs --data-dir (see docs/datasets.md)")
     template = template or spec.template
     files = open_model(model)
+    placement = _read_device_map(device_map)
+    if placement is not None:
+        check_device_map(files, placement)
     with Claim(out, "store", inputs=[data_dir] if data_dir is not None else []):
         records = select(task, data_dir or out / "data", split, n, seed, "sample set")
         if not is_complete(out):
             check_records(files, records, template, max_pixels)
-        loaded = load_model(model, dtype, device)
+        loaded = load_model(model, dtype, device, placement)
         store = run_extract(
             loaded,
             records,
@@ -357,6 +385,7 @@ def run(
     max_pixels: int = MAX_PIXELS,
     dtype: str = DTYPE,
     device: str = typer.Option("auto", callback=_device, help="cpu, cuda or auto."),
+    device_map: str = DEVICE_MAP,
     shard: str = typer.Option(
         None,
         callback=_shard_option,
@@ -392,6 +421,7 @@ def run(
         **ctx.params,
         "sites": _names(sites),
         "shard": _shard(shard),
+        "device_map": _read_device_map(device_map),
         "baselines": [] if baselines == "none" else _names(baselines),
         "exit_layers": exit_layers if exit_layers in ("all", "none") else _ints(exit_layers),
         "template_file": None if template_file is None else str(template_file),
@@ -405,11 +435,13 @@ def run(
         if config.shard is not None:
             raise ConfigError("--seeds runs the whole method; extract shards without it")
         summary = run_seeds(config, _ints(seeds), out, log=console.print)
+        if "rank" in summary:  # a launched rank other than 0: rank 0 reports
+            return
         print_seeds(summary, Console())
         console.print(f"results: {out / 'results.json'}")
         return
     results = run_pipeline(config, out, log=console.print)
-    if config.shard is not None:
+    if "shard" in results:  # --shard, or a launched rank other than 0: rank 0 reports
         return
     print_results(results, Console())
     console.print(f"results: {out / 'results.json'}")
@@ -442,6 +474,7 @@ def predict(
     max_pixels: int = MAX_PIXELS,
     dtype: str = DTYPE,
     device: str = typer.Option("auto", callback=_device, help="cpu, cuda or auto."),
+    device_map: str = DEVICE_MAP,
 ) -> None:
     """Answer from super neurons, stopping after their deepest layer: one JSON object per line
     (with the record's ``id`` for --batch and --task)."""
@@ -486,7 +519,12 @@ def predict(
     else:
         questions, choices, contexts = [question], None, [context]
     predictor = SuperNeuronPredictor.from_pretrained(
-        classifier, model, dtype=dtype, device=device, fallback_margin=fallback_margin
+        classifier,
+        model,
+        dtype=dtype,
+        device=device,
+        device_map=_read_device_map(device_map),
+        fallback_margin=fallback_margin,
     )
     predictions = predictor.predict(images, questions, choices, contexts)
     ids = [r.id for r in records] if records is not None else [None]
@@ -796,9 +834,14 @@ def data_inspect(
 
 
 def _fail(lines: list[str]) -> None:
+    prefix = ""
+    if os.environ.get("WORLD_SIZE", "1") not in ("", "0", "1"):  # under a launcher
+        from superneurons.distributed import error_prefix
+
+        prefix = error_prefix()  # None: rank 0 reports this same error
     # Plain writes: one line per problem, never wrapped (rich would wrap at 80 columns in a log).
-    for line in lines:
-        sys.stderr.write(f"error: {line}\n")
+    for line in lines if prefix is not None else []:
+        sys.stderr.write(f"error: {prefix}{line}\n")
     raise SystemExit(USER_ERROR_EXIT)
 
 

@@ -32,11 +32,19 @@ def generation_position_ids(model: nn.Module, inputs: Mapping[str, Any]) -> torc
 
 @contextmanager
 def _replaced_forward(module: nn.Module, forward) -> Iterator[None]:
-    module.forward = forward  # an instance attribute shadows the class's forward
+    """``module`` runs ``forward`` for the duration. A module under accelerate's hooks (a device
+    map) keeps them: its ``_old_forward``, which the hook calls between moving the inputs to the
+    module's device and back, is replaced instead of the hook's own ``forward``."""
+    name = "_old_forward" if hasattr(module, "_hf_hook") else "forward"
+    saved = module.__dict__.get(name)
+    setattr(module, name, forward)  # an instance attribute shadows the class's forward
     try:
         yield
     finally:
-        del module.forward
+        if saved is None:
+            delattr(module, name)
+        else:
+            setattr(module, name, saved)
 
 
 def early_exit_activations(

@@ -72,13 +72,14 @@ def check_records(
     check_prompt_lengths(model.config, model.processor, prompts, names, first)
 
 
-def progress_bar() -> Progress:
+def progress_bar(show: bool = True) -> Progress:
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
         console=Console(stderr=True),
+        disable=not show,
     )
 
 
@@ -95,6 +96,7 @@ def extract(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     check_inputs: bool = True,
     prefetch: int | None = None,
+    progress: bool = True,
 ) -> ActivationStore:
     """Capture every site's activations at the first generated token, and the model's answers.
 
@@ -112,6 +114,7 @@ def extract(
     inputs of the next ``prefetch`` batches are prepared on another (default: 2 when the model
     is on an accelerator; 0 on the CPU, whose cores the model's threads already keep busy, where
     prefetching was measured 3 % slower). The store is the same byte for byte either way.
+    ``progress=False`` hides the progress bar (a launched rank other than 0).
     """
     out_dir = Path(out_dir)
     if not records:
@@ -160,7 +163,7 @@ def extract(
 
     with (
         ActivationWriter(out_dir, shapes, len(records), dtype, meta) as writer,
-        progress_bar() as bar,
+        progress_bar(progress) as bar,
         ThreadPoolExecutor(1) as store_thread,
     ):
         task = bar.add_task(description, total=len(records), completed=writer.n_done)

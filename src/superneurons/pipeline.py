@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from superneurons.data.prompts import (
     parse_templates,
 )
 from superneurons.data.records import Record
+from superneurons.distributed import Ranks, join, launched, leader_first, together
 from superneurons.errors import ConfigError
 from superneurons.evaluate import (
     MODEL,
@@ -49,13 +51,21 @@ from superneurons.models.adapters import ADAPTERS, SITES, adapter_for
 from superneurons.models.loading import (
     DTYPES,
     LoadedModel,
+    check_device_map,
+    check_device_map_value,
     load_model,
     open_model,
     pick_device,
 )
 from superneurons.outputs import Claim
 from superneurons.significance import compare
-from superneurons.store import complete_shards, is_complete, merge_shards, shard_path
+from superneurons.store import (
+    ActivationStore,
+    complete_shards,
+    is_complete,
+    merge_shards,
+    shard_path,
+)
 from superneurons.tradeoff import exit_tradeoff, measure_speedups
 
 # The baselines a run fits beside the super neurons, by results name (docs/method.md).
@@ -111,6 +121,8 @@ class RunConfig:
     dtype: str = "fp32"
     device: str = "auto"
     shard: tuple[int, int] | None = None
+    # accelerate's big-model placement: auto, balanced, sequential or {module: device}
+    device_map: str | dict[str, str | int] | None = None
     max_layer: int | None = None  # every activation estimator reads layers <= max_layer only
     baselines: Sequence[str] = BASELINES
     exit_layers: Sequence[int] | str = "all"  # the trade-off's exit layers: "all", "none", a list
@@ -157,6 +169,8 @@ class RunConfig:
         for part in ("probe", "val"):
             self.condition(part)  # every task and template name resolves
         pick_device(self.device)
+        if self.device_map is not None:
+            check_device_map_value(self.device_map, "device_map")
         self.classifier().check_params()
 
     def templates(self) -> dict[str, TemplateSpec]:
@@ -319,39 +333,102 @@ def run(config: RunConfig, out: str | Path, log=print, loaded: LoadedModel | Non
 
     Each step's output is kept, so a rerun skips finished steps and resumes an interrupted one.
     ``loaded`` passes a model already in memory instead of loading ``config.model``.
+
+    Under a launcher (``torchrun``, ``accelerate launch``: :mod:`superneurons.distributed`)
+    every rank extracts its shard of each set; rank 0 then merges the shards, discovers,
+    evaluates and returns the results, and the other ranks return ``{"rank", "shard"}``.
     """
     out = Path(out)
+    ranks = _ranks(config)
+    with ExitStack() as held:
+        claim = _claim_run(config, out, ranks, held)
+        if ranks is None:
+            return _run(config, claim, log, loaded)
+        return _run_ranks(config, out, ranks, claim, log, loaded)
+
+
+def _ranks(config: RunConfig) -> Ranks | None:
+    """The launched ranks, if any, with the settings that cannot go with them refused."""
+    ranks = launched()
+    if ranks is not None:
+        if config.shard is not None:
+            raise ConfigError(
+                "--shard splits the work by hand; under a launcher (torchrun, accelerate "
+                "launch) the ranks split it: drop --shard"
+            )
+        if config.device_map is not None and ranks.local_world_size > 1:
+            raise ConfigError(
+                f"--device-map spreads one model over this node's devices, but the launcher "
+                f"started {ranks.local_world_size} ranks on it: launch one rank per node"
+            )
+    return ranks
+
+
+def _claim_run(config: RunConfig, out: Path, ranks: Ranks | None, held: ExitStack) -> Claim | None:
+    """Claim ``out`` for the run, held until ``held`` closes. Under a launcher rank 0 claims it
+    (after joining the other ranks, who wait) and the others get None."""
     inputs = [config.data_dir] if config.data_dir is not None else []
     if config.model is not None and Path(config.model).is_dir():
         inputs.append(config.model)
-    with Claim(out, "run", inputs) as claim:
-        return _run(config, claim, log, loaded)
+    if ranks is None:
+        return held.enter_context(Claim(out, "run", inputs))
+    join(ranks.device(config.device))
+    return leader_first(ranks, lambda: held.enter_context(Claim(out, "run", inputs)))
 
 
-def _run(config: RunConfig, claim: Claim, log, loaded: LoadedModel | None) -> dict:
-    out = claim.path
-    started = time.time()
-    # Checked before any scene is rendered, dataset read or weight loaded.
+@dataclass
+class _Plan:
+    """What a run extracts: each set's records and template by part, and the exit layers."""
+
+    records: RunRecords
+    parts: dict[str, tuple[list[Record], TemplateSpec]]
+    layers: list[int]
+
+
+def _plan(config: RunConfig, out: Path, loaded: LoadedModel | None, check: bool = True) -> _Plan:
+    """The run's records and exit layers. Everything is checked before any scene is rendered,
+    dataset read or weight loaded; with ``check``, so is every input of a set still to extract
+    (images decoded, prompts measured)."""
     model = loaded or open_model(config.model)
+    if config.device_map is not None:
+        check_device_map(model, config.device_map)
     text = getattr(model.config, "text_config", None) or model.config
     layers = config.tradeoff_layers(text.num_hidden_layers)  # a layer past the model: refused now
     records = task_records(config, out)
-    probe, val = records.probe, records.val
     # part -> (records, template): the reference set is asked as the probing set was.
-    parts = {"probe": (probe, config.condition("probe").template)}
-    parts["val"] = (val, config.condition("val").template)
+    parts = {"probe": (records.probe, config.condition("probe").template)}
+    parts["val"] = (records.val, config.condition("val").template)
     if records.reference is not None:
         parts[REFERENCE] = (records.reference, parts["probe"][1])
-    for part, (part_records, template) in parts.items():
-        if not is_complete(out / "activations" / part):
-            check_records(model, part_records, template, config.max_pixels)
-    loaded = loaded or load_model(config.model, config.dtype, config.device)
+    if check:
+        for part, (part_records, template) in parts.items():
+            if not is_complete(out / "activations" / part):
+                check_records(model, part_records, template, config.max_pixels)
+    return _Plan(records, parts, layers)
+
+
+def _load(config: RunConfig, device: str, log) -> LoadedModel:
+    loaded = load_model(config.model, config.dtype, device, config.device_map)
     log(f"model {loaded.model_id} ({type(loaded.model).__name__}) on {loaded.device}")
+    return loaded
+
+
+def _extract_parts(
+    config: RunConfig,
+    plan: _Plan,
+    loaded: LoadedModel,
+    out: Path,
+    log,
+    shard: tuple[int, int] | None = None,
+    progress: bool = True,
+) -> dict[str, ActivationStore]:
+    """Each set's store under ``out/activations``, extracted or resumed (a finished one is
+    returned as is); with ``shard``, only that shard's store of each set."""
     stores = {}
-    for part, (part_records, template) in parts.items():
+    for part, (part_records, template) in plan.parts.items():
         path = out / "activations" / part
-        if config.shard is not None:
-            path = shard_path(path, *config.shard)
+        if shard is not None:
+            path = shard_path(path, *shard)
         elif not is_complete(path) and (shards := complete_shards(path)):
             log(f"merging {len(shards)} shards into {path}")
             merge_shards(shards, path)
@@ -363,14 +440,78 @@ def _run(config: RunConfig, claim: Claim, log, loaded: LoadedModel | None) -> di
             template=template,
             batch_size=config.batch_size,
             max_new_tokens=config.max_new_tokens,
-            description=part,
-            shard=config.shard,
+            description=part if shard is None else f"{part} shard {shard[0]}/{shard[1]}",
+            shard=shard,
             max_pixels=config.max_pixels,
             check_inputs=False,
+            progress=progress,
         )
+    return stores
+
+
+def _run(config: RunConfig, claim: Claim, log, loaded: LoadedModel | None) -> dict:
+    started = time.time()
+    plan = _plan(config, claim.path, loaded)
+    loaded = loaded or _load(config, config.device, log)
+    stores = _extract_parts(config, plan, loaded, claim.path, log, config.shard)
     if config.shard is not None:
         log(f"shard {config.shard[0]}/{config.shard[1]} extracted; run without --shard to merge")
         return {"shard": list(config.shard), "n": {k: v.n for k, v in stores.items()}}
+    return _evaluate(config, claim, plan, loaded, stores, log, started)
+
+
+def _run_ranks(
+    config: RunConfig,
+    out: Path,
+    ranks: Ranks,
+    claim: Claim | None,
+    log,
+    loaded: LoadedModel | None,
+) -> dict:
+    """The run on one launched rank: rank 0 plans (generating and checking the data) while the
+    others wait; each rank extracts its shard of every set not merged yet; once all have,
+    rank 0 merges the shards and goes on as a single process would."""
+    started = time.time()
+    log = log if ranks.leader else _silent
+    plan = leader_first(ranks, lambda: _plan(config, out, loaded))
+    if not ranks.leader:
+        plan = _plan(config, out, loaded, check=False)  # reads what rank 0 generated
+    shard = (ranks.rank, ranks.world_size)
+    unmerged = {part for part in plan.parts if not is_complete(out / "activations" / part)}
+
+    def extract_shards() -> LoadedModel:
+        model = loaded or _load(config, ranks.device(config.device), log)
+        mine = replace(plan, parts={p: plan.parts[p] for p in unmerged})
+        _extract_parts(config, mine, model, out, log, shard, progress=ranks.leader)
+        return model
+
+    loaded = together(extract_shards)
+    if not ranks.leader:
+        return {"rank": ranks.rank, "shard": list(shard)}
+    for part in sorted(unmerged):
+        path = out / "activations" / part
+        log(f"merging {ranks.world_size} shards into {path}")
+        merge_shards([shard_path(path, k, ranks.world_size) for k in range(ranks.world_size)], path)
+    stores = _extract_parts(config, plan, loaded, out, log)  # every store is complete now
+    return _evaluate(config, claim, plan, loaded, stores, log, started)
+
+
+def _silent(*_: object) -> None:
+    """The log of a rank other than 0: rank 0 reports for all of them."""
+
+
+def _evaluate(
+    config: RunConfig,
+    claim: Claim,
+    plan: _Plan,
+    loaded: LoadedModel,
+    stores: dict[str, ActivationStore],
+    log,
+    started: float,
+) -> dict:
+    """Fit every estimator on the probing store, evaluate them on the validation store, time
+    the exit-layer trade-off, and write the classifiers, predictions and results."""
+    out, probe, val, layers = claim.path, plan.records.probe, plan.records.val, plan.layers
     probe_store, val_store = stores["probe"], stores["val"]
     adapter = adapter_for(loaded.model)
     probe_split = Split.from_store(probe_store)
@@ -383,7 +524,7 @@ def _run(config: RunConfig, claim: Claim, log, loaded: LoadedModel | None) -> di
     atomic.write_bytes(out / "predictions.jsonl", prediction_lines(answers, val_store), claim.tmp)
     tradeoff = None
     if layers:
-        prompter = Prompter.for_model(parts["val"][1], adapter.name)
+        prompter = Prompter.for_model(plan.parts["val"][1], adapter.name)
         timed = val[: config.batch_size]
         speedups = measure_speedups(
             loaded,
@@ -423,17 +564,21 @@ def run_seeds(
     if not seeds or len(set(seeds)) != len(seeds):
         raise ConfigError(f"seeds must be distinct, got {list(seeds)}")
     out = Path(out)
-    inputs = [config.data_dir] if config.data_dir is not None else []
-    if config.model is not None and Path(config.model).is_dir():
-        inputs.append(config.model)
-    with Claim(out, "run", inputs) as claim:
+    ranks = _ranks(config)
+    if ranks is not None and not ranks.leader:
+        log = _silent
+    with ExitStack() as held:
+        claim = _claim_run(config, out, ranks, held)
         if loaded is None:
             open_model(config.model)  # checked before the first seed's data are made
-            loaded = load_model(config.model, config.dtype, config.device)
+            device = config.device if ranks is None else ranks.device(config.device)
+            loaded = _load(config, device, log)
         runs = {}
         for seed in seeds:
             log(f"seed {seed}")
             runs[seed] = run(replace(config, seed=seed), out / f"seed-{seed}", log, loaded)
+        if claim is None:  # a rank other than 0
+            return {"rank": ranks.rank, "shard": [ranks.rank, ranks.world_size]}
         summary = summarise_seeds(runs, {seed: out / f"seed-{seed}" for seed in seeds})
         summary["config"] = {**asdict(config), "sites": list(config.sites), "seeds": list(seeds)}
         atomic.write_json(out / "results.json", summary, claim.tmp)

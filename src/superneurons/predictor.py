@@ -94,17 +94,19 @@ class SuperNeuronPredictor:
         model: str | LoadedModel | None = None,
         dtype: str = "fp32",
         device: str = "auto",
+        device_map: str | dict | None = None,
         **kwargs,
     ) -> SuperNeuronPredictor:
         """Load a classifier saved by ``discover``/``run`` and the model it was fitted on.
 
         ``model`` defaults to the model recorded with the classifier; any other model is refused
-        unless its weights fingerprint matches.
+        unless its weights fingerprint matches. ``device_map`` spreads the model over devices
+        (:func:`~superneurons.models.loading.load_model`).
         """
         classifier, document = load_classifier(classifier_dir)
         provenance = document["provenance"]
         if not isinstance(model, LoadedModel):
-            model = load_model(model or provenance["model"], dtype, device)
+            model = load_model(model or provenance["model"], dtype, device, device_map)
         expected, found = provenance.get("weights_fingerprint"), model_fingerprint(model.model)
         if expected != found:
             raise ModelMismatchError(

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
+from contextlib import nullcontext
 
 import torch
 from torch import nn
@@ -37,10 +39,25 @@ def _config_text(config) -> str:
 def model_fingerprint(model: nn.Module) -> str:
     """16 hex digits that change when the architecture or the weights change."""
     digest = hashlib.sha256(_config_text(model.config).encode())
-    for name, param in model.named_parameters():
+    for name, param in _parameters(model):
         flat = param.detach().reshape(-1)
         step = max(1, flat.numel() // SAMPLES_PER_TENSOR)
         sample = flat[::step][:SAMPLES_PER_TENSOR].to("cpu", torch.bfloat16).view(torch.int16)
         digest.update(f"{name}:{tuple(param.shape)}:".encode())
         digest.update(sample.numpy().tobytes())
     return digest.hexdigest()[:16]
+
+
+def _parameters(model: nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
+    """``model.named_parameters()``, with the weights a device map offloaded (on the meta device,
+    kept by accelerate's hooks on the CPU or the disk) read from where they are kept."""
+    from accelerate.utils import align_module_device
+
+    seen: set[int] = set()
+    for prefix, module in model.named_modules():
+        own = [(n, p) for n, p in module._parameters.items() if p is not None and id(p) not in seen]
+        seen.update(id(p) for _, p in own)
+        offloaded = any(p.is_meta for _, p in own)
+        with align_module_device(module, torch.device("cpu")) if offloaded else nullcontext():
+            for name, _ in own:
+                yield f"{prefix}.{name}" if prefix else name, module._parameters[name]

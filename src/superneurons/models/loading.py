@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +13,8 @@ from superneurons.errors import ConfigError, ModelError
 
 EMBEDDED = "embedded"
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# accelerate's placement strategies for a model larger than one device (docs/scale.md).
+DEVICE_MAP_STRATEGIES = ("auto", "balanced", "balanced_low_0", "sequential")
 
 
 class ModelNotFoundError(ModelError, FileNotFoundError):
@@ -36,6 +39,8 @@ class LoadedModel:
     model_id: str
     path: Path
     revision: str
+    # Where a device map's disk-offloaded weights live while the model does (removed with it).
+    offload: tempfile.TemporaryDirectory | None = None
 
     @property
     def device(self) -> torch.device:
@@ -167,10 +172,89 @@ def pick_device(device: str = "auto") -> torch.device:
     return chosen
 
 
+def read_device_map(value: str) -> str | dict[str, str | int]:
+    """``--device-map``: a strategy name, or a JSON file of ``{module name: device}``."""
+    if value in DEVICE_MAP_STRATEGIES:
+        return value
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigError(
+            f"--device-map {value}: neither one of {', '.join(DEVICE_MAP_STRATEGIES)} nor a JSON "
+            "file of {module: device}"
+        )
+    try:
+        mapping = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as error:
+        raise ConfigError(f"--device-map {path}: not a JSON file ({error})") from None
+    check_device_map_value(mapping, f"--device-map {path}")
+    return mapping
+
+
+def check_device_map_value(device_map: object, what: str = "device_map") -> None:
+    """Refuse a device map that is neither a strategy nor ``{module: device}`` with devices
+    (cpu, disk, cuda:N or a GPU index) this machine has."""
+    if isinstance(device_map, str):
+        if device_map not in DEVICE_MAP_STRATEGIES:
+            raise ConfigError(f"{what}: {device_map!r} is not one of {DEVICE_MAP_STRATEGIES}")
+        return
+    if not isinstance(device_map, dict) or not device_map:
+        raise ConfigError(f"{what}: give a strategy or a non-empty {{module name: device}} object")
+    for module, device in device_map.items():
+        if isinstance(device, int) and not isinstance(device, bool) and device >= 0:
+            device = f"cuda:{device}"
+        if not isinstance(device, str):
+            raise ConfigError(f"{what}: {module!r}: {device!r} is not a device")
+        if device != "disk":
+            try:
+                pick_device(device)
+            except ConfigError as error:
+                raise ConfigError(f"{what}: {module!r}: {error}") from None
+
+
+def check_device_map(model: ModelFiles | LoadedModel, device_map: str | dict) -> None:
+    """Refuse an explicit device map that names a module the model does not have or leaves a
+    weight unplaced (checked on an empty model, before any weight loads)."""
+    if isinstance(device_map, str):
+        return
+    if isinstance(model, LoadedModel):
+        names = [n for n, _ in model.model.named_parameters()]
+        modules = {n for n, _ in model.model.named_modules()}
+    else:
+        from accelerate import init_empty_weights
+        from transformers import AutoModelForImageTextToText
+
+        with init_empty_weights():
+            empty = AutoModelForImageTextToText.from_config(model.config)
+        names = [n for n, _ in empty.named_parameters()]
+        modules = {n for n, _ in empty.named_modules()}
+    unknown = [key for key in device_map if key not in modules and key not in names]
+    if unknown:
+        raise ConfigError(
+            f"device map: the model has no module {unknown[0]!r} ({len(unknown)} unknown "
+            f"name(s)); its top modules: {sorted(m for m in modules if m and '.' not in m)}"
+        )
+
+    def placed(name: str) -> bool:
+        return any(key in ("", name) or name.startswith(key + ".") for key in device_map)
+
+    missing = [name for name in names if not placed(name)]
+    if missing:
+        raise ConfigError(
+            f"device map: {len(missing)} weight(s) are not placed, {missing[0]!r} first; map "
+            'every module ("" places the whole model)'
+        )
+
+
 def load_model(
-    model_id: str | None = None, dtype: str = "fp32", device: str = "auto"
+    model_id: str | None = None,
+    dtype: str = "fp32",
+    device: str = "auto",
+    device_map: str | dict[str, str | int] | None = None,
 ) -> LoadedModel:
-    """Processor and model (eval mode) for ``model_id``; the embedded default when None."""
+    """Processor and model (eval mode) for ``model_id``; the embedded default when None.
+
+    ``device_map`` (accelerate's big-model loading: a strategy or ``{module: device}``) places
+    the layers over several devices, the CPU or the disk, instead of all on ``device``."""
     from transformers import AutoModelForImageTextToText
 
     if dtype not in DTYPES:
@@ -178,9 +262,15 @@ def load_model(
     target = pick_device(device)
     model_id, path, adapter = check_model(model_id)
     processor = _processor(path, adapter)
+    placement, offload = {}, None
+    if device_map is not None:
+        check_device_map_value(device_map)
+        offload = tempfile.TemporaryDirectory(prefix="superneurons-offload-")
+        placement = {"device_map": device_map, "offload_folder": offload.name}
     try:
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[dtype])
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=DTYPES[dtype], **placement)
     except (OSError, ValueError, KeyError) as error:  # a damaged or incomplete checkpoint
         raise _damaged(path, error) from None
-    model = model.to(target).eval()
-    return LoadedModel(model, processor, model_id, path, _revision(path))
+    if device_map is None:
+        model = model.to(target)
+    return LoadedModel(model.eval(), processor, model_id, path, _revision(path), offload)
