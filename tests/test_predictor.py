@@ -214,3 +214,24 @@ def test_the_cascade_answers_undecided_questions_with_the_full_model(tiny_run):
     assert {p.exit_layer for p in early} == {never.exit_layer}
     # The full model's answers are the extraction's own answers for these questions.
     assert full == [r["parsed"] for r in store.records[:8]]
+
+
+def test_classifiers_sharing_a_batch_answer_as_each_does_alone(tiny_run):
+    """Super neurons and a linear probe of the same model in one batch (one forward to the
+    deeper exit layer of the two): each answers as its own predictor does alone."""
+    from superneurons.predictor import predict_together
+
+    out, _ = tiny_run
+    sn = SuperNeuronPredictor.from_pretrained(out / "classifier", batch_size=8)
+    probe = SuperNeuronPredictor.from_pretrained(out / "baselines" / "linear_probe", sn.loaded)
+    images, questions, _ = val_inputs(out)
+    images, questions = images[:6], questions[:6]
+    mixed = [sn, probe, probe, sn, sn, probe]
+    together = predict_together(mixed, images, questions, batch_size=6)
+    for predictor in (sn, probe):
+        mine = [i for i, p in enumerate(mixed) if p is predictor]
+        alone = predictor.predict([images[i] for i in mine], [questions[i] for i in mine])
+        for i, expected in zip(mine, alone, strict=True):
+            assert together[i].label == expected.label
+            assert together[i].exit_layer == expected.exit_layer
+            assert together[i].score == pytest.approx(expected.score, rel=1e-4, abs=1e-5)

@@ -535,6 +535,84 @@ def predict(
         print(json.dumps(line))
 
 
+def _classifier_names(values: list[str]) -> dict[str, str]:
+    """``--classifier [NAME=]DIR`` values: name -> directory (the name defaults to DIR)."""
+    named: dict[str, str] = {}
+    for value in values:
+        name, _, directory = value.rpartition("=") if "=" in value else (value, "", value)
+        if not name or not directory:
+            raise typer.BadParameter(f"{value!r}: give DIR or NAME=DIR", param_hint="--classifier")
+        if name in named:
+            raise typer.BadParameter(f"the name {name!r} is given twice", param_hint="--classifier")
+        named[name] = directory
+    return named
+
+
+@app.command()
+def serve(
+    classifier: list[str] = typer.Option(
+        ..., help="[NAME=]DIR: a classifier served as model NAME (default: DIR); repeatable."
+    ),
+    host: str = typer.Option("127.0.0.1", help="Address to listen on."),
+    port: int = typer.Option(8000, min=0, max=65535, help="Port to listen on."),
+    max_batch_size: int = typer.Option(32, min=1, help="Questions per forward at most."),
+    max_wait_ms: float = typer.Option(
+        5.0, min=0.0, help="How long a request waits for others to share its forward."
+    ),
+    max_queue: int = typer.Option(256, min=1, help="Questions waiting at most; then 503."),
+    request_timeout: float = typer.Option(60.0, min=0.001, help="Seconds before a 504."),
+    fallback_margin: float = typer.Option(
+        None, min=0.0, max=0.5, help="Cascade: the full model answers when |score - 0.5| < this."
+    ),
+    max_body_mb: float = typer.Option(20.0, min=0.001, help="Largest request body (MiB)."),
+    max_pixels: int = typer.Option(4096 * 4096, min=1, help="Largest image (pixels)."),
+    allow_files: Path = typer.Option(
+        None, help="Accept file:// image URLs under this directory (default: data: URLs only)."
+    ),
+    model: str = typer.Option(None, help="Default: the model the classifiers were fitted on."),
+    dtype: str = DTYPE,
+    device: str = typer.Option("auto", callback=_device, help="cpu, cuda or auto."),
+) -> None:
+    """Serve early-exit answers over HTTP: OpenAI Chat Completions, /classify, /v1/models,
+    /health, /metrics (docs/serve.md). SIGTERM finishes the requests in flight, then exits."""
+    import socket
+
+    from superneurons.errors import ConfigError
+
+    named = _classifier_names(classifier)
+    for name, directory in named.items():
+        if not Path(directory).is_dir():
+            raise ConfigError(f"--classifier {name}={directory}: no such directory")
+    if allow_files is not None and not allow_files.is_dir():
+        raise ConfigError(f"--allow-files {allow_files}: no such directory")
+    with socket.socket() as probe:  # refused now, before the model loads
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ConfigError(
+                f"--host {host} --port {port}: cannot listen ({error.strerror})"
+            ) from None
+    from superneurons.serve.app import Settings, create_app, serve_app
+    from superneurons.serve.engine import Engine
+
+    engine = Engine.from_dirs(named, model, dtype, device, fallback_margin, max_batch_size)
+    settings = Settings(
+        max_batch_size=max_batch_size,
+        max_wait_ms=max_wait_ms,
+        max_queue=max_queue,
+        request_timeout_s=request_timeout,
+        max_body_bytes=int(max_body_mb * 2**20),
+        max_pixels=max_pixels,
+        allow_files=allow_files,
+    )
+    console.print(
+        f"serving {', '.join(sorted(named))} ({engine.loaded.model_id} on {engine.loaded.device}) "
+        f"at http://{host}:{port}"
+    )
+    serve_app(create_app(engine, settings), host, port)
+
+
 def _analyses(value: str) -> str:
     from superneurons.analysis import ANALYSES
 

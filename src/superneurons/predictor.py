@@ -11,7 +11,7 @@ decisive (|score − 0.5| < margin) is answered by the full model instead (a cas
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +41,9 @@ class Prediction:
     score: float  # the estimator's score of the answer (super neurons: the fraction voting yes)
     exit_layer: int  # the last decoder layer that ran
     fallback: bool = False  # answered by the full model (cascade)
+    # Not in to_json: each choice's score (multiple choice), the prompt's tokens (all rows).
+    choice_scores: list[float] | None = field(default=None, repr=False)
+    prompt_tokens: int = field(default=0, repr=False)
 
     def to_json(self) -> dict:
         return {
@@ -178,15 +181,8 @@ class SuperNeuronPredictor:
 
     def full_model_answers(self, images, questions, contexts=None) -> list[str | None]:
         """The full model's parsed yes/no answers (greedy ``generate``)."""
-        result = capture(
-            self.loaded.model,
-            self.loaded.processor,
-            list(images),
-            self._prompts(questions, contexts),
-            sites=(),
-            max_new_tokens=128,
-        )
-        return [parse_yes_no(answer) for answer in result.answers]
+        answers = generate_answers(self.loaded, images, self._prompts(questions, contexts))
+        return [parse_yes_no(answer) for answer in answers]
 
     def predict(
         self,
@@ -197,56 +193,141 @@ class SuperNeuronPredictor:
     ) -> list[Prediction]:
         """One prediction per (image, question); ``choices[i]`` makes question i multiple choice
         and ``contexts[i]`` is its context (a ScienceQA hint, say), asked as at extraction."""
-        if len(images) != len(questions):
-            raise ConfigError(f"{len(images)} images for {len(questions)} questions")
-        images = [open_rgb(i) if isinstance(i, str | Path) else i for i in images]
-        choices = list(choices) if choices is not None else [None] * len(questions)
-        contexts = list(contexts) if contexts is not None else [None] * len(questions)
-        # Expand every multiple-choice question into one binary question per choice.
-        flat_images, flat_questions, flat_contexts, owner = [], [], [], []
-        for i, (image, question, options) in enumerate(
-            zip(images, questions, choices, strict=True)
-        ):
-            for text in (
-                [binary_choice_question(question, c) for c in options] if options else [question]
-            ):
-                flat_images.append(image)
-                flat_questions.append(text)
-                flat_contexts.append(contexts[i])
-                owner.append(i)
-        prompts = self._prompts(flat_questions, flat_contexts)
-        names = [f"question {i}" for i in owner]
-        check_prompt_lengths(
-            self.loaded.config, self.loaded.processor, prompts, names, flat_images[0]
-        )
-        answers, scores = self._answer(flat_images, flat_questions, prompts)
-        owner = np.array(owner)
-        predictions = []
-        for i, options in enumerate(choices):
-            mine = np.flatnonzero(owner == i)
-            if options:
-                best = int(np.argmax(scores[mine]))
-                label, score = LETTERS[best], scores[mine[best]]
-            else:
-                label, score = ("yes" if answers[mine[0]] else "no"), scores[mine[0]]
-            predictions.append(Prediction(label, float(score), self.exit_layer))
-        if self.fallback_margin is not None:
-            self._cascade(images, questions, choices, contexts, predictions)
-        return predictions
+        return predict_together([self] * len(questions), images, questions, choices, contexts)
 
-    def _cascade(self, images, questions, choices, contexts, predictions: list[Prediction]):
-        """Answer undecided binary questions with the full model (its parsed answer)."""
-        scores = np.array([p.score for p in predictions])
-        binary = np.array([not options for options in choices])
-        fallback = np.flatnonzero(binary & undecided(scores, self.fallback_margin)).tolist()
-        if not fallback:
-            return
-        answers = self.full_model_answers(
-            [images[i] for i in fallback],
-            [questions[i] for i in fallback],
-            [contexts[i] for i in fallback],
+
+def predict_together(
+    predictors: Sequence[SuperNeuronPredictor],
+    images: Sequence[Image.Image | str | Path],
+    questions: Sequence[str],
+    choices: Sequence[Sequence[str] | None] | None = None,
+    contexts: Sequence[str | None] | None = None,
+    batch_size: int | None = None,
+) -> list[Prediction]:
+    """One prediction per (predictor, image, question): question i answered by ``predictors[i]``.
+
+    Predictors of the same loaded model share each batch's forward, which runs to the deepest
+    exit layer among them; each reads only its own layers, so its answers do not depend on what
+    else is in the batch. A multiple-choice question is one binary question per choice; a
+    predictor with a ``fallback_margin`` sends its undecided binary questions to the full model
+    (batched too). ``batch_size``: rows per forward (default: the first predictor's).
+    """
+    n = len(questions)
+    if len(images) != n or len(predictors) != n:
+        raise ConfigError(
+            f"{len(images)} images and {len(predictors)} predictors for {n} questions"
         )
-        last_layer = adapter_for(self.loaded.model).n_layers(self.loaded.model) - 1
-        for i, answer in zip(fallback, answers, strict=True):
-            if answer is not None:
-                predictions[i] = Prediction(answer, predictions[i].score, last_layer, fallback=True)
+    if not n:
+        return []
+    loaded = predictors[0].loaded
+    if any(p.loaded.model is not loaded.model for p in predictors):
+        raise ConfigError("predictors answering together must share one loaded model")
+    images = [open_rgb(i) if isinstance(i, str | Path) else i for i in images]
+    choices = list(choices) if choices is not None else [None] * n
+    contexts = list(contexts) if contexts is not None else [None] * n
+    # Every multiple-choice question becomes one binary question per choice: the rows.
+    owner, row_questions = [], []
+    for i, (question, options) in enumerate(zip(questions, choices, strict=True)):
+        texts = [binary_choice_question(question, c) for c in options] if options else [question]
+        owner.extend([i] * len(texts))
+        row_questions.extend(texts)
+    owner = np.array(owner)
+    row_predictors = [predictors[i] for i in owner]
+    row_images = [images[i] for i in owner]
+    processor = loaded.processor
+    prompts = [
+        p.prompter.chat(processor, q, context=contexts[i])
+        for p, q, i in zip(row_predictors, row_questions, owner, strict=True)
+    ]
+    names = [f"question {i}" for i in owner]
+    check_prompt_lengths(loaded.config, processor, prompts, names, row_images[0])
+    answers, scores, tokens = _answer_rows(
+        row_predictors, row_images, row_questions, prompts, batch_size or predictors[0].batch_size
+    )
+    predictions = []
+    for i, options in enumerate(choices):
+        mine = np.flatnonzero(owner == i)
+        extra = {"prompt_tokens": int(tokens[mine].sum())}
+        if options:
+            best = int(np.argmax(scores[mine]))
+            label, score = LETTERS[best], scores[mine[best]]
+            extra["choice_scores"] = [float(x) for x in scores[mine]]
+        else:
+            label, score = ("yes" if answers[mine[0]] else "no"), scores[mine[0]]
+        predictions.append(Prediction(label, float(score), predictors[i].exit_layer, **extra))
+    _cascade(predictors, images, questions, choices, contexts, predictions)
+    return predictions
+
+
+def _answer_rows(predictors, images, questions, prompts, batch_size):
+    """(answers, scores, prompt tokens) per row, from one early-exit forward per batch of rows
+    that computes every layer any of the batch's predictors reads."""
+    loaded = predictors[0].loaded
+    answers, scores = np.zeros(len(questions), dtype=bool), np.zeros(len(questions))
+    tokens = np.zeros(len(questions), dtype=int)
+    for start in range(0, len(questions), batch_size):
+        rows = range(start, min(start + batch_size, len(questions)))
+        needed: dict[str, set[int]] = {}
+        sites: dict[str, tuple[int, int]] = {}
+        for p in {id(predictors[r]): predictors[r] for r in rows}.values():
+            for site, layers in p.needed.items():
+                needed.setdefault(site, set()).update(layers)
+            sites.update(p.sites)
+        inputs = prepare_inputs(
+            loaded.processor, [images[r] for r in rows], [prompts[r] for r in rows]
+        )
+        mask = inputs.get("attention_mask")
+        counts = mask.sum(dim=1) if mask is not None else [inputs["input_ids"].shape[1]] * len(rows)
+        tokens[start : start + len(rows)] = np.asarray(counts)
+        needed_layers = {site: sorted(layers) for site, layers in needed.items()}
+        values = early_exit_activations(loaded.model, inputs, needed_layers)
+        values = {key: v.float().cpu().numpy() for key, v in values.items()}
+        for p in {id(predictors[r]): predictors[r] for r in rows}.values():
+            mine = np.array([r - start for r in rows if predictors[r] is p])
+            split = Split(
+                LayerActivations({k: v[mine] for k, v in values.items()}, sites),
+                [questions[start + m] for m in mine],
+            )
+            answers[start + mine] = np.asarray(p.classifier.predict(split), dtype=bool)
+            scores[start + mine] = np.asarray(p.classifier.decision_function(split), dtype=float)
+    return answers, scores, tokens
+
+
+def generate_answers(
+    loaded: LoadedModel, images, prompts: Sequence[str], max_new_tokens: int = 128
+) -> list[str]:
+    """The full model's text answers to chat ``prompts`` (one greedy ``generate``)."""
+    result = capture(
+        loaded.model, loaded.processor, list(images), list(prompts), sites=(),
+        max_new_tokens=max_new_tokens,
+    )  # fmt: skip
+    return result.answers
+
+
+def _cascade(predictors, images, questions, choices, contexts, predictions: list[Prediction]):
+    """Answer the undecided binary questions of predictors with a ``fallback_margin`` by the
+    full model (its parsed answer), all of them in one batch."""
+    fallback = [
+        i
+        for i, (p, options, prediction) in enumerate(
+            zip(predictors, choices, predictions, strict=True)
+        )
+        if p.fallback_margin is not None
+        and not options
+        and undecided(np.array([prediction.score]), p.fallback_margin)[0]
+    ]
+    if not fallback:
+        return
+    loaded = predictors[0].loaded
+    prompts = [
+        predictors[i].prompter.chat(loaded.processor, questions[i], context=contexts[i])
+        for i in fallback
+    ]
+    answers = generate_answers(loaded, [images[i] for i in fallback], prompts)
+    last_layer = adapter_for(loaded.model).n_layers(loaded.model) - 1
+    for i, answer in zip(fallback, answers, strict=True):
+        parsed = parse_yes_no(answer)
+        if parsed is not None:
+            predictions[i] = replace(
+                predictions[i], label=parsed, exit_layer=last_layer, fallback=True
+            )

@@ -1,0 +1,112 @@
+"""Dynamic batching: requests that arrive together share one forward.
+
+The first request of a batch waits at most ``max_wait_s`` for others, up to ``max_batch_size``;
+the batch then runs on the one model thread while the next batch gathers. A full queue refuses
+at once (:class:`QueueFull`) rather than letting latency grow without bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+class QueueFull(Exception):
+    """The queue holds ``max_queue`` requests already."""
+
+
+class Batcher(Generic[Item, Result]):
+    """Runs ``work(items) -> results`` (one result per item, in order) on batches of submitted
+    items, on a single thread. ``observe(batch_size)`` is told each batch's size."""
+
+    def __init__(
+        self,
+        work: Callable[[list[Item]], Sequence[Result]],
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queue: int,
+        observe: Callable[[int], None] = lambda n: None,
+    ) -> None:
+        self.work, self.observe = work, observe
+        self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_s, max_queue
+        self._queue: asyncio.Queue | None = None
+        self._task: asyncio.Task | None = None
+        self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="superneurons-model")
+        self.pending = 0  # submitted and not answered yet
+
+    def start(self) -> None:
+        """Start gathering batches (in the running event loop)."""
+        self._queue = asyncio.Queue()
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        """Answer what was submitted, then stop."""
+        while self.pending:
+            await asyncio.sleep(0.01)
+        if self._task is not None:
+            self._task.cancel()
+        self._model_thread.shutdown(wait=True)
+
+    async def submit(self, item: Item) -> Result:
+        """The item's result, once its batch has run; QueueFull when the queue is full."""
+        if self.pending >= self.max_queue:
+            raise QueueFull
+        future = asyncio.get_running_loop().create_future()
+        self.pending += 1
+        self._queue.put_nowait((item, future))
+        try:
+            return await future
+        finally:
+            self.pending -= 1
+
+    async def _gather(self) -> list[tuple[Item, asyncio.Future]]:
+        loop = asyncio.get_running_loop()
+        batch = [await self._queue.get()]
+        deadline = loop.time() + self.max_wait_s
+        while len(batch) < self.max_batch_size:
+            if not self._queue.empty():
+                batch.append(self._queue.get_nowait())
+                continue
+            left = deadline - loop.time()
+            if left <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self._queue.get(), left))
+            except TimeoutError:
+                break
+        return [(item, future) for item, future in batch if not future.done()]  # not timed out
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._gather()
+            if not batch:
+                continue
+            self.observe(len(batch))
+            items = [item for item, _ in batch]
+            try:
+                results = await loop.run_in_executor(self._model_thread, self.work, items)
+                outcomes = [
+                    (future, result, None)
+                    for (_, future), result in zip(batch, results, strict=True)
+                ]
+            except Exception:  # one bad item must not fail the others: each alone
+                outcomes = []
+                for item, future in batch:
+                    try:
+                        result = await loop.run_in_executor(self._model_thread, self.work, [item])
+                        outcomes.append((future, result[0], None))
+                    except Exception as error:
+                        outcomes.append((future, None, error))
+            for future, result, error in outcomes:
+                if future.done():
+                    continue
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)

@@ -1,0 +1,106 @@
+"""The served model and its classifiers: a batch of questions in, one answer each out.
+
+All classifiers are fitted on the one loaded model (a classifier of another model is refused
+when the server starts). A batch mixing classifiers shares one early-exit forward up to the
+deepest exit layer among them (:func:`superneurons.predictor.predict_together`), and each
+classifier reads only its own layers. Runs on the batcher's one model thread.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from superneurons.classifiers.probes import LinearProbeClassifier, SparseProbeClassifier
+from superneurons.data.prompts import LETTERS
+from superneurons.errors import ConfigError
+from superneurons.models.loading import LoadedModel
+from superneurons.predictor import Prediction, SuperNeuronPredictor, predict_together
+from superneurons.serve.protocol import Answer, Question
+
+
+def yes_probability(predictor: SuperNeuronPredictor, score: float) -> float:
+    """P(yes) of a score: a probe's log-odds through the logistic function; the share of votes
+    for yes (super neurons, SAV heads) as it is."""
+    if isinstance(predictor.classifier, LinearProbeClassifier | SparseProbeClassifier):
+        return 1.0 / (1.0 + math.exp(-score))
+    return min(max(score, 0.0), 1.0)
+
+
+class Engine:
+    """Answers batches of :class:`Question` with the named classifiers of one model."""
+
+    def __init__(self, loaded: LoadedModel, predictors: Mapping[str, SuperNeuronPredictor]):
+        if not predictors:
+            raise ConfigError("serve needs at least one --classifier")
+        self.loaded, self.predictors = loaded, dict(predictors)
+
+    @classmethod
+    def from_dirs(
+        cls,
+        classifiers: Mapping[str, str | Path],
+        model: str | None = None,
+        dtype: str = "fp32",
+        device: str = "auto",
+        fallback_margin: float | None = None,
+        max_batch_size: int = 32,
+    ) -> Engine:
+        """Load each classifier directory under its name, on one model: the first classifier's
+        (or ``model``); a classifier fitted on another model is refused."""
+        predictors: dict[str, SuperNeuronPredictor] = {}
+        loaded: LoadedModel | str | None = model
+        for name, directory in classifiers.items():
+            try:
+                predictor = SuperNeuronPredictor.from_pretrained(
+                    directory,
+                    loaded,
+                    dtype=dtype,
+                    device=device,
+                    fallback_margin=fallback_margin,
+                    batch_size=max_batch_size,
+                )
+            except ConfigError as error:
+                raise ConfigError(f"--classifier {name}={directory}: {error}") from None
+            predictors[name], loaded = predictor, predictor.loaded
+        return cls(loaded, predictors)
+
+    def answer(self, questions: Sequence[Question]) -> list[Answer]:
+        """One answer per question, from one shared early-exit forward per batch."""
+        predictors = [self.predictors[q.model] for q in questions]
+        predictions = predict_together(
+            predictors,
+            [q.image for q in questions],
+            [q.question for q in questions],
+            [q.choices for q in questions],
+            [q.context for q in questions],
+            batch_size=max(1, sum(len(q.choices or [0]) for q in questions)),
+        )
+        return [
+            self._answer(p, q, prediction)
+            for p, q, prediction in zip(predictors, questions, predictions, strict=True)
+        ]
+
+    @staticmethod
+    def _answer(predictor: SuperNeuronPredictor, question: Question, prediction: Prediction):
+        if question.choices:
+            scores = np.array(prediction.choice_scores, dtype=float)
+            shares = np.array([yes_probability(predictor, s) for s in scores])
+            probs = (
+                shares / shares.sum() if shares.sum() > 0 else np.full(len(shares), 1 / len(shares))
+            )
+            classes = list(LETTERS[: len(question.choices)])
+        else:
+            p_yes = yes_probability(predictor, prediction.score)
+            probs, classes = np.array([1.0 - p_yes, p_yes]), ["no", "yes"]
+        return Answer(
+            label=prediction.label,
+            classes=classes,
+            probs=[float(p) for p in probs],
+            score=prediction.score,
+            exit_layer=prediction.exit_layer,
+            fallback=prediction.fallback,
+            prompt_tokens=prediction.prompt_tokens,
+        )

@@ -1,0 +1,400 @@
+"""`superneurons serve` as a real process on 127.0.0.1, driven by the official openai client and
+plain HTTP: answers equal the offline predictor's, requests are batched, bad requests are 4xx in
+OpenAI's error shape, a burst past the queue gets 503s, SIGTERM drains."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import http.client
+import io
+import json
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+import openai
+import pytest
+from PIL import Image
+
+from command import superneurons
+from superneurons.predictor import SuperNeuronPredictor
+
+QUESTIONS = ["is there a red cube in the image ?", "is there a blue sphere ?", "how many ?"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _png(seed: int, size: int = 24) -> bytes:
+    pixels = np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _data_url(data: bytes, kind: str = "image/png") -> str:
+    return f"data:{kind};base64,{base64.b64encode(data).decode()}"
+
+
+def _messages(question: str, url: str) -> list[dict]:
+    return [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": question},
+    ]}]  # fmt: skip
+
+
+class Server:
+    """A `superneurons serve` process and where it listens."""
+
+    def __init__(self, args: list[str], env: dict | None = None) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "superneurons", "serve", "--port", str(self.port), *args]
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            env={**os.environ, **(env or {})},
+        )  # fmt: skip
+        deadline = time.time() + 180
+        while True:
+            if self.process.poll() is not None:
+                raise AssertionError(f"the server exited: {self.process.communicate()[1]}")
+            try:
+                if self.get("/health")[0] == 200:
+                    return
+            except OSError:
+                pass
+            assert time.time() < deadline, "the server never became ready"
+            time.sleep(0.2)
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers=None):
+        """(status, headers, parsed JSON or text) of one plain HTTP request."""
+        request = urllib.request.Request(
+            self.url + path, data=body, method=method, headers=headers or {}
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=120) as reply:
+                status, got, text = reply.status, reply.headers, reply.read().decode()
+        except urllib.error.HTTPError as error:
+            status, got, text = error.code, error.headers, error.read().decode()
+        got = {key.lower(): value for key, value in got.items()}
+        try:
+            return status, got, json.loads(text)
+        except ValueError:
+            return status, got, text
+
+    def get(self, path: str):
+        status, _, body = self.request("GET", path)
+        return status, body
+
+    def post(self, path: str, document: object):
+        status, _, body = self.request(
+            "POST", path, json.dumps(document).encode(), {"Content-Type": "application/json"}
+        )
+        return status, body
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.communicate()
+        return self.process.returncode
+
+
+@pytest.fixture(scope="module")
+def served(tiny_run, tiny_llava_checkpoint):
+    """A server of the tiny run's super neurons ("sn") and linear probe ("probe")."""
+    out, _ = tiny_run
+    server = Server([
+        "--classifier", f"sn={out / 'classifier'}",
+        "--classifier", f"probe={out / 'baselines' / 'linear_probe'}",
+        "--model", str(tiny_llava_checkpoint), "--device", "cpu",
+        "--max-batch-size", "8", "--max-wait-ms", "100", "--max-queue", "12",
+        "--max-pixels", "1000000",
+    ])  # fmt: skip
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def offline(tiny_run, tiny_llava_checkpoint):
+    """The offline predictors of the same classifiers."""
+    out, _ = tiny_run
+    sn = SuperNeuronPredictor.from_pretrained(
+        out / "classifier", str(tiny_llava_checkpoint), device="cpu"
+    )
+    probe = SuperNeuronPredictor.from_pretrained(
+        out / "baselines" / "linear_probe", sn.loaded, device="cpu"
+    )
+    return {"sn": sn, "probe": probe}
+
+
+def _cases(n: int = 6) -> list[tuple[bytes, str]]:
+    return [(_png(i), QUESTIONS[i % len(QUESTIONS)]) for i in range(n)]
+
+
+def _expected(predictor, cases):
+    images = [Image.open(io.BytesIO(data)).convert("RGB") for data, _ in cases]
+    return predictor.predict(images, [q for _, q in cases])
+
+
+def test_models_and_health(served):
+    status, models = served.get("/v1/models")
+    assert status == 200 and [m["id"] for m in models["data"]] == ["probe", "sn"]
+    assert served.get("/health") == (200, {"status": "ok", "models": ["probe", "sn"]})
+
+
+@pytest.mark.parametrize("name", ["sn", "probe"])
+def test_the_openai_client_gets_the_offline_predictors_answers(served, offline, name):
+    client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused")
+    cases = _cases()
+    for (data, question), expected in zip(cases, _expected(offline[name], cases), strict=True):
+        reply = client.chat.completions.create(
+            model=name, messages=_messages(question, _data_url(data)), max_tokens=1,
+            temperature=0.7,
+        )  # fmt: skip
+        assert reply.choices[0].message.content == expected.label.capitalize()
+        assert reply.choices[0].finish_reason == "stop"
+        extension = reply.model_extra["superneurons"]
+        assert extension["exit_layer"] == expected.exit_layer and not extension["fallback"]
+        assert extension["score"] == pytest.approx(expected.score, abs=1e-5)
+        assert reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens == 1
+
+
+def test_concurrent_async_requests_are_batched_and_answered_alike(served, offline):
+    cases = _cases(8)
+    expected = _expected(offline["sn"], cases)
+    before = _batch_metrics(served)
+
+    async def ask_all():
+        client = openai.AsyncOpenAI(base_url=served.url + "/v1", api_key="unused")
+        asks = [
+            client.chat.completions.create(model="sn", messages=_messages(q, _data_url(d)))
+            for d, q in cases
+        ]
+        return await asyncio.gather(*asks)
+
+    replies = asyncio.run(ask_all())
+    assert [r.choices[0].message.content for r in replies] == [
+        e.label.capitalize() for e in expected
+    ]
+    after = _batch_metrics(served)
+    batches = after["count"] - before["count"]
+    alone = after["le1"] - before["le1"]
+    assert batches - alone >= 1, (before, after)  # some forward answered more than one request
+    assert after["sum"] - before["sum"] == len(cases)
+
+
+def _batch_metrics(server: Server) -> dict[str, float]:
+    _, text = server.get("/metrics")
+
+    def value(pattern: str) -> float:
+        return float(re.search(pattern + r" ([0-9.e+]+)", text).group(1))
+
+    return {
+        "count": value(r"superneurons_batch_size_count"),
+        "sum": value(r"superneurons_batch_size_sum"),
+        "le1": value(r'superneurons_batch_size_bucket\{le="1.0"\}'),
+    }
+
+
+def test_streaming_and_logprobs(served, offline):
+    client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused")
+    data, question = _cases(1)[0]
+    (expected,) = _expected(offline["sn"], [(data, question)])
+    stream = client.chat.completions.create(
+        model="sn", messages=_messages(question, _data_url(data)), stream=True
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == expected.label.capitalize()
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+    reply = client.chat.completions.create(
+        model="sn", messages=_messages(question, _data_url(data)), logprobs=True, top_logprobs=2
+    )
+    token = reply.choices[0].logprobs.content[0]
+    p_yes = expected.score  # the share of super neurons voting yes
+    assert token.logprob == pytest.approx(math.log(p_yes if expected.label == "yes" else 1 - p_yes))
+    assert sorted(t.token for t in token.top_logprobs) == ["No", "Yes"]
+
+
+def test_classify_gives_labels_and_probabilities(served, offline):
+    cases = _cases(3)
+    expected = _expected(offline["sn"], cases)
+    status, reply = served.post(
+        "/classify", {"model": "sn", "input": [_messages(q, _data_url(d)) for d, q in cases]}
+    )
+    assert status == 200, reply
+    assert [d["label"] for d in reply["data"]] == [e.label for e in expected]
+    for entry, e in zip(reply["data"], expected, strict=True):
+        assert entry["num_classes"] == 2
+        assert entry["probs"] == pytest.approx([1 - e.score, e.score], abs=1e-6)
+    status, one = served.post(
+        "/classify", {"model": "sn", "messages": _messages(cases[0][1], _data_url(cases[0][0]))}
+    )
+    assert status == 200 and one["data"][0]["label"] == expected[0].label
+
+
+def test_multiple_choice_through_the_extension_field(served, offline):
+    data, _ = _cases(1)[0]
+    choices = ["red", "blue", "green"]
+    image = Image.open(io.BytesIO(data)).convert("RGB")
+    (expected,) = offline["sn"].predict([image], ["what color ?"], [choices])
+    status, reply = served.post("/v1/chat/completions", {
+        "model": "sn", "messages": _messages("what color ?", _data_url(data)),
+        "superneurons": {"choices": choices},
+    })  # fmt: skip
+    assert status == 200, reply
+    assert reply["choices"][0]["message"]["content"] == expected.label
+
+
+def _big_png() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("1", (1200, 1000)).save(buffer, format="PNG")  # 1.2 M pixels, a few KB
+    return buffer.getvalue()
+
+
+RED = "is it red ?"
+GOOD = {"model": "sn", "messages": _messages("is there a cube ?", _data_url(_png(0)))}
+BAD_REQUESTS = [
+    ("unknown model", {**GOOD, "model": "gpt-4o"}, 404, "does not exist"),
+    ("no image", {"model": "sn", "messages": [{"role": "user", "content": "is it red ?"}]}, 400,
+     "no image"),
+    ("two images", {"model": "sn", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": _data_url(_png(0))}},
+        {"type": "image_url", "image_url": {"url": _data_url(_png(1))}},
+        {"type": "text", "text": "is it red ?"}]}]}, 400, "2 images"),
+    ("bad base64", {"model": "sn", "messages": _messages(RED, "data:image/png;base64,@@@")},
+     400, "base64"),
+    ("not an image", {"model": "sn", "messages": _messages(
+        "is it red ?", _data_url(b"these are not pixels"))}, 400, "cannot read the image"),
+    ("empty question", {"model": "sn", "messages": _messages("   ", _data_url(_png(0)))}, 400,
+     "empty"),
+    ("http url", {"model": "sn", "messages": _messages("is it red ?", "https://x.org/a.png")}, 400,
+     "fetches nothing"),
+    ("file url", {"model": "sn", "messages": _messages("is it red ?", "file:///etc/passwd")}, 400,
+     "--allow-files"),
+    ("too many pixels", {"model": "sn", "messages": _messages(RED, _data_url(_big_png()))},
+     400, "pixels"),
+    ("n = 2", {**GOOD, "n": 2}, 400, "n = 1"),
+    ("system message", {**GOOD, "messages": [{"role": "system", "content": "be brief"},
+                                             *GOOD["messages"]]}, 400, "one message"),
+    ("not an object", [1, 2], 400, "JSON object"),
+    ("question too long", {"model": "sn", "messages": _messages(
+        "is " * 5000 + "it red ?", _data_url(_png(0)))}, 400, "beyond the model's context"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "body, status, message", [case[1:] for case in BAD_REQUESTS], ids=[c[0] for c in BAD_REQUESTS]
+)
+def test_a_bad_request_is_a_4xx_in_openais_error_shape(served, body, status, message):
+    got, reply = served.post("/v1/chat/completions", body)
+    assert got == status, reply
+    assert set(reply) == {"error"} and message in reply["error"]["message"], reply
+    assert served.post("/v1/chat/completions", GOOD)[0] == 200  # and it keeps answering
+
+
+@pytest.mark.parametrize(
+    "body, headers, status, message",
+    [
+        (b"{not json", {"Content-Type": "application/json"}, 400, "not valid JSON"),
+        (json.dumps(GOOD).encode(), {"Content-Type": "text/plain"}, 415, "application/json"),
+    ],
+    ids=["invalid JSON", "wrong content type"],
+)
+def test_bodies_that_are_not_json_requests_are_refused(served, body, headers, status, message):
+    got, _, reply = served.request("POST", "/v1/chat/completions", body, headers)
+    assert got == status and message in reply["error"]["message"], reply
+
+
+def test_a_body_over_the_limit_is_refused_before_it_is_read(served):
+    """A 21 MiB body announced (the limit is 20 MiB): refused with 413 on its headers alone."""
+    connection = http.client.HTTPConnection("127.0.0.1", served.port, timeout=60)
+    connection.putrequest("POST", "/v1/chat/completions")
+    connection.putheader("Content-Type", "application/json")
+    connection.putheader("Content-Length", str(21 * 2**20))
+    connection.endheaders()
+    reply = connection.getresponse()
+    assert reply.status == 413 and "over the limit" in json.loads(reply.read())["error"]["message"]
+    connection.close()
+
+
+def test_an_unknown_path_is_a_404_in_the_error_shape(served):
+    status, reply = served.get("/v1/embeddings")
+    assert status == 404 and "error" in reply
+
+
+def test_a_burst_past_the_queue_gets_503s_and_no_crash(served):
+    results = []
+
+    def ask():
+        status, headers, reply = served.request(
+            "POST", "/v1/chat/completions", json.dumps(GOOD).encode(),
+            {"Content-Type": "application/json"},
+        )  # fmt: skip
+        results.append((status, headers.get("retry-after"), reply))
+
+    threads = [threading.Thread(target=ask) for _ in range(48)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    statuses = [status for status, _, _ in results]
+    assert set(statuses) <= {200, 503} and 503 in statuses and 200 in statuses, statuses
+    assert all(retry == "1" for status, retry, _ in results if status == 503)
+    assert served.post("/v1/chat/completions", GOOD)[0] == 200
+    _, text = served.get("/metrics")
+    assert re.search(r'superneurons_errors_total\{kind="queue_full"\} [1-9]', text)
+
+
+def test_sigterm_finishes_the_requests_in_flight_and_exits_0(tiny_run, tiny_llava_checkpoint):
+    out, _ = tiny_run
+    server = Server([
+        "--classifier", str(out / "classifier"), "--model", str(tiny_llava_checkpoint),
+        "--device", "cpu", "--max-wait-ms", "1500",
+    ])  # fmt: skip
+    name = str(out / "classifier")
+    replies = []
+    body = {**GOOD, "model": name}
+    thread = threading.Thread(
+        target=lambda: replies.append(server.post("/v1/chat/completions", body))
+    )
+    thread.start()
+    time.sleep(0.5)  # the request waits in its batch (max-wait 1.5 s) when SIGTERM comes
+    assert server.stop() == 0
+    thread.join()
+    assert replies and replies[0][0] == 200, replies
+
+
+def test_a_classifier_of_another_model_is_refused_at_start(tiny_run):
+    out, _ = tiny_run
+    done = superneurons("serve", "--classifier", out / "classifier", "--model", "embedded",
+                        "--port", str(_free_port()), "--device", "cpu")  # fmt: skip
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "fingerprint" in errors[0] and "Traceback" not in done.stderr
+
+
+def test_a_port_in_use_is_one_error_before_the_model_loads(tiny_run):
+    out, _ = tiny_run
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = superneurons("serve", "--classifier", out / "classifier", "--port", str(port))
+    assert done.returncode == 2 and "cannot listen" in done.stderr, done.stderr
