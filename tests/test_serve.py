@@ -381,6 +381,42 @@ def test_sigterm_finishes_the_requests_in_flight_and_exits_0(tiny_run, tiny_llav
     assert replies and replies[0][0] == 200, replies
 
 
+def test_the_cascade_and_the_full_model_served_beside_the_classifier(
+    tiny_run, tiny_llava_checkpoint, offline
+):
+    out, _ = tiny_run
+    server = Server([
+        "--classifier", f"sn={out / 'classifier'}", "--full-model", "full",
+        "--model", str(tiny_llava_checkpoint), "--device", "cpu", "--fallback-margin", "0.5",
+    ])  # fmt: skip
+    try:
+        assert [m["id"] for m in server.get("/v1/models")[1]["data"]] == ["full", "sn"]
+        cases = _cases(4)
+        images = [Image.open(io.BytesIO(d)).convert("RGB") for d, _ in cases]
+        questions = [q for _, q in cases]
+        cascade = SuperNeuronPredictor.from_pretrained(
+            out / "classifier", offline["sn"].loaded, fallback_margin=0.5
+        )
+        expected = cascade.predict(images, questions)
+        full = offline["sn"].full_model_answers(images, questions)
+        for (data, question), e, f in zip(cases, expected, full, strict=True):
+            status, reply = server.post("/v1/chat/completions", {
+                "model": "sn", "messages": _messages(question, _data_url(data))})  # fmt: skip
+            assert status == 200, reply
+            assert reply["choices"][0]["message"]["content"] == e.label.capitalize()
+            assert reply["superneurons"]["fallback"] == e.fallback
+            status, reply = server.post("/v1/chat/completions", {
+                "model": "full", "messages": _messages(question, _data_url(data))})  # fmt: skip
+            assert status == 200, reply
+            if f is not None:  # the tiny model's answer parses as yes or no
+                assert reply["choices"][0]["message"]["content"] == f.capitalize()
+        _, text = server.get("/metrics")
+        fallbacks = float(re.search(r"superneurons_fallbacks_total ([0-9.]+)", text).group(1))
+        assert fallbacks == sum(e.fallback for e in expected)
+    finally:
+        assert server.stop() == 0
+
+
 def test_a_classifier_of_another_model_is_refused_at_start(tiny_run):
     out, _ = tiny_run
     done = superneurons("serve", "--classifier", out / "classifier", "--model", "embedded",

@@ -569,6 +569,9 @@ def serve(
     allow_files: Path = typer.Option(
         None, help="Accept file:// image URLs under this directory (default: data: URLs only)."
     ),
+    full_model: str = typer.Option(
+        None, help="Also serve the model's own greedy answer under this name (for comparison)."
+    ),
     model: str = typer.Option(None, help="Default: the model the classifiers were fitted on."),
     dtype: str = DTYPE,
     device: str = typer.Option("auto", callback=_device, help="cpu, cuda or auto."),
@@ -596,7 +599,9 @@ def serve(
     from superneurons.serve.app import Settings, create_app, serve_app
     from superneurons.serve.engine import Engine
 
-    engine = Engine.from_dirs(named, model, dtype, device, fallback_margin, max_batch_size)
+    engine = Engine.from_dirs(
+        named, model, dtype, device, fallback_margin, max_batch_size, full_model
+    )
     settings = Settings(
         max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms,
@@ -607,7 +612,7 @@ def serve(
         allow_files=allow_files,
     )
     console.print(
-        f"serving {', '.join(sorted(named))} ({engine.loaded.model_id} on {engine.loaded.device}) "
+        f"serving {', '.join(engine.models)} ({engine.loaded.model_id} on {engine.loaded.device}) "
         f"at http://{host}:{port}"
     )
     serve_app(create_app(engine, settings), host, port)

@@ -123,7 +123,7 @@ def create_app(engine: Engine, settings: Settings = Settings()) -> FastAPI:
         metrics.batch_size.observe,
     )
     limits = Limits(settings.max_pixels, settings.allow_files)
-    models = sorted(engine.predictors)
+    models = engine.models
     started = int(time.time())
 
     @asynccontextmanager

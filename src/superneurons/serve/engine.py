@@ -17,8 +17,15 @@ import numpy as np
 from superneurons.classifiers.probes import LinearProbeClassifier, SparseProbeClassifier
 from superneurons.data.prompts import LETTERS
 from superneurons.errors import ConfigError
+from superneurons.metrics import parse_choice, parse_yes_no
+from superneurons.models.adapters import adapter_for
 from superneurons.models.loading import LoadedModel
-from superneurons.predictor import Prediction, SuperNeuronPredictor, predict_together
+from superneurons.predictor import (
+    Prediction,
+    SuperNeuronPredictor,
+    generate_answers,
+    predict_together,
+)
 from superneurons.serve.protocol import Answer, Question
 
 
@@ -31,12 +38,26 @@ def yes_probability(predictor: SuperNeuronPredictor, score: float) -> float:
 
 
 class Engine:
-    """Answers batches of :class:`Question` with the named classifiers of one model."""
+    """Answers batches of :class:`Question` with the named classifiers of one model, and with
+    the model itself (greedy ``generate``, asked as the first classifier's probing set was)
+    under the name ``full_model`` when one is given."""
 
-    def __init__(self, loaded: LoadedModel, predictors: Mapping[str, SuperNeuronPredictor]):
+    def __init__(
+        self,
+        loaded: LoadedModel,
+        predictors: Mapping[str, SuperNeuronPredictor],
+        full_model: str | None = None,
+    ):
         if not predictors:
             raise ConfigError("serve needs at least one --classifier")
-        self.loaded, self.predictors = loaded, dict(predictors)
+        if full_model in predictors:
+            raise ConfigError(f"--full-model {full_model}: a classifier is served under that name")
+        self.loaded, self.predictors, self.full_model = loaded, dict(predictors), full_model
+
+    @property
+    def models(self) -> list[str]:
+        """The names the API serves."""
+        return sorted([*self.predictors, *([self.full_model] if self.full_model else [])])
 
     @classmethod
     def from_dirs(
@@ -47,6 +68,7 @@ class Engine:
         device: str = "auto",
         fallback_margin: float | None = None,
         max_batch_size: int = 32,
+        full_model: str | None = None,
     ) -> Engine:
         """Load each classifier directory under its name, on one model: the first classifier's
         (or ``model``); a classifier fitted on another model is refused."""
@@ -65,10 +87,47 @@ class Engine:
             except ConfigError as error:
                 raise ConfigError(f"--classifier {name}={directory}: {error}") from None
             predictors[name], loaded = predictor, predictor.loaded
-        return cls(loaded, predictors)
+        return cls(loaded, predictors, full_model)
 
     def answer(self, questions: Sequence[Question]) -> list[Answer]:
-        """One answer per question, from one shared early-exit forward per batch."""
+        """One answer per question: the classifiers' from one shared early-exit forward per
+        batch, the full model's from one ``generate``."""
+        full = [i for i, q in enumerate(questions) if q.model == self.full_model]
+        early = [i for i, q in enumerate(questions) if q.model != self.full_model]
+        answers: list[Answer | None] = [None] * len(questions)
+        for i, answer in zip(full, self._generated([questions[i] for i in full]), strict=True):
+            answers[i] = answer
+        for i, answer in zip(early, self._early([questions[i] for i in early]), strict=True):
+            answers[i] = answer
+        return answers
+
+    def _generated(self, questions: Sequence[Question]) -> list[Answer]:
+        if not questions:
+            return []
+        prompter = next(iter(self.predictors.values())).prompter
+        processor = self.loaded.processor
+        prompts = [prompter.chat(processor, q.question, q.choices, q.context) for q in questions]
+        texts = generate_answers(self.loaded, [q.image for q in questions], prompts)
+        last_layer = adapter_for(self.loaded.model).n_layers(self.loaded.model) - 1
+        answers = []
+        for q, text in zip(questions, texts, strict=True):
+            if q.choices:
+                classes = list(LETTERS[: len(q.choices)])
+                label = parse_choice(text, len(q.choices))
+            else:
+                classes, label = ["no", "yes"], parse_yes_no(text)
+            probs = (
+                [float(c == label) for c in classes] if label else [1 / len(classes)] * len(classes)
+            )
+            score = max(probs) if q.choices else probs[-1]  # binary: P(yes)
+            answers.append(
+                Answer(label or text.strip(), classes, probs, score, last_layer, False, 0)
+            )
+        return answers
+
+    def _early(self, questions: Sequence[Question]) -> list[Answer]:
+        if not questions:
+            return []
         predictors = [self.predictors[q.model] for q in questions]
         predictions = predict_together(
             predictors,

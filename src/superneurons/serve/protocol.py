@@ -302,7 +302,8 @@ def _logprobs(answer: Answer, top: int) -> dict:
 
     names = [c.capitalize() if c in ("yes", "no") else c for c in answer.classes]
     ranked = sorted(zip(names, answer.probs, strict=True), key=lambda pair: -pair[1])[:top]
-    chosen = answer.probs[answer.classes.index(answer.label)]
+    known = answer.label in answer.classes  # the full model's unparseable answer is not
+    chosen = answer.probs[answer.classes.index(answer.label)] if known else 1 / len(answer.probs)
     return {
         "content": [
             {**entry(answer.text, chosen), "top_logprobs": [entry(*pair) for pair in ranked]}
