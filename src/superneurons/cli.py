@@ -759,6 +759,35 @@ def bench_cascade(
     console.print(f"results: {out}")
 
 
+@bench_app.command("serve")
+def bench_serve(
+    classifier: Path = typer.Option(Path("runs/default/classifier"), help="From `run`/`discover`."),
+    out: Path = typer.Option(Path("runs/bench-serve.json"), help="Results JSON."),
+    requests: int = typer.Option(64, min=1, help="Requests at each concurrency."),
+    concurrency: str = typer.Option(
+        "1,8,32", callback=_batch_sizes, help="Requests in flight (comma-separated)."
+    ),
+    max_batch_size: int = typer.Option(32, min=1, help="The server's and the offline batch size."),
+    max_wait_ms: float = typer.Option(5.0, min=0.0, help="The server's batching wait."),
+) -> None:
+    """The real server under load (openai async client) against the offline predictor at the
+    same batch size and the full model served the same way."""
+    from superneurons.bench.serve import bench_serve as measure
+    from superneurons.errors import ConfigError
+    from superneurons.outputs import check_output_file, write_output_json
+
+    if not classifier.is_dir():
+        raise ConfigError(f"--classifier {classifier}: no such directory (run `superneurons run`)")
+    check_output_file(out, [classifier])
+    levels = tuple(int(c) for c in _names(concurrency))
+    result = measure(classifier, requests, levels, max_batch_size, max_wait_ms)
+    write_output_json(out, result, [classifier])
+    for row in [*result["served"], *result["full_model_served"]]:
+        console.print(row)
+    console.print({"offline": result["offline"], **result["ratios"]})
+    console.print(f"results: {out}")
+
+
 @bench_app.command("flops")
 def bench_flops(
     model: str = typer.Option(None, help=MODEL_HELP),

@@ -148,3 +148,27 @@ def test_the_extract_bench_splits_extraction_into_phases_beside_plain_generate(t
     ratio = result["generate_s"] / result["extract_s"]
     assert result["extract_vs_generate"] == pytest.approx(ratio, rel=0.01)
     assert result["extract_samples_per_s"] == pytest.approx(8 / result["extract_s"], rel=0.01)
+
+
+def test_the_serve_bench_drives_a_real_server_beside_offline_and_the_full_model(tmp_path, tiny_run):
+    from command import superneurons
+
+    out, _ = tiny_run
+    args = ["bench", "serve", "--classifier", out / "classifier", "--requests", "12",
+            "--concurrency", "1,6", "--max-batch-size", "6", "--max-wait-ms", "50"]  # fmt: skip
+    done = superneurons(*args, "--out", tmp_path / "s.json")
+    assert done.returncode == 0, done.stderr
+    result = json.loads((tmp_path / "s.json").read_text())
+    assert result["format"] == "superneurons-bench-serve/1"
+    served, (full,) = result["served"], result["full_model_served"]
+    assert [row["concurrency"] for row in served] == [1, 6] and full["concurrency"] == 6
+    for row in [*served, full]:
+        assert row["errors"] == 0 and row["requests"] == 12
+        assert row["throughput"] == pytest.approx(12 / row["seconds"], rel=0.01)
+        assert row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
+    assert served[0]["mean_batch_size"] == 1.0  # one request in flight: batches of one
+    assert served[1]["mean_batch_size"] > 1.0  # six in flight, 50 ms to gather: shared forwards
+    offline = result["offline"]
+    assert result["ratios"]["served_vs_offline"] == pytest.approx(
+        served[-1]["throughput"] / offline["throughput"], rel=0.01
+    )

@@ -1,0 +1,205 @@
+"""``superneurons bench serve``: the real server under a bounded asynchronous load, beside the
+offline predictor at the same batch size and the full model served the same way.
+
+The server is a separate ``superneurons serve`` process on 127.0.0.1; the load generator is the
+official ``openai`` async client, at most ``concurrency`` requests in flight, each question of the
+embedded default's held-out scenes sent as a base64 PNG. The offline predictor runs in this
+process before the server starts, so the two never share the cores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from superneurons.errors import ConfigError
+
+FULL = "full-model"
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _png_url(image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+class _ServerProcess:
+    """``superneurons serve`` with ``args`` on a free port, ready once ``/health`` says so."""
+
+    def __init__(self, args: list[str]) -> None:
+        self.url = f"http://127.0.0.1:{_free_port()}"
+        port = self.url.rsplit(":", 1)[1]
+        command = [sys.executable, "-m", "superneurons", "serve", "--port", port, *args]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 300
+        while True:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the server exited: {self.process.stderr.read().decode()}")
+            try:
+                with urllib.request.urlopen(self.url + "/health", timeout=5) as reply:
+                    if reply.status == 200:
+                        return
+            except OSError:
+                pass
+            if time.time() > deadline:
+                self.process.kill()
+                raise RuntimeError("the server never became ready")
+            time.sleep(0.2)
+
+    def batch_sizes(self) -> tuple[float, float]:
+        """(questions, forwards) so far, from ``/metrics``."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=30) as reply:
+            text = reply.read().decode()
+        total = float(re.search(r"superneurons_batch_size_sum ([0-9.e+]+)", text).group(1))
+        count = float(re.search(r"superneurons_batch_size_count ([0-9.e+]+)", text).group(1))
+        return total, count
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+def _load(
+    server: _ServerProcess, model: str, asks: list[tuple[str, str]], n: int, concurrency: int
+):
+    """``n`` requests (cycling through ``asks``), at most ``concurrency`` in flight."""
+    import openai
+
+    latencies: list[float] = []
+    errors: list[str] = []
+
+    async def drive() -> float:
+        client = openai.AsyncOpenAI(
+            base_url=server.url + "/v1", api_key="unused", max_retries=0, timeout=600
+        )
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(i: int) -> None:
+            url, question = asks[i % len(asks)]
+            messages = [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": url}},
+                {"type": "text", "text": question},
+            ]}]  # fmt: skip
+            async with gate:
+                started = time.perf_counter()
+                try:
+                    await client.chat.completions.create(model=model, messages=messages)
+                except openai.APIError as error:
+                    errors.append(type(error).__name__)
+                    return
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        wall = time.perf_counter() - started
+        await client.close()
+        return wall
+
+    before = server.batch_sizes()
+    wall = asyncio.run(drive())
+    after = server.batch_sizes()
+    forwards = after[1] - before[1]
+    p50, p90, p99 = (
+        float(np.percentile(latencies, q)) if latencies else None for q in (50, 90, 99)
+    )
+    return {
+        "model": model,
+        "concurrency": concurrency,
+        "requests": n,
+        "seconds": round(wall, 4),
+        "throughput": round(len(latencies) / wall, 3),
+        "p50_ms": None if p50 is None else round(1000 * p50, 2),
+        "p90_ms": None if p90 is None else round(1000 * p90, 2),
+        "p99_ms": None if p99 is None else round(1000 * p99, 2),
+        "mean_batch_size": round((after[0] - before[0]) / forwards, 2) if forwards else None,
+        "errors": len(errors),
+    }
+
+
+def bench_serve(
+    classifier: Path,
+    n_requests: int = 64,
+    concurrencies: tuple[int, ...] = (1, 8, 32),
+    max_batch_size: int = 32,
+    max_wait_ms: float = 5.0,
+    seed: int = 11,
+    n_questions: int = 64,
+) -> dict:
+    """Throughput and latency of the server at each concurrency, of the full model served the
+    same way at the highest, and of the offline predictor batched at ``max_batch_size``."""
+    try:
+        import openai  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "bench serve drives the server with the openai client: pip install openai"
+        ) from None
+    from superneurons.bench import scene_set
+    from superneurons.predictor import SuperNeuronPredictor
+
+    images, records = scene_set(n_questions, seed)
+    questions = [r.question for r in records]
+    asks = [(_png_url(image), q) for image, q in zip(images, questions, strict=True)]
+
+    predictor = SuperNeuronPredictor.from_pretrained(
+        classifier, device="cpu", batch_size=max_batch_size
+    )
+    predictor.predict(images[:max_batch_size], questions[:max_batch_size])  # warm up
+    order = [i % len(images) for i in range(n_requests)]
+    started = time.perf_counter()
+    predictor.predict([images[i] for i in order], [questions[i] for i in order])
+    offline_seconds = time.perf_counter() - started
+    offline = {
+        "batch_size": max_batch_size,
+        "requests": n_requests,
+        "seconds": round(offline_seconds, 4),
+        "throughput": round(n_requests / offline_seconds, 3),
+    }
+    del predictor
+
+    server = _ServerProcess([
+        "--classifier", f"sn={classifier}", "--full-model", FULL, "--device", "cpu",
+        "--max-batch-size", str(max_batch_size), "--max-wait-ms", str(max_wait_ms),
+        "--max-queue", str(max(1024, 4 * n_requests)),
+    ])  # fmt: skip
+    try:
+        _load(server, "sn", asks, min(n_requests, 2 * max_batch_size), max(concurrencies))  # warm
+        served = [_load(server, "sn", asks, n_requests, c) for c in concurrencies]
+        full = [_load(server, FULL, asks, n_requests, max(concurrencies))]
+    finally:
+        server.stop()
+    top = served[-1]
+    return {
+        "format": "superneurons-bench-serve/1",
+        "classifier": str(classifier),
+        "device": "cpu",
+        "max_batch_size": max_batch_size,
+        "max_wait_ms": max_wait_ms,
+        "served": served,
+        "full_model_served": full,
+        "offline": offline,
+        "ratios": {
+            "served_vs_offline": round(top["throughput"] / offline["throughput"], 3),
+            "served_vs_full_model_served": round(top["throughput"] / full[0]["throughput"], 3),
+        },
+        "targets": {"served_vs_offline": 0.8, "served_vs_full_model_served": 3.0},
+    }
