@@ -262,6 +262,24 @@ def test_multiple_choice_through_the_extension_field(served, offline):
     assert reply["choices"][0]["message"]["content"] == expected.label
 
 
+def test_questions_about_one_image_reuse_its_features_and_answer_alike(served, offline):
+    data = _png(42)
+    cases = [(data, q) for q in QUESTIONS]
+    expected = _expected(offline["sn"], cases)  # offline, without the cache
+
+    def hits() -> float:
+        _, text = served.get("/metrics")
+        return float(re.search(r"superneurons_image_cache_hits ([0-9.e+]+)", text).group(1))
+
+    before = hits()
+    for (image, question), e in zip(cases, expected, strict=True):
+        status, reply = served.post("/v1/chat/completions", {
+            "model": "sn", "messages": _messages(question, _data_url(image))})  # fmt: skip
+        assert status == 200 and reply["choices"][0]["message"]["content"] == e.label.capitalize()
+        assert reply["superneurons"]["score"] == pytest.approx(e.score, abs=1e-6)
+    assert hits() - before >= len(cases) - 1  # every question after the first: from the cache
+
+
 def _big_png() -> bytes:
     buffer = io.BytesIO()
     Image.new("1", (1200, 1000)).save(buffer, format="PNG")  # 1.2 M pixels, a few KB

@@ -572,6 +572,9 @@ def serve(
     full_model: str = typer.Option(
         None, help="Also serve the model's own greedy answer under this name (for comparison)."
     ),
+    image_cache_mb: float = typer.Option(
+        256.0, min=0.0, help="Reuse images' vision features, up to this much (MiB; 0: off)."
+    ),
     model: str = typer.Option(None, help="Default: the model the classifiers were fitted on."),
     dtype: str = DTYPE,
     device: str = typer.Option("auto", callback=_device, help="cpu, cuda or auto."),
@@ -600,8 +603,9 @@ def serve(
     from superneurons.serve.engine import Engine
 
     engine = Engine.from_dirs(
-        named, model, dtype, device, fallback_margin, max_batch_size, full_model
-    )
+        named, model, dtype, device, fallback_margin, max_batch_size, full_model,
+        image_cache_bytes=int(image_cache_mb * 2**20),
+    )  # fmt: skip
     settings = Settings(
         max_batch_size=max_batch_size,
         max_wait_ms=max_wait_ms,
@@ -782,8 +786,11 @@ def bench_serve(
     levels = tuple(int(c) for c in _names(concurrency))
     result = measure(classifier, requests, levels, max_batch_size, max_wait_ms)
     write_output_json(out, result, [classifier])
+    six = result["six_per_image"]
     for row in [*result["served"], *result["full_model_served"]]:
         console.print(row)
+    console.print({"six per image, without cache": six["without_cache"]})
+    console.print({"six per image, with cache": six["with_cache"]})
     console.print({"offline": result["offline"], **result["ratios"]})
     console.print(f"results: {out}")
 

@@ -24,6 +24,7 @@ from superneurons.data.images import open_rgb
 from superneurons.data.prompts import LETTERS, Prompter, binary_choice_question
 from superneurons.early_exit import early_exit_activations
 from superneurons.errors import ConfigError, ModelError
+from superneurons.image_cache import ImageFeatureCache
 from superneurons.metrics import parse_yes_no
 from superneurons.models.adapters import adapter_for
 from superneurons.models.fingerprint import model_fingerprint
@@ -72,8 +73,10 @@ class SuperNeuronPredictor:
         prompter: Prompter | str = "plain",
         fallback_margin: float | None = None,
         batch_size: int = 16,
+        image_cache: ImageFeatureCache | None = None,
     ):
         self.classifier, self.loaded = classifier, loaded
+        self.image_cache = image_cache  # reuses images' vision features (superneurons.image_cache)
         adapter = adapter_for(loaded.model)
         if isinstance(prompter, str):
             prompter = Prompter.for_model(prompter, adapter.name)
@@ -193,7 +196,10 @@ class SuperNeuronPredictor:
     ) -> list[Prediction]:
         """One prediction per (image, question); ``choices[i]`` makes question i multiple choice
         and ``contexts[i]`` is its context (a ScienceQA hint, say), asked as at extraction."""
-        return predict_together([self] * len(questions), images, questions, choices, contexts)
+        return predict_together(
+            [self] * len(questions), images, questions, choices, contexts,
+            image_cache=self.image_cache,
+        )  # fmt: skip
 
 
 def predict_together(
@@ -203,6 +209,7 @@ def predict_together(
     choices: Sequence[Sequence[str] | None] | None = None,
     contexts: Sequence[str | None] | None = None,
     batch_size: int | None = None,
+    image_cache: ImageFeatureCache | None = None,
 ) -> list[Prediction]:
     """One prediction per (predictor, image, question): question i answered by ``predictors[i]``.
 
@@ -211,6 +218,7 @@ def predict_together(
     else is in the batch. A multiple-choice question is one binary question per choice; a
     predictor with a ``fallback_margin`` sends its undecided binary questions to the full model
     (batched too). ``batch_size``: rows per forward (default: the first predictor's).
+    ``image_cache`` reuses the vision tower's output for images seen before (LLaVA).
     """
     n = len(questions)
     if len(images) != n or len(predictors) != n:
@@ -242,7 +250,12 @@ def predict_together(
     names = [f"question {i}" for i in owner]
     check_prompt_lengths(loaded.config, processor, prompts, names, row_images[0])
     answers, scores, tokens = _answer_rows(
-        row_predictors, row_images, row_questions, prompts, batch_size or predictors[0].batch_size
+        row_predictors,
+        row_images,
+        row_questions,
+        prompts,
+        batch_size or predictors[0].batch_size,
+        image_cache,
     )
     predictions = []
     for i, options in enumerate(choices):
@@ -259,7 +272,7 @@ def predict_together(
     return predictions
 
 
-def _answer_rows(predictors, images, questions, prompts, batch_size):
+def _answer_rows(predictors, images, questions, prompts, batch_size, image_cache=None):
     """(answers, scores, prompt tokens) per row, from one early-exit forward per batch of rows
     that computes every layer any of the batch's predictors reads."""
     loaded = predictors[0].loaded
@@ -280,6 +293,8 @@ def _answer_rows(predictors, images, questions, prompts, batch_size):
         counts = mask.sum(dim=1) if mask is not None else [inputs["input_ids"].shape[1]] * len(rows)
         tokens[start : start + len(rows)] = np.asarray(counts)
         needed_layers = {site: sorted(layers) for site, layers in needed.items()}
+        if image_cache is not None:
+            inputs = image_cache.inject(loaded.model, inputs)
         values = early_exit_activations(loaded.model, inputs, needed_layers)
         values = {key: v.float().cpu().numpy() for key, v in values.items()}
         for p in {id(predictors[r]): predictors[r] for r in rows}.values():

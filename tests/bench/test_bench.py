@@ -168,6 +168,12 @@ def test_the_serve_bench_drives_a_real_server_beside_offline_and_the_full_model(
         assert row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
     assert served[0]["mean_batch_size"] == 1.0  # one request in flight: batches of one
     assert served[1]["mean_batch_size"] > 1.0  # six in flight, 50 ms to gather: shared forwards
+    six = result["six_per_image"]
+    assert six["questions_per_image"] == 6
+    assert six["with_cache"]["errors"] == six["without_cache"]["errors"] == 0
+    assert result["ratios"]["image_cache"] == pytest.approx(
+        six["with_cache"]["throughput"] / six["without_cache"]["throughput"], rel=0.01
+    )
     offline = result["offline"]
     assert result["ratios"]["served_vs_offline"] == pytest.approx(
         served[-1]["throughput"] / offline["throughput"], rel=0.01

@@ -55,6 +55,10 @@ class Adapter:
     norm_paths: tuple[str, str] = ("input_layernorm", "post_attention_layernorm")
     # The pip extra (pyproject.toml) holding what its processor imports beyond transformers.
     extra: str | None = None
+    # Whether cached vision tower + projector outputs may stand in for an image's pixels: its
+    # ``pixel_values`` hold one row per image and its model takes ``mm_encoder_outputs``
+    # (superneurons.image_cache).
+    caches_image_features: bool = False
 
     def exit_forward(self, layer: nn.Module, sites: Sequence[str], records: dict):
         """A replacement ``forward`` for the exit layer ``layer``: it records ``sites`` at the
@@ -123,7 +127,12 @@ ADAPTERS: dict[str, Adapter] = {
     adapter.name: adapter
     for adapter in (
         # Also the project's embedded default (a LLaVA over a small Llama decoder).
-        Adapter("llava", ("LlavaForConditionalGeneration",), "model.language_model"),
+        Adapter(
+            "llava",
+            ("LlavaForConditionalGeneration",),
+            "model.language_model",
+            caches_image_features=True,
+        ),
         Adapter(
             "qwen2_vl", ("Qwen2VLForConditionalGeneration",), "model.language_model", extra="qwen"
         ),

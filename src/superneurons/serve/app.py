@@ -60,7 +60,7 @@ class Settings:
 class Metrics:
     """The Prometheus metrics of one server (its own registry)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cache) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -80,6 +80,11 @@ class Metrics:
             "superneurons_request_latency_seconds", "Time from request to reply", registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )  # fmt: skip
+        for name, what in (("hits", "images answered from"), ("misses", "images computed for")):
+            Gauge(
+                f"superneurons_image_cache_{name}", f"The {what} the image-feature cache",
+                registry=r,
+            ).set_function(lambda name=name: getattr(cache, name))  # fmt: skip
         self.fallbacks = Counter(
             "superneurons_fallbacks", "Answers by the full model (cascade)", registry=r
         )
@@ -114,7 +119,7 @@ async def _json_body(request: Request, limit: int) -> object:
 
 def create_app(engine: Engine, settings: Settings = Settings()) -> FastAPI:
     """The application serving ``engine``'s classifiers (each a ``model`` name of the API)."""
-    metrics = Metrics()
+    metrics = Metrics(engine.image_cache)
     batcher = Batcher(
         engine.answer,
         settings.max_batch_size,

@@ -17,6 +17,7 @@ import numpy as np
 from superneurons.classifiers.probes import LinearProbeClassifier, SparseProbeClassifier
 from superneurons.data.prompts import LETTERS
 from superneurons.errors import ConfigError
+from superneurons.image_cache import ImageFeatureCache
 from superneurons.metrics import parse_choice, parse_yes_no
 from superneurons.models.adapters import adapter_for
 from superneurons.models.loading import LoadedModel
@@ -47,12 +48,15 @@ class Engine:
         loaded: LoadedModel,
         predictors: Mapping[str, SuperNeuronPredictor],
         full_model: str | None = None,
+        image_cache_bytes: int = 0,
     ):
         if not predictors:
             raise ConfigError("serve needs at least one --classifier")
         if full_model in predictors:
             raise ConfigError(f"--full-model {full_model}: a classifier is served under that name")
         self.loaded, self.predictors, self.full_model = loaded, dict(predictors), full_model
+        # Used by the model thread alone, so it needs no lock.
+        self.image_cache = ImageFeatureCache(image_cache_bytes)
 
     @property
     def models(self) -> list[str]:
@@ -69,6 +73,7 @@ class Engine:
         fallback_margin: float | None = None,
         max_batch_size: int = 32,
         full_model: str | None = None,
+        image_cache_bytes: int = 0,
     ) -> Engine:
         """Load each classifier directory under its name, on one model: the first classifier's
         (or ``model``); a classifier fitted on another model is refused."""
@@ -87,7 +92,7 @@ class Engine:
             except ConfigError as error:
                 raise ConfigError(f"--classifier {name}={directory}: {error}") from None
             predictors[name], loaded = predictor, predictor.loaded
-        return cls(loaded, predictors, full_model)
+        return cls(loaded, predictors, full_model, image_cache_bytes)
 
     def answer(self, questions: Sequence[Question]) -> list[Answer]:
         """One answer per question: the classifiers' from one shared early-exit forward per
@@ -136,6 +141,7 @@ class Engine:
             [q.choices for q in questions],
             [q.context for q in questions],
             batch_size=max(1, sum(len(q.choices or [0]) for q in questions)),
+            image_cache=self.image_cache,
         )
         return [
             self._answer(p, q, prediction)
