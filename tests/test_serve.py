@@ -435,6 +435,24 @@ def test_the_cascade_and_the_full_model_served_beside_the_classifier(
         assert server.stop() == 0
 
 
+def test_a_request_past_its_timeout_is_a_504_and_the_server_goes_on(
+    tiny_run, tiny_llava_checkpoint
+):
+    out, _ = tiny_run
+    server = Server([
+        "--classifier", f"sn={out / 'classifier'}", "--model", str(tiny_llava_checkpoint),
+        "--device", "cpu", "--max-wait-ms", "300", "--request-timeout", "0.05",
+    ])  # fmt: skip
+    try:
+        status, reply = server.post("/v1/chat/completions", GOOD)  # waits 300 ms for company
+        assert status == 504 and "no answer within 0.05 s" in reply["error"]["message"]
+        _, text = server.get("/metrics")
+        assert re.search(r'superneurons_errors_total\{kind="timeout"\} 1', text)
+        assert server.get("/health")[0] == 200
+    finally:
+        assert server.stop() == 0
+
+
 def test_a_classifier_of_another_model_is_refused_at_start(tiny_run):
     out, _ = tiny_run
     done = superneurons("serve", "--classifier", out / "classifier", "--model", "embedded",
