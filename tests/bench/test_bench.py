@@ -168,6 +168,9 @@ def test_the_serve_bench_drives_a_real_server_beside_offline_and_the_full_model(
         assert row["p50_ms"] <= row["p90_ms"] <= row["p99_ms"]
     assert served[0]["mean_batch_size"] == 1.0  # one request in flight: batches of one
     assert served[1]["mean_batch_size"] > 1.0  # six in flight, 50 ms to gather: shared forwards
+    phases = result["batch_1_request_phases"]
+    assert set(phases["ms"]) == {"decode", "prompt", "preprocess", "forward", "postprocess"}
+    assert sum(phases["shares"].values()) == pytest.approx(1.0, abs=1e-3)
     six = result["six_per_image"]
     assert six["questions_per_image"] == 6
     assert six["with_cache"]["errors"] == six["without_cache"]["errors"] == 0

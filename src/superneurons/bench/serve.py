@@ -27,6 +27,7 @@ from superneurons.errors import ConfigError
 from superneurons.image_cache import ImageFeatureCache
 
 FULL = "full-model"
+PHASES = ("decode", "prompt", "preprocess", "forward", "postprocess")
 
 
 def _free_port() -> int:
@@ -148,6 +149,41 @@ def _load(
     }
 
 
+def request_phases(predictor, png: bytes, question: str, repeats: int = 30) -> dict:
+    """Where one batch-1 request's time goes in the model thread's path, median ms per phase:
+    decoding the PNG, the chat prompt, the processor, the early-exit forward, the classifier."""
+    from superneurons.capture import prepare_inputs
+    from superneurons.classifiers import LayerActivations, Split
+    from superneurons.data.images import open_rgb
+    from superneurons.early_exit import early_exit_activations
+
+    loaded, classifier = predictor.loaded, predictor.classifier
+    times: dict[str, list[float]] = {}
+    for _ in range(repeats + 1):  # the first round warms up and is dropped
+        marks = [time.perf_counter()]
+        image = open_rgb(png)
+        marks.append(time.perf_counter())
+        prompt = predictor.prompter.chat(loaded.processor, question)
+        marks.append(time.perf_counter())
+        inputs = prepare_inputs(loaded.processor, [image], [prompt])
+        marks.append(time.perf_counter())
+        values = early_exit_activations(loaded.model, inputs, predictor.needed)
+        marks.append(time.perf_counter())
+        arrays = {key: v.float().cpu().numpy() for key, v in values.items()}
+        split = Split(LayerActivations(arrays, predictor.sites), [question])
+        classifier.predict(split), classifier.decision_function(split)
+        marks.append(time.perf_counter())
+        for phase, start, end in zip(PHASES, marks, marks[1:], strict=False):
+            times.setdefault(phase, []).append(end - start)
+    medians = {phase: float(np.median(t[1:])) * 1000 for phase, t in times.items()}
+    total = sum(medians.values())
+    return {
+        "ms": {phase: round(ms, 3) for phase, ms in medians.items()},
+        "shares": {phase: round(ms / total, 4) for phase, ms in medians.items()},
+        "total_ms": round(total, 3),
+    }
+
+
 def bench_serve(
     classifier: Path,
     n_requests: int = 64,
@@ -196,6 +232,9 @@ def bench_serve(
         "seconds": round(offline_seconds, 4),
         "throughput": round(n_requests / offline_seconds, 3),
     }
+    buffer = io.BytesIO()
+    images[0].save(buffer, format="PNG")
+    phases = request_phases(predictor, buffer.getvalue(), questions[0])
     # The same six-per-image questions offline, without and with the cache: the model's share.
     in_process = {}
     for name, cache in (("without_cache", None), ("with_cache", ImageFeatureCache(2**28))):
@@ -238,6 +277,7 @@ def bench_serve(
         "served": served,
         "full_model_served": full,
         "offline": offline,
+        "batch_1_request_phases": phases,
         "six_per_image": {
             "questions_per_image": per_image,
             "without_cache": uncached,
