@@ -85,6 +85,20 @@ def test_two_ranks_under_torchrun_give_the_single_process_results(tmp_path, sing
     assert "Traceback" not in stderr
 
 
+def test_accelerate_launch_gives_the_single_process_results_too(tmp_path, single):
+    out = tmp_path / "accelerate"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes",
+        "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        "-m", "superneurons", *RUN, "--out", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    assert shard_path(out / "activations" / "probe", 1, 2).is_dir()  # two ranks ran
+    _assert_same_run(out, single)
+
+
 def _pid_of_rank_one(out: Path, deadline: float) -> int:
     """Rank 1's process id, from its probing shard's lock, once it has committed a batch."""
     shard = shard_path(out / "activations" / "probe", 1, 2)
