@@ -30,6 +30,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from superneurons.errors import SuperneuronsError
+from superneurons.image_cache import ImageFeatureCache
 from superneurons.serve.batcher import Batcher, QueueFull
 from superneurons.serve.engine import Engine
 from superneurons.serve.protocol import (
@@ -60,7 +61,7 @@ class Settings:
 class Metrics:
     """The Prometheus metrics of one server (its own registry)."""
 
-    def __init__(self, cache) -> None:
+    def __init__(self, cache: ImageFeatureCache) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
