@@ -163,14 +163,11 @@ class SuperNeuronPredictor:
     ) -> tuple[np.ndarray, np.ndarray]:
         """(answers, scores) per (image, binary question): ``predict`` (True = yes) and
         ``decision_function`` of the estimator (super neurons: the fraction voting yes)."""
-        return self._answer(images, questions, self._prompts(questions, contexts))
-
-    def _answer(self, images, questions, prompts) -> tuple[np.ndarray, np.ndarray]:
-        answers, scores = [], []
-        for split in self._exit_splits(images, questions, prompts):
-            answers.append(np.asarray(self.classifier.predict(split), dtype=bool))
-            scores.append(np.asarray(self.classifier.decision_function(split), dtype=float))
-        return np.concatenate(answers), np.concatenate(scores)
+        prompts = self._prompts(questions, contexts)
+        answers, scores, _ = _answer_rows(
+            [self] * len(questions), images, questions, prompts, self.batch_size, self.image_cache
+        )
+        return answers, scores
 
     def votes(
         self,
