@@ -462,6 +462,16 @@ def test_a_classifier_of_another_model_is_refused_at_start(tiny_run):
     assert len(errors) == 1 and "fingerprint" in errors[0] and "Traceback" not in done.stderr
 
 
+@pytest.mark.parametrize(
+    "value, message",
+    [("=x", "give DIR or NAME=DIR"), ("sn=/nonexistent", "sn=/nonexistent: no such directory")],
+)
+def test_a_bad_classifier_option_is_one_error_line(value, message):
+    done = superneurons("serve", "--classifier", value, "--port", str(_free_port()))
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert done.returncode == 2 and len(errors) == 1 and message in errors[0], done.stderr
+
+
 def test_a_port_in_use_is_one_error_before_the_model_loads(tiny_run):
     out, _ = tiny_run
     with socket.socket() as taken:

@@ -539,7 +539,7 @@ def _classifier_names(values: list[str]) -> dict[str, str]:
     """``--classifier [NAME=]DIR`` values: name -> directory (the name defaults to DIR)."""
     named: dict[str, str] = {}
     for value in values:
-        name, _, directory = value.rpartition("=") if "=" in value else (value, "", value)
+        name, _, directory = value.partition("=") if "=" in value else (value, "", value)
         if not name or not directory:
             raise typer.BadParameter(f"{value!r}: give DIR or NAME=DIR", param_hint="--classifier")
         if name in named:
@@ -588,7 +588,8 @@ def serve(
     named = _classifier_names(classifier)
     for name, directory in named.items():
         if not Path(directory).is_dir():
-            raise ConfigError(f"--classifier {name}={directory}: no such directory")
+            shown = directory if name == directory else f"{name}={directory}"
+            raise ConfigError(f"--classifier {shown}: no such directory")
     if allow_files is not None and not allow_files.is_dir():
         raise ConfigError(f"--allow-files {allow_files}: no such directory")
     with socket.socket() as probe:  # refused now, before the model loads
