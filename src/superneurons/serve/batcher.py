@@ -95,9 +95,9 @@ class Batcher(Generic[Item, Result]):
                     (future, result, None)
                     for (_, future), result in zip(batch, results, strict=True)
                 ]
-            except Exception:  # one bad item must not fail the others: each alone
-                outcomes = []
-                for item, future in batch:
+            except Exception as error:  # one bad item must not fail the others: each alone
+                outcomes = [(batch[0][1], None, error)] if len(batch) == 1 else []
+                for item, future in batch if len(batch) > 1 else []:
                     try:
                         result = await loop.run_in_executor(self._model_thread, self.work, [item])
                         outcomes.append((future, result[0], None))
