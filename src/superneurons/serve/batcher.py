@@ -36,6 +36,7 @@ class Batcher(Generic[Item, Result]):
         self.max_batch_size, self.max_wait_s, self.max_queue = max_batch_size, max_wait_s, max_queue
         self._queue: asyncio.Queue | None = None
         self._task: asyncio.Task | None = None
+        self._gathering: asyncio.Future | None = None  # the next batch, gathering
         self._model_thread = ThreadPoolExecutor(1, thread_name_prefix="superneurons-model")
         self.pending = 0  # submitted and not answered yet
 
@@ -48,8 +49,9 @@ class Batcher(Generic[Item, Result]):
         """Answer what was submitted, then stop."""
         while self.pending:
             await asyncio.sleep(0.01)
-        if self._task is not None:
-            self._task.cancel()
+        for task in (self._task, self._gathering):
+            if task is not None:
+                task.cancel()
         self._model_thread.shutdown(wait=True)
 
     async def submit(self, item: Item) -> Result:
@@ -82,31 +84,40 @@ class Batcher(Generic[Item, Result]):
         return [(item, future) for item, future in batch if not future.done()]  # not timed out
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
+        # The next batch gathers while the model runs this one, and is topped up from the queue
+        # when the model is free: the model thread never waits for a batch that is ready.
+        self._gathering = gathering = asyncio.ensure_future(self._gather())
         while True:
-            batch = await self._gather()
-            if not batch:
+            batch = await gathering
+            while len(batch) < self.max_batch_size and not self._queue.empty():
+                item, future = self._queue.get_nowait()
+                if not future.done():
+                    batch.append((item, future))
+            self._gathering = gathering = asyncio.ensure_future(self._gather())
+            if batch:
+                await self._answer(batch)
+
+    async def _answer(self, batch: list[tuple[Item, asyncio.Future]]) -> None:
+        loop = asyncio.get_running_loop()
+        self.observe(len(batch))
+        items = [item for item, _ in batch]
+        try:
+            results = await loop.run_in_executor(self._model_thread, self.work, items)
+            outcomes = [
+                (future, result, None) for (_, future), result in zip(batch, results, strict=True)
+            ]
+        except Exception as error:  # one bad item must not fail the others: each alone
+            outcomes = [(batch[0][1], None, error)] if len(batch) == 1 else []
+            for item, future in batch if len(batch) > 1 else []:
+                try:
+                    result = await loop.run_in_executor(self._model_thread, self.work, [item])
+                    outcomes.append((future, result[0], None))
+                except Exception as error:
+                    outcomes.append((future, None, error))
+        for future, result, error in outcomes:
+            if future.done():
                 continue
-            self.observe(len(batch))
-            items = [item for item, _ in batch]
-            try:
-                results = await loop.run_in_executor(self._model_thread, self.work, items)
-                outcomes = [
-                    (future, result, None)
-                    for (_, future), result in zip(batch, results, strict=True)
-                ]
-            except Exception as error:  # one bad item must not fail the others: each alone
-                outcomes = [(batch[0][1], None, error)] if len(batch) == 1 else []
-                for item, future in batch if len(batch) > 1 else []:
-                    try:
-                        result = await loop.run_in_executor(self._model_thread, self.work, [item])
-                        outcomes.append((future, result[0], None))
-                    except Exception as error:
-                        outcomes.append((future, None, error))
-            for future, result, error in outcomes:
-                if future.done():
-                    continue
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    future.set_result(result)
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result(result)
