@@ -10,12 +10,8 @@ import http.client
 import io
 import json
 import math
-import os
 import re
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -27,15 +23,10 @@ import pytest
 from PIL import Image
 
 from command import superneurons
+from superneurons.bench.serve import ServerProcess, free_port
 from superneurons.predictor import SuperNeuronPredictor
 
 QUESTIONS = ["is there a red cube in the image ?", "is there a blue sphere ?", "how many ?"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _png(seed: int, size: int = 24) -> bytes:
@@ -55,28 +46,8 @@ def _messages(question: str, url: str) -> list[dict]:
     ]}]  # fmt: skip
 
 
-class Server:
-    """A `superneurons serve` process and where it listens."""
-
-    def __init__(self, args: list[str], env: dict | None = None) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        command = [sys.executable, "-m", "superneurons", "serve", "--port", str(self.port), *args]
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-            env={**os.environ, **(env or {})},
-        )  # fmt: skip
-        deadline = time.time() + 180
-        while True:
-            if self.process.poll() is not None:
-                raise AssertionError(f"the server exited: {self.process.communicate()[1]}")
-            try:
-                if self.get("/health")[0] == 200:
-                    return
-            except OSError:
-                pass
-            assert time.time() < deadline, "the server never became ready"
-            time.sleep(0.2)
+class Server(ServerProcess):
+    """A `superneurons serve` process, with plain HTTP requests to it."""
 
     def request(self, method: str, path: str, body: bytes | None = None, headers=None):
         """(status, headers, parsed JSON or text) of one plain HTTP request."""
@@ -103,16 +74,6 @@ class Server:
             "POST", path, json.dumps(document).encode(), {"Content-Type": "application/json"}
         )
         return status, body
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.communicate(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.communicate()
-        return self.process.returncode
 
 
 @pytest.fixture(scope="module")
@@ -456,7 +417,7 @@ def test_a_request_past_its_timeout_is_a_504_and_the_server_goes_on(
 def test_a_classifier_of_another_model_is_refused_at_start(tiny_run):
     out, _ = tiny_run
     done = superneurons("serve", "--classifier", out / "classifier", "--model", "embedded",
-                        "--port", str(_free_port()), "--device", "cpu")  # fmt: skip
+                        "--port", str(free_port()), "--device", "cpu")  # fmt: skip
     assert done.returncode == 2
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "fingerprint" in errors[0] and "Traceback" not in done.stderr
@@ -467,7 +428,7 @@ def test_a_classifier_of_another_model_is_refused_at_start(tiny_run):
     [("=x", "give DIR or NAME=DIR"), ("sn=/nonexistent", "sn=/nonexistent: no such directory")],
 )
 def test_a_bad_classifier_option_is_one_error_line(value, message):
-    done = superneurons("serve", "--classifier", value, "--port", str(_free_port()))
+    done = superneurons("serve", "--classifier", value, "--port", str(free_port()))
     errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
     assert done.returncode == 2 and len(errors) == 1 and message in errors[0], done.stderr
 

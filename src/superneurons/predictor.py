@@ -279,7 +279,8 @@ def _answer_rows(predictors, images, questions, prompts, batch_size, image_cache
         rows = range(start, min(start + batch_size, len(questions)))
         needed: dict[str, set[int]] = {}
         sites: dict[str, tuple[int, int]] = {}
-        for p in {id(predictors[r]): predictors[r] for r in rows}.values():
+        batch_predictors = list({id(predictors[r]): predictors[r] for r in rows}.values())
+        for p in batch_predictors:
             for site, layers in p.needed.items():
                 needed.setdefault(site, set()).update(layers)
             sites.update(p.sites)
@@ -294,7 +295,7 @@ def _answer_rows(predictors, images, questions, prompts, batch_size, image_cache
             inputs = image_cache.inject(loaded.model, inputs)
         values = early_exit_activations(loaded.model, inputs, needed_layers)
         values = {key: v.float().cpu().numpy() for key, v in values.items()}
-        for p in {id(predictors[r]): predictors[r] for r in rows}.values():
+        for p in batch_predictors:
             mine = np.array([r - start for r in rows if predictors[r] is p])
             split = Split(
                 LayerActivations({k: v[mine] for k, v in values.items()}, sites),

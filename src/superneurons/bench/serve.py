@@ -30,7 +30,7 @@ FULL = "full-model"
 PHASES = ("decode", "prompt", "preprocess", "forward", "postprocess")
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]
@@ -53,13 +53,14 @@ def _noise(n: int, questions: list[str]) -> list[tuple[str, str]]:
     ]
 
 
-class _ServerProcess:
-    """``superneurons serve`` with ``args`` on a free port, ready once ``/health`` says so."""
+class ServerProcess:
+    """``superneurons serve`` with ``args`` on a free port of 127.0.0.1, ready once ``/health``
+    says so (the benchmark's server, and the tests')."""
 
     def __init__(self, args: list[str]) -> None:
-        self.url = f"http://127.0.0.1:{_free_port()}"
-        port = self.url.rsplit(":", 1)[1]
-        command = [sys.executable, "-m", "superneurons", "serve", "--port", port, *args]
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        command = [sys.executable, "-m", "superneurons", "serve", "--port", str(self.port), *args]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 300
         while True:
@@ -84,17 +85,19 @@ class _ServerProcess:
         count = float(re.search(r"superneurons_batch_size_count ([0-9.e+]+)", text).group(1))
         return total, count
 
-    def stop(self) -> None:
-        self.process.send_signal(signal.SIGTERM)
+    def stop(self) -> int:
+        """SIGTERM, then the exit status once the server has drained (killed after 60 s)."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
         try:
             self.process.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.process.kill()
+            self.process.wait()
+        return self.process.returncode
 
 
-def _load(
-    server: _ServerProcess, model: str, asks: list[tuple[str, str]], n: int, concurrency: int
-):
+def _load(server: ServerProcess, model: str, asks: list[tuple[str, str]], n: int, concurrency: int):
     """``n`` requests (cycling through ``asks``), at most ``concurrency`` in flight."""
     import openai
 
@@ -244,8 +247,8 @@ def bench_serve(
         in_process[name] = round(len(grouped) / (time.perf_counter() - started), 3)
     del predictor
 
-    def start(cache_mb: float) -> _ServerProcess:
-        return _ServerProcess([
+    def start(cache_mb: float) -> ServerProcess:
+        return ServerProcess([
             "--classifier", f"sn={classifier}", "--full-model", FULL, "--device", "cpu",
             "--max-batch-size", str(max_batch_size), "--max-wait-ms", str(max_wait_ms),
             "--max-queue", str(max(1024, 4 * n_requests)), "--image-cache-mb", str(cache_mb),
