@@ -10,8 +10,6 @@ are those the image would get (tested equal to the uncached early exit within 1e
 
 from __future__ import annotations
 
-import hashlib
-from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
 
@@ -19,6 +17,7 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
+from superneurons.lru import ByteLRU, content_key
 from superneurons.models.adapters import adapter_for
 
 
@@ -27,23 +26,16 @@ class ImageFeatureCache:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._entries: OrderedDict[bytes, torch.Tensor] = OrderedDict()
-        self.bytes = 0
+        self._entries = ByteLRU(max_bytes, lambda t: t.numel() * t.element_size())
         self.hits = 0  # images answered from the cache
         self.misses = 0  # images whose features were computed
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def _put(self, key: bytes, features: torch.Tensor) -> None:
-        size = features.numel() * features.element_size()
-        if size > self.max_bytes:
-            return
-        self._entries[key] = features
-        self.bytes += size
-        while self.bytes > self.max_bytes:
-            _, evicted = self._entries.popitem(last=False)
-            self.bytes -= evicted.numel() * evicted.element_size()
+    @property
+    def bytes(self) -> int:
+        return self._entries.bytes
 
     def inject(self, model: nn.Module, inputs: Mapping[str, Any]) -> Mapping[str, Any]:
         """``inputs`` with the images' features, cached or computed now, in place of their
@@ -51,12 +43,11 @@ class ImageFeatureCache:
         pixels = inputs.get("pixel_values")
         if pixels is None or not adapter_for(model).caches_image_features or self.max_bytes <= 0:
             return inputs
-        keys = [_key(row) for row in pixels]
+        keys = [content_key(row) for row in pixels]
         features: dict[bytes, torch.Tensor] = {}
         for key in keys:
-            if key in self._entries:
-                self._entries.move_to_end(key)
-                features[key] = self._entries[key]
+            if (found := self._entries.get(key)) is not None:
+                features[key] = found
         missing = list(dict.fromkeys(k for k in keys if k not in features))
         self.misses += len(missing)  # computed now (an image twice in a batch: once)
         self.hits += len(keys) - len(missing)
@@ -72,16 +63,8 @@ class ImageFeatureCache:
                 ).pooler_output
             for key, value in zip(missing, computed, strict=True):
                 features[key] = value
-                self._put(key, value)
+                self._entries.put(key, value)
         injected = {k: v for k, v in inputs.items() if k != "pixel_values"}
         outputs = BaseModelOutputWithPooling(pooler_output=[features[k] for k in keys])
         injected["mm_encoder_outputs"] = {"image": outputs}
         return injected
-
-
-def _key(pixels: torch.Tensor) -> bytes:
-    """The content key of one image's preprocessed pixel values."""
-    row = pixels.detach().to("cpu").contiguous()
-    digest = hashlib.blake2b(row.numpy().tobytes(), digest_size=20)
-    digest.update(f"{tuple(row.shape)}{row.dtype}".encode())
-    return digest.digest()
