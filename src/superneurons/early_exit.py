@@ -55,6 +55,17 @@ def early_exit_activations(
     ``needed`` maps a site to the layers read there; k is the deepest of them. ``inputs`` are the
     processor's left-padded inputs. The values equal a full forward's (see the tests).
     """
+    inputs = to_model(inputs, model)
+    position_ids = generation_position_ids(model, inputs)
+    return run_to_exit(model, dict(inputs, position_ids=position_ids, use_cache=False), needed)
+
+
+def run_to_exit(
+    model: nn.Module, forward_kwargs: Mapping[str, Any], needed: Mapping[str, Sequence[int]]
+) -> dict[tuple[str, int], torch.Tensor]:
+    """:func:`early_exit_activations` from the model's forward arguments, already on its device
+    (position ids included). With a KV cache among them, layers 0..k read and extend it, the
+    exit layer included (superneurons.prefix_cache)."""
     adapter: Adapter = adapter_for(model)
     exit_layer = max(layer for layers in needed.values() for layer in layers)
     earlier = {
@@ -66,7 +77,6 @@ def early_exit_activations(
     at_exit = [site for site, layers in needed.items() if exit_layer in layers]
     exit_records: dict[str, torch.Tensor] = {}
     layer = adapter.decoder_layers(model)[exit_layer]
-    inputs = to_model(inputs, model)
     with (
         torch.inference_mode(),
         _replaced_forward(layer, adapter.exit_forward(layer, at_exit, exit_records)),
@@ -74,7 +84,7 @@ def early_exit_activations(
         suppress(StopForward),
     ):
         # The exit layer aborts the forward before any logits exist.
-        model(**inputs, position_ids=generation_position_ids(model, inputs), use_cache=False)
+        model(**forward_kwargs)
     if not exit_records:
         raise RuntimeError(
             f"the forward never reached layer {exit_layer} of {type(model).__name__}"

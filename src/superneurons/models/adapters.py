@@ -59,6 +59,9 @@ class Adapter:
     # ``pixel_values`` hold one row per image and its model takes ``mm_encoder_outputs``
     # (superneurons.image_cache).
     caches_image_features: bool = False
+    # The config attribute holding the id of the token that ends an image's block in the prompt,
+    # for reusing the keys and values of a prompt's image prefix (superneurons.prefix_cache).
+    image_end_token: str | None = None
 
     def exit_forward(self, layer: nn.Module, sites: Sequence[str], records: dict):
         """A replacement ``forward`` for the exit layer ``layer``: it records ``sites`` at the
@@ -132,21 +135,31 @@ ADAPTERS: dict[str, Adapter] = {
             ("LlavaForConditionalGeneration",),
             "model.language_model",
             caches_image_features=True,
+            image_end_token="image_token_id",
         ),
         Adapter(
-            "qwen2_vl", ("Qwen2VLForConditionalGeneration",), "model.language_model", extra="qwen"
+            "qwen2_vl",
+            ("Qwen2VLForConditionalGeneration",),
+            "model.language_model",
+            extra="qwen",
+            image_end_token="vision_end_token_id",
         ),
         Adapter(
             "qwen2_5_vl",
             ("Qwen2_5_VLForConditionalGeneration",),
             "model.language_model",
             extra="qwen",
+            image_end_token="vision_end_token_id",
         ),
         # DeepStack adds visual features at image positions *after* layers 0..k, outside the
         # decoder layer: resid (the layer output) excludes them, as transformers' hidden_states
         # do; the last prompt position is a text token and never receives them.
         Adapter(
-            "qwen3_vl", ("Qwen3VLForConditionalGeneration",), "model.language_model", extra="qwen"
+            "qwen3_vl",
+            ("Qwen3VLForConditionalGeneration",),
+            "model.language_model",
+            extra="qwen",
+            image_end_token="vision_end_token_id",
         ),
         Adapter("idefics3", ("Idefics3ForConditionalGeneration",), "model.text_model"),
         Adapter(

@@ -33,22 +33,29 @@ class _PrefixCache:
     """Stands in for the KV cache of one attention call pair: prefix first, then the last query.
 
     The first ``update`` (positions ``0 .. T-2``) keeps the keys/values after rotary embedding and
-    aborts the call; the second (position ``T-1``) returns them concatenated with its own.
+    aborts the call; the second (position ``T-1``) returns them concatenated with its own. With
+    the forward's own KV cache (``past``: earlier positions' keys and values, as in
+    superneurons.prefix_cache), the prefix goes through it first: it is appended to what the cache
+    holds for this layer, and the attention sees both.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, past: Any = None, layer_idx: int | None = None) -> None:
         self.prefix: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.past, self.layer_idx = past, layer_idx
 
     def update(self, key: torch.Tensor, value: torch.Tensor, *args: Any, **kwargs: Any):
         if self.prefix is None:
+            if self.past is not None:
+                key, value = self.past.update(key, value, self.layer_idx)
             self.prefix = (key, value)
             raise _KeysValuesReady
         return torch.cat([self.prefix[0], key], dim=-2), torch.cat([self.prefix[1], value], dim=-2)
 
 
-def _cache_keyword(attention: nn.Module) -> str:
+def cache_keyword(module: nn.Module) -> str:
+    """The name of ``module.forward``'s KV-cache argument."""
     # transformers 5.24 calls it ``cache``; earlier 5.x and 4.x releases ``past_key_values``.
-    params = inspect.signature(attention.forward).parameters
+    params = inspect.signature(module.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
 
 
@@ -82,26 +89,27 @@ def llama_exit_forward(
     input_norm, post_attention_norm = (layer.get_submodule(p) for p in adapter.norm_paths)
     attn_site = layer.get_submodule(adapter.attn_path)
     mlp_site = layer.get_submodule(adapter.mlp_path)
-    cache_keyword = _cache_keyword(attention)
+    cache_name = cache_keyword(attention)
 
     def forward(hidden_states: torch.Tensor, *args: Any, **kwargs: Any):
         if args:
             raise TypeError("decoder layers are called with keyword arguments in transformers 5")
         cos_sin = kwargs.pop("position_embeddings")
         mask = kwargs.pop("attention_mask", None)
-        for name in ("cache", "past_key_values", "use_cache", "position_ids", "cache_position"):
+        past = kwargs.pop("cache", None) or kwargs.pop("past_key_values", None)
+        for name in ("past_key_values", "use_cache", "position_ids", "cache_position"):
             kwargs.pop(name, None)
         if mask is not None and not isinstance(mask, torch.Tensor):
             raise NotImplementedError(f"early exit needs a tensor attention mask, got {type(mask)}")
         head, last = _split_last(input_norm(hidden_states))
         (cos_head, cos_last), (sin_head, sin_last) = map(_split_last, cos_sin)
-        cache = _PrefixCache()
+        cache = _PrefixCache(past, getattr(attention, "layer_idx", None))
         with suppress(_KeysValuesReady):
             attention(
                 head,
                 position_embeddings=(cos_head, sin_head),
                 attention_mask=None,
-                **{cache_keyword: cache},
+                **{cache_name: cache},
                 **kwargs,
             )
         last_mask = None if mask is None else mask[..., -1:, :]
@@ -110,7 +118,7 @@ def llama_exit_forward(
                 last,
                 position_embeddings=(cos_last, sin_last),
                 attention_mask=last_mask,
-                **{cache_keyword: cache},
+                **{cache_name: cache},
                 **kwargs,
             )
         records["attn"] = seen["attn"]
