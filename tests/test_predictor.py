@@ -235,3 +235,23 @@ def test_classifiers_sharing_a_batch_answer_as_each_does_alone(tiny_run):
             assert together[i].label == expected.label
             assert together[i].exit_layer == expected.exit_layer
             assert together[i].score == pytest.approx(expected.score, rel=1e-4, abs=1e-5)
+
+
+def test_the_caches_change_no_answer(tiny_run):
+    from superneurons.image_cache import ImageFeatureCache
+    from superneurons.prefix_cache import PrefixKVCache
+
+    out, _ = tiny_run
+    plain = SuperNeuronPredictor.from_pretrained(out / "classifier", batch_size=4)
+    images, questions, _ = val_inputs(out)
+    images, questions = images[:3] * 3, questions[:3] + questions[3:6] + questions[6:9]
+    cached = SuperNeuronPredictor.from_pretrained(
+        out / "classifier", plain.loaded, batch_size=4,
+        image_cache=ImageFeatureCache(2**24), prefix_cache=PrefixKVCache(2**24),
+    )  # fmt: skip
+    expected = plain.predict(images, questions)
+    for _ in range(2):
+        got = cached.predict(images, questions)
+        assert [p.label for p in got] == [p.label for p in expected]
+        assert np.allclose([p.score for p in got], [p.score for p in expected], atol=1e-6)
+    assert cached.prefix_cache.hits >= len(questions)  # the second round: every prompt

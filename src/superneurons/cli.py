@@ -575,6 +575,12 @@ def serve(
     image_cache_mb: float = typer.Option(
         256.0, min=0.0, help="Reuse images' vision features, up to this much (MiB; 0: off)."
     ),
+    prefix_cache_mb: float = typer.Option(
+        256.0,
+        min=0.0,
+        help="Reuse the keys and values of an image-first prompt's image prefix, up to this "
+        "much (MiB; 0: off).",
+    ),
     model: str = typer.Option(None, help="Default: the model the classifiers were fitted on."),
     dtype: str = DTYPE,
     device: str = typer.Option("auto", callback=_device, help="cpu, cuda or auto."),
@@ -606,6 +612,7 @@ def serve(
     engine = Engine.from_dirs(
         named, model, dtype, device, fallback_margin, max_batch_size, full_model,
         image_cache_bytes=int(image_cache_mb * 2**20),
+        prefix_cache_bytes=int(prefix_cache_mb * 2**20),
     )  # fmt: skip
     settings = Settings(
         max_batch_size=max_batch_size,

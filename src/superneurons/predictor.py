@@ -29,6 +29,7 @@ from superneurons.metrics import parse_yes_no
 from superneurons.models.adapters import adapter_for
 from superneurons.models.fingerprint import model_fingerprint
 from superneurons.models.loading import LoadedModel, load_model
+from superneurons.prefix_cache import PrefixKVCache
 from superneurons.preflight import check_prompt_lengths
 
 
@@ -74,9 +75,11 @@ class SuperNeuronPredictor:
         fallback_margin: float | None = None,
         batch_size: int = 16,
         image_cache: ImageFeatureCache | None = None,
+        prefix_cache: PrefixKVCache | None = None,
     ):
         self.classifier, self.loaded = classifier, loaded
         self.image_cache = image_cache  # reuses images' vision features (superneurons.image_cache)
+        self.prefix_cache = prefix_cache  # reuses image prefixes' keys and values (prefix_cache)
         adapter = adapter_for(loaded.model)
         if isinstance(prompter, str):
             prompter = Prompter.for_model(prompter, adapter.name)
@@ -165,8 +168,9 @@ class SuperNeuronPredictor:
         ``decision_function`` of the estimator (super neurons: the fraction voting yes)."""
         prompts = self._prompts(questions, contexts)
         answers, scores, _ = _answer_rows(
-            [self] * len(questions), images, questions, prompts, self.batch_size, self.image_cache
-        )
+            [self] * len(questions), images, questions, prompts, self.batch_size,
+            self.image_cache, self.prefix_cache,
+        )  # fmt: skip
         return answers, scores
 
     def votes(
@@ -195,7 +199,7 @@ class SuperNeuronPredictor:
         and ``contexts[i]`` is its context (a ScienceQA hint, say), asked as at extraction."""
         return predict_together(
             [self] * len(questions), images, questions, choices, contexts,
-            image_cache=self.image_cache,
+            image_cache=self.image_cache, prefix_cache=self.prefix_cache,
         )  # fmt: skip
 
 
@@ -207,6 +211,7 @@ def predict_together(
     contexts: Sequence[str | None] | None = None,
     batch_size: int | None = None,
     image_cache: ImageFeatureCache | None = None,
+    prefix_cache: PrefixKVCache | None = None,
 ) -> list[Prediction]:
     """One prediction per (predictor, image, question): question i answered by ``predictors[i]``.
 
@@ -215,7 +220,8 @@ def predict_together(
     else is in the batch. A multiple-choice question is one binary question per choice; a
     predictor with a ``fallback_margin`` sends its undecided binary questions to the full model
     (batched too). ``batch_size``: rows per forward (default: the first predictor's).
-    ``image_cache`` reuses the vision tower's output for images seen before (LLaVA).
+    ``image_cache`` reuses the vision tower's output for images seen before (LLaVA);
+    ``prefix_cache`` the keys and values of their prompts' image prefix (LLaVA, Qwen-VL).
     """
     n = len(questions)
     if len(images) != n or len(predictors) != n:
@@ -253,6 +259,7 @@ def predict_together(
         prompts,
         batch_size or predictors[0].batch_size,
         image_cache,
+        prefix_cache,
     )
     predictions = []
     for i, options in enumerate(choices):
@@ -269,7 +276,9 @@ def predict_together(
     return predictions
 
 
-def _answer_rows(predictors, images, questions, prompts, batch_size, image_cache=None):
+def _answer_rows(
+    predictors, images, questions, prompts, batch_size, image_cache=None, prefix_cache=None
+):
     """(answers, scores, prompt tokens) per row, from one early-exit forward per batch of rows
     that computes every layer any of the batch's predictors reads."""
     loaded = predictors[0].loaded
@@ -291,9 +300,13 @@ def _answer_rows(predictors, images, questions, prompts, batch_size, image_cache
         counts = mask.sum(dim=1) if mask is not None else [inputs["input_ids"].shape[1]] * len(rows)
         tokens[start : start + len(rows)] = np.asarray(counts)
         needed_layers = {site: sorted(layers) for site, layers in needed.items()}
-        if image_cache is not None:
-            inputs = image_cache.inject(loaded.model, inputs)
-        values = early_exit_activations(loaded.model, inputs, needed_layers)
+        prepare = image_cache.inject if image_cache is not None else None
+        if prefix_cache is not None:
+            values = prefix_cache.activations(loaded.model, inputs, needed_layers, prepare)
+        else:
+            if prepare is not None:
+                inputs = prepare(loaded.model, inputs)
+            values = early_exit_activations(loaded.model, inputs, needed_layers)
         values = {key: v.float().cpu().numpy() for key, v in values.items()}
         for p in batch_predictors:
             mine = np.array([r - start for r in rows if predictors[r] is p])

@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException
 
 from superneurons.errors import SuperneuronsError
 from superneurons.image_cache import ImageFeatureCache
+from superneurons.prefix_cache import PrefixKVCache
 from superneurons.serve.batcher import Batcher, QueueFull
 from superneurons.serve.engine import Engine
 from superneurons.serve.protocol import (
@@ -61,7 +62,7 @@ class Settings:
 class Metrics:
     """The Prometheus metrics of one server (its own registry)."""
 
-    def __init__(self, cache: ImageFeatureCache) -> None:
+    def __init__(self, cache: ImageFeatureCache, prefixes: PrefixKVCache) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -81,11 +82,16 @@ class Metrics:
             "superneurons_request_latency_seconds", "Time from request to reply", registry=r,
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )  # fmt: skip
-        for name, what in (("hits", "images answered from"), ("misses", "images computed for")):
-            Gauge(
-                f"superneurons_image_cache_{name}", f"The {what} the image-feature cache",
-                registry=r,
-            ).set_function(lambda name=name: getattr(cache, name))  # fmt: skip
+        gauges = (
+            (cache, "image", "hits", "Images answered from the image-feature cache"),
+            (cache, "image", "misses", "Images computed for the image-feature cache"),
+            (prefixes, "prefix", "hits", "Prompts that ran only their question (prefix cache)"),
+            (prefixes, "prefix", "misses", "Prompts that ran whole (prefix cache)"),
+        )
+        for source, kind, count, what in gauges:
+            Gauge(f"superneurons_{kind}_cache_{count}", what, registry=r).set_function(
+                lambda source=source, count=count: getattr(source, count)
+            )
         self.fallbacks = Counter(
             "superneurons_fallbacks", "Answers by the full model (cascade)", registry=r
         )
@@ -120,7 +126,7 @@ async def _json_body(request: Request, limit: int) -> object:
 
 def create_app(engine: Engine, settings: Settings = Settings()) -> FastAPI:
     """The application serving ``engine``'s classifiers (each a ``model`` name of the API)."""
-    metrics = Metrics(engine.image_cache)
+    metrics = Metrics(engine.image_cache, engine.prefix_cache)
     batcher = Batcher(
         engine.answer,
         settings.max_batch_size,

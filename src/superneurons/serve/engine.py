@@ -27,6 +27,7 @@ from superneurons.predictor import (
     generate_answers,
     predict_together,
 )
+from superneurons.prefix_cache import PrefixKVCache, image_comes_first
 from superneurons.serve.protocol import Answer, Question
 
 
@@ -49,14 +50,20 @@ class Engine:
         predictors: Mapping[str, SuperNeuronPredictor],
         full_model: str | None = None,
         image_cache_bytes: int = 0,
+        prefix_cache_bytes: int = 0,
     ):
         if not predictors:
             raise ConfigError("serve needs at least one --classifier")
         if full_model in predictors:
             raise ConfigError(f"--full-model {full_model}: a classifier is served under that name")
         self.loaded, self.predictors, self.full_model = loaded, dict(predictors), full_model
-        # Used by the model thread alone, so it needs no lock.
+        # Used by the model thread alone, so they need no lock.
         self.image_cache = ImageFeatureCache(image_cache_bytes)
+        # Only where some classifier's prompt puts the image first: else no prefix is shared.
+        shared = any(
+            image_comes_first(loaded.processor, p.prompter) for p in self.predictors.values()
+        )
+        self.prefix_cache = PrefixKVCache(prefix_cache_bytes if shared else 0)
 
     @property
     def models(self) -> list[str]:
@@ -74,6 +81,7 @@ class Engine:
         max_batch_size: int = 32,
         full_model: str | None = None,
         image_cache_bytes: int = 0,
+        prefix_cache_bytes: int = 0,
     ) -> Engine:
         """Load each classifier directory under its name, on one model: the first classifier's
         (or ``model``); a classifier fitted on another model is refused."""
@@ -92,7 +100,7 @@ class Engine:
             except ConfigError as error:
                 raise ConfigError(f"--classifier {name}={directory}: {error}") from None
             predictors[name], loaded = predictor, predictor.loaded
-        return cls(loaded, predictors, full_model, image_cache_bytes)
+        return cls(loaded, predictors, full_model, image_cache_bytes, prefix_cache_bytes)
 
     def answer(self, questions: Sequence[Question]) -> list[Answer]:
         """One answer per question: the classifiers' from one shared early-exit forward per
@@ -142,6 +150,7 @@ class Engine:
             [q.context for q in questions],
             batch_size=max(1, sum(len(q.choices or [0]) for q in questions)),
             image_cache=self.image_cache,
+            prefix_cache=self.prefix_cache,
         )
         return [
             self._answer(p, q, prediction)
