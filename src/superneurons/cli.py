@@ -922,6 +922,30 @@ def bench_analyze(
     console.print(f"results: {out} ({result['x_read']}× one read of the probing store)")
 
 
+@bench_app.command("image-reuse")
+def bench_image_reuse(
+    out: Path = typer.Option(Path("runs/bench-image-reuse.json"), help="Results JSON."),
+    shape: str = typer.Option(
+        "llava-1.5-7b",
+        callback=_one_of("llava-1.5-7b", "qwen3-vl-4b"),
+        help="llava-1.5-7b or qwen3-vl-4b (random weights).",
+    ),
+    exit_layer: int = typer.Option(1, min=0, help="The early exit's layer k."),
+    questions: int = typer.Option(6, min=2, help="Questions per image (POPE asks six)."),
+    repeats: int = typer.Option(3, min=1, help="Timed rounds (median reported)."),
+) -> None:
+    """Many questions about one image at batch 1: plain early exit against the image-feature
+    cache and the prefix KV cache, side by side in one process."""
+    from superneurons.bench.image_reuse import run_image_reuse_bench
+    from superneurons.outputs import check_output_file, write_output_json
+
+    check_output_file(out)
+    result = run_image_reuse_bench(shape, exit_layer, questions, repeats, log=console.print)
+    write_output_json(out, result)
+    speedups = ", ".join(f"{r['variant']} {r['speedup_over_plain']:.2f}x" for r in result["rows"])
+    console.print(f"results: {out} ({speedups})")
+
+
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: inspect what a task loads.")
 app.add_typer(data_app, name="data")
 

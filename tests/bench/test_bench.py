@@ -186,3 +186,26 @@ def test_the_serve_bench_drives_a_real_server_beside_offline_and_the_full_model(
     assert result["ratios"]["served_vs_offline"] == pytest.approx(
         served[-1]["throughput"] / offline["throughput"], rel=0.01
     )
+
+
+def test_the_image_reuse_bench_shares_one_images_work_across_its_questions(tmp_path):
+    args = ["bench", "image-reuse", "--shape", "llava-1.5-7b", "--exit-layer", "0",
+            "--questions", "3", "--repeats", "1"]  # fmt: skip
+    result = _bench(args, tmp_path / "r.json", "image-reuse")
+    assert result["questions_per_image"] == 3 and result["exit_layer"] == 0
+    rows = {row["variant"]: row for row in result["rows"]}
+    assert list(rows) == ["plain", "image cache", "prefix cache", "both caches"]
+    # The first question of a round misses, the other two hit.
+    assert rows["plain"]["hits_misses_per_round"] == {}
+    assert rows["image cache"]["hits_misses_per_round"] == {"image_cache": [2, 1]}
+    assert rows["prefix cache"]["hits_misses_per_round"] == {"prefix_cache": [2, 1]}
+    # With both, the prefix cache's misses alone reach the image cache: one image, computed once.
+    assert rows["both caches"]["hits_misses_per_round"] == {
+        "image_cache": [0, 1],
+        "prefix_cache": [2, 1],
+    }
+    for row in rows.values():
+        assert row["speedup_over_plain"] > 0 and row["seconds_per_question"] > 0
+        # bf16 values of the same early exit: equal up to bf16 rounding of values this large.
+        assert row["max_abs_diff_from_plain"] <= 1e-2 * row["plain_max_abs_value"]
+    assert rows["plain"]["speedup_over_plain"] == 1.0

@@ -61,8 +61,11 @@ def _image(width: int, height: int, seed: int) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
-def llava_1_5_7b(dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> ShapeModel:
-    """LLaVA-1.5-7b: CLIP ViT-L/14 at 336 px (576 image tokens) → Vicuna-7B (32 layers)."""
+def llava_1_5_7b(
+    dtype: torch.dtype = torch.bfloat16, seed: int = 0, text_layers: int = 32
+) -> ShapeModel:
+    """LLaVA-1.5-7b: CLIP ViT-L/14 at 336 px (576 image tokens) → Vicuna-7B (32 layers; fewer
+    with ``text_layers``, which times an early exit at that depth alike with less memory)."""
     config = LlavaConfig(
         vision_config=CLIPVisionConfig(
             hidden_size=1024,
@@ -76,7 +79,7 @@ def llava_1_5_7b(dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> ShapeMod
         text_config=LlamaConfig(
             hidden_size=4096,
             intermediate_size=11008,
-            num_hidden_layers=32,
+            num_hidden_layers=text_layers,
             num_attention_heads=32,
             num_key_value_heads=32,
             vocab_size=32064,
@@ -109,8 +112,11 @@ def llava_1_5_7b(dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> ShapeMod
     return ShapeModel("llava-1.5-7b (random weights)", model, make_inputs)
 
 
-def qwen3_vl_4b(dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> ShapeModel:
-    """Qwen3-VL-4B-Instruct: 24-layer ViT with DeepStack → 36-layer decoder; a 640×480 image."""
+def qwen3_vl_4b(
+    dtype: torch.dtype = torch.bfloat16, seed: int = 0, text_layers: int = 36
+) -> ShapeModel:
+    """Qwen3-VL-4B-Instruct: 24-layer ViT with DeepStack → 36-layer decoder (or ``text_layers``);
+    a 640×480 image."""
     config = Qwen3VLConfig(
         vision_config=dict(
             depth=24,
@@ -127,7 +133,7 @@ def qwen3_vl_4b(dtype: torch.dtype = torch.bfloat16, seed: int = 0) -> ShapeMode
         text_config=dict(
             hidden_size=2560,
             intermediate_size=9728,
-            num_hidden_layers=36,
+            num_hidden_layers=text_layers,
             num_attention_heads=32,
             num_key_value_heads=8,
             head_dim=128,
