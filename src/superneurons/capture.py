@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from superneurons.fast_inputs import fast_inputs
 from superneurons.models.adapters import SITES, adapter_for
 
 
@@ -89,15 +90,9 @@ class CaptureResult:
 
 
 def prepare_inputs(processor: Any, images: list[Image.Image], prompts: list[str]) -> Any:
-    """Left-padded processor inputs for one image per chat-formatted prompt."""
-    tokenizer = processor.tokenizer
-    side = tokenizer.padding_side
-    # Left padding puts every row's last prompt token at position -1.
-    tokenizer.padding_side = "left"
-    try:
-        return processor(images=images, text=prompts, return_tensors="pt", padding=True)
-    finally:
-        tokenizer.padding_side = side
+    """Left-padded processor inputs for one image per chat-formatted prompt: the processor's own
+    tensors, built by the fast path where it has them (superneurons.fast_inputs)."""
+    return fast_inputs(processor, images, prompts)
 
 
 def to_model(inputs: Mapping[str, Any], model: nn.Module) -> dict[str, Any]:

@@ -74,6 +74,44 @@ def shape_target(name: str) -> BenchTarget:
     )
 
 
+def input_path_rows(batch_sizes: list[int], repeats: int, seed: int = 99) -> list[dict]:
+    """The embedded default's processor call against the fast input path on the same scenes
+    (``superneurons.fast_inputs``): median milliseconds, interleaved, per batch size."""
+    import statistics
+    import time
+
+    from superneurons.data.prompts import Prompter
+    from superneurons.fast_inputs import FastInputs, processor_inputs
+    from superneurons.models.loading import load_model
+
+    loaded = load_model(None, "fp32", "cpu")
+    processor = loaded.processor
+    prompter = Prompter.for_model("plain", loaded.architecture)
+    images, records = scene_set(max(max(batch_sizes), 2), seed)
+    prompts = [prompter.chat(processor, r.question, r.choices, r.context) for r in records]
+    fast = FastInputs(processor)
+    paths = {"processor": functools.partial(processor_inputs, processor), "fast": fast}
+    rows = []
+    for batch in batch_sizes:
+        args = (images[:batch], prompts[:batch])
+        times: dict[str, list[float]] = {name: [] for name in paths}
+        for round_ in range(repeats + 1):  # round 0 warms up (and checks the fast path)
+            for name, run in paths.items():
+                start = time.perf_counter()
+                run(*args)
+                if round_:
+                    times[name].append(time.perf_counter() - start)
+        ms = {name: statistics.median(values) * 1e3 for name, values in times.items()}
+        rows.append({
+            "batch_size": batch,
+            "processor_ms": round(ms["processor"], 4),
+            "fast_ms": round(ms["fast"], 4),
+            "speedup": round(ms["processor"] / ms["fast"], 3),
+            "fast_path_used": fast.usable,
+        })  # fmt: skip
+    return rows
+
+
 def run_early_exit_bench(
     out: Path,
     models: list[str],
@@ -96,6 +134,8 @@ def run_early_exit_bench(
         target = embedded_target(classifier_dir) if name == "embedded" else shape_target(name)
         rows += bench_target(target, batch_sizes, repeats, warmup, log=log)
         del target
+        if name == "embedded":
+            result["input_path"] = input_path_rows(batch_sizes, max(20, 4 * repeats))
         write_output_json(out, result)
     return result
 
@@ -122,4 +162,11 @@ def rows_table(rows: list[dict]) -> Table:
     return table
 
 
-__all__ = ["embedded_target", "rows_table", "run_early_exit_bench", "scene_set", "shape_target"]
+__all__ = [
+    "embedded_target",
+    "input_path_rows",
+    "rows_table",
+    "run_early_exit_bench",
+    "scene_set",
+    "shape_target",
+]
