@@ -90,6 +90,35 @@ def test_predict_command_prints_one_json_object_per_question(tiny_run, tmp_path)
     assert rows[1]["label"] in {"A", "B"}
 
 
+def test_predict_shares_an_images_work_across_its_questions_and_answers_alike(tiny_run, tmp_path):
+    out, _ = tiny_run
+    images, questions, _ = val_inputs(out)
+    images[0].save(tmp_path / "a.png")
+    images[1].save(tmp_path / "b.png")
+    # 18 questions about two images: the second batch of the predictor's 16 finds both cached.
+    lines = [{"image": "ab"[i % 2] + ".png", "question": questions[i % 9]} for i in range(18)]
+    batch = tmp_path / "batch.jsonl"
+    batch.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    runs = {}
+    for name, caches in (
+        ("cached", ()),
+        ("plain", ("--image-cache-mb", "0", "--prefix-cache-mb", "0")),
+    ):
+        done = superneurons(
+            "predict", "--classifier", out / "classifier", "--batch", batch, *caches
+        )
+        assert done.returncode == 0, done.stderr
+        runs[name] = [json.loads(x) for x in done.stdout.strip().splitlines()]
+    assert len(runs["cached"]) == 18
+    for got, want in zip(runs["cached"], runs["plain"], strict=True):
+        assert (got["id"], got["label"], got["exit_layer"]) == (
+            want["id"],
+            want["label"],
+            want["exit_layer"],
+        )
+        assert got["score"] == pytest.approx(want["score"], abs=1e-6)
+
+
 def test_predict_answers_a_tasks_records_as_run_selects_them(tiny_run, tmp_path):
     from superneurons.data.loaders import select
 

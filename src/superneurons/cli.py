@@ -180,6 +180,15 @@ def _read_device_map(value: str | None):
     return None if value is None else read_device_map(value)
 
 
+IMAGE_CACHE_MB = typer.Option(
+    256.0, min=0.0, help="Reuse images' vision features, up to this much (MiB; 0: off)."
+)
+PREFIX_CACHE_MB = typer.Option(
+    256.0,
+    min=0.0,
+    help="Reuse the keys and values of an image-first prompt's image prefix, up to this much "
+    "(MiB; 0: off).",
+)
 DEVICE_MAP = typer.Option(
     None,
     callback=_device_map,
@@ -472,12 +481,15 @@ def predict(
         help="Cascade: run the full model when |score - 0.5| is below this (0 to 0.5).",
     ),
     max_pixels: int = MAX_PIXELS,
+    image_cache_mb: float = IMAGE_CACHE_MB,
+    prefix_cache_mb: float = PREFIX_CACHE_MB,
     dtype: str = DTYPE,
     device: str = typer.Option("auto", callback=_device, help="cpu, cuda or auto."),
     device_map: str = DEVICE_MAP,
 ) -> None:
     """Answer from super neurons, stopping after their deepest layer: one JSON object per line
-    (with the record's ``id`` for --batch and --task)."""
+    (with the record's ``id`` for --batch and --task). Questions about an image seen before
+    share its work (the image-feature and prefix caches, docs/serve.md)."""
     import json
     import tempfile
 
@@ -486,7 +498,9 @@ def predict(
     from superneurons.data.loaders import task as task_spec
     from superneurons.data.records import load_jsonl
     from superneurons.errors import ConfigError
+    from superneurons.image_cache import ImageFeatureCache
     from superneurons.predictor import SuperNeuronPredictor
+    from superneurons.prefix_cache import PrefixKVCache
     from superneurons.preflight import check_images
 
     sources = [image is not None or question is not None, batch is not None, task is not None]
@@ -525,6 +539,10 @@ def predict(
         device=device,
         device_map=_read_device_map(device_map),
         fallback_margin=fallback_margin,
+        image_cache=ImageFeatureCache(int(image_cache_mb * 2**20)),
+    )
+    predictor.prefix_cache = PrefixKVCache.for_prompters(
+        int(prefix_cache_mb * 2**20), predictor.loaded.processor, [predictor.prompter]
     )
     predictions = predictor.predict(images, questions, choices, contexts)
     ids = [r.id for r in records] if records is not None else [None]
@@ -572,15 +590,8 @@ def serve(
     full_model: str = typer.Option(
         None, help="Also serve the model's own greedy answer under this name (for comparison)."
     ),
-    image_cache_mb: float = typer.Option(
-        256.0, min=0.0, help="Reuse images' vision features, up to this much (MiB; 0: off)."
-    ),
-    prefix_cache_mb: float = typer.Option(
-        256.0,
-        min=0.0,
-        help="Reuse the keys and values of an image-first prompt's image prefix, up to this "
-        "much (MiB; 0: off).",
-    ),
+    image_cache_mb: float = IMAGE_CACHE_MB,
+    prefix_cache_mb: float = PREFIX_CACHE_MB,
     model: str = typer.Option(None, help="Default: the model the classifiers were fitted on."),
     dtype: str = DTYPE,
     device: str = typer.Option("auto", callback=_device, help="cpu, cuda or auto."),

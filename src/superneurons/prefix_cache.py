@@ -53,6 +53,13 @@ class PrefixKVCache:
         self.hits = 0  # prompts that ran only their suffix
         self.misses = 0  # prompts that ran whole and left their prefix behind
 
+    @classmethod
+    def for_prompters(cls, max_bytes: int, processor: Any, prompters: Any) -> PrefixKVCache:
+        """A cache of ``max_bytes`` if some of ``prompters`` puts the image first, else an
+        empty one (0 bytes: nothing would be shared)."""
+        shared = any(image_comes_first(processor, prompter) for prompter in prompters)
+        return cls(max_bytes if shared else 0)
+
     def __len__(self) -> int:
         return len(self._entries)
 

@@ -27,7 +27,7 @@ from superneurons.predictor import (
     generate_answers,
     predict_together,
 )
-from superneurons.prefix_cache import PrefixKVCache, image_comes_first
+from superneurons.prefix_cache import PrefixKVCache
 from superneurons.serve.protocol import Answer, Question
 
 
@@ -59,11 +59,9 @@ class Engine:
         self.loaded, self.predictors, self.full_model = loaded, dict(predictors), full_model
         # Used by the model thread alone, so they need no lock.
         self.image_cache = ImageFeatureCache(image_cache_bytes)
-        # Only where some classifier's prompt puts the image first: else no prefix is shared.
-        shared = any(
-            image_comes_first(loaded.processor, p.prompter) for p in self.predictors.values()
+        self.prefix_cache = PrefixKVCache.for_prompters(
+            prefix_cache_bytes, loaded.processor, [p.prompter for p in self.predictors.values()]
         )
-        self.prefix_cache = PrefixKVCache(prefix_cache_bytes if shared else 0)
 
     @property
     def models(self) -> list[str]:
