@@ -304,8 +304,7 @@ def _answer_rows(
         if prefix_cache is not None:
             values = prefix_cache.activations(loaded.model, inputs, needed_layers, prepare)
         else:
-            if prepare is not None:
-                inputs = prepare(loaded.model, inputs)
+            inputs = prepare(loaded.model, inputs) if prepare is not None else inputs
             values = early_exit_activations(loaded.model, inputs, needed_layers)
         values = {key: v.float().cpu().numpy() for key, v in values.items()}
         for p in batch_predictors:
