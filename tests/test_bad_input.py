@@ -243,6 +243,10 @@ CASES: dict[str, Case | object] = {
         lambda w: ["bench", "early-exit", "--out", w.tmp / "b.json", "--models", "gpt-9"],
         ("'--models'", "gpt-9"),
     ),
+    "bench-image-reuse-exit-layer": Case(
+        lambda w: ["bench", "image-reuse", "--out", w.tmp / "r.json", "--exit-layer", "32"],
+        ("--exit-layer 32", "32 layers"),
+    ),
     "bench-batch-sizes": Case(
         lambda w: ["bench", "early-exit", "--out", w.tmp / "b.json", "--batch-sizes", "1,x"],
         ("'--batch-sizes'",),

@@ -948,8 +948,15 @@ def bench_image_reuse(
     """Many questions about one image at batch 1: plain early exit against the image-feature
     cache and the prefix KV cache, side by side in one process."""
     from superneurons.bench.image_reuse import run_image_reuse_bench
+    from superneurons.bench.shapes import DEPTHS
+    from superneurons.errors import ConfigError
     from superneurons.outputs import check_output_file, write_output_json
 
+    if exit_layer >= DEPTHS[shape]:
+        raise ConfigError(
+            f"--exit-layer {exit_layer}: {shape} has {DEPTHS[shape]} layers "
+            f"(0..{DEPTHS[shape] - 1})"
+        )
     check_output_file(out)
     result = run_image_reuse_bench(shape, exit_layer, questions, repeats, log=console.print)
     write_output_json(out, result)

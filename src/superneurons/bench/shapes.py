@@ -28,6 +28,9 @@ from transformers.initialization import no_init_weights
 PROMPT_TEXT_TOKENS = 64  # system prompt, question and answer instruction, as in LLaVA's POPE eval
 
 
+DEPTHS = {"llava-1.5-7b": 32, "qwen3-vl-4b": 36}  # decoder layers, as published
+
+
 @dataclass
 class ShapeModel:
     name: str
@@ -62,7 +65,7 @@ def _image(width: int, height: int, seed: int) -> Image.Image:
 
 
 def llava_1_5_7b(
-    dtype: torch.dtype = torch.bfloat16, seed: int = 0, text_layers: int = 32
+    dtype: torch.dtype = torch.bfloat16, seed: int = 0, text_layers: int = DEPTHS["llava-1.5-7b"]
 ) -> ShapeModel:
     """LLaVA-1.5-7b: CLIP ViT-L/14 at 336 px (576 image tokens) → Vicuna-7B (32 layers; fewer
     with ``text_layers``, which times an early exit at that depth alike with less memory)."""
@@ -113,7 +116,7 @@ def llava_1_5_7b(
 
 
 def qwen3_vl_4b(
-    dtype: torch.dtype = torch.bfloat16, seed: int = 0, text_layers: int = 36
+    dtype: torch.dtype = torch.bfloat16, seed: int = 0, text_layers: int = DEPTHS["qwen3-vl-4b"]
 ) -> ShapeModel:
     """Qwen3-VL-4B-Instruct: 24-layer ViT with DeepStack → 36-layer decoder (or ``text_layers``);
     a 640×480 image."""
