@@ -10,12 +10,15 @@ import http.client
 import io
 import json
 import math
+import os
 import re
+import signal
 import socket
 import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import openai
@@ -365,6 +368,44 @@ def test_sigterm_finishes_the_requests_in_flight_and_exits_0(tiny_run, tiny_llav
     assert server.stop() == 0
     thread.join()
     assert replies and replies[0][0] == 200, replies
+
+
+def _model_process(server: ServerProcess) -> int:
+    """The PID of the server's model process (its one spawned child)."""
+    children = (Path("/proc") / str(server.process.pid) / "task").glob("*/children")
+    pids = [int(pid) for file in children for pid in file.read_text().split()]
+    spawned = [p for p in pids if b"spawn_main" in Path(f"/proc/{p}/cmdline").read_bytes()]
+    assert len(spawned) == 1, pids
+    return spawned[0]
+
+
+def test_the_model_process_ignores_sigterm_and_its_death_is_a_503(tiny_run, tiny_llava_checkpoint):
+    out, _ = tiny_run
+    server = Server([
+        "--classifier", f"sn={out / 'classifier'}", "--model", str(tiny_llava_checkpoint),
+        "--device", "cpu", "--max-wait-ms", "1000",
+    ])  # fmt: skip
+    try:
+        model = _model_process(server)
+        replies = []
+        thread = threading.Thread(
+            target=lambda: replies.append(server.post("/v1/chat/completions", GOOD))
+        )
+        thread.start()
+        time.sleep(0.3)  # in its batch (max-wait 1 s): a stop signal to every process of the
+        os.kill(model, signal.SIGTERM)  # server (as a service manager sends) leaves it be
+        thread.join()
+        assert replies[0][0] == 200, replies
+        os.kill(model, signal.SIGKILL)
+        deadline = time.time() + 30
+        while server.get("/health")[0] == 200 and time.time() < deadline:
+            time.sleep(0.05)
+        assert server.get("/health") == (503, {"status": "the model process exited"})
+        status, reply = server.post("/v1/chat/completions", GOOD)
+        assert status == 503 and reply["error"]["code"] == "model_process_exited", reply
+        assert "restart the server" in reply["error"]["message"]
+    finally:
+        assert server.stop() == 0
 
 
 def test_the_cascade_and_the_full_model_served_beside_the_classifier(

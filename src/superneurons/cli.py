@@ -618,10 +618,11 @@ def serve(
                 f"--host {host} --port {port}: cannot listen ({error.strerror})"
             ) from None
     from superneurons.serve.app import Settings, create_app, serve_app
-    from superneurons.serve.engine import Engine
+    from superneurons.serve.worker import EngineProcess
 
-    engine = Engine.from_dirs(
-        named, model, dtype, device, fallback_margin, max_batch_size, full_model,
+    engine = EngineProcess(
+        classifiers=named, model=model, dtype=dtype, device=device,
+        fallback_margin=fallback_margin, max_batch_size=max_batch_size, full_model=full_model,
         image_cache_bytes=int(image_cache_mb * 2**20),
         prefix_cache_bytes=int(prefix_cache_mb * 2**20),
     )  # fmt: skip
@@ -635,10 +636,13 @@ def serve(
         allow_files=allow_files,
     )
     console.print(
-        f"serving {', '.join(engine.models)} ({engine.loaded.model_id} on {engine.loaded.device}) "
+        f"serving {', '.join(engine.models)} ({engine.model_id} on {engine.device}) "
         f"at http://{host}:{port}"
     )
-    serve_app(create_app(engine, settings), host, port)
+    try:
+        serve_app(create_app(engine, settings), host, port)
+    finally:
+        engine.close()
 
 
 def _analyses(value: str) -> str:
@@ -793,7 +797,7 @@ def bench_serve(
     max_batch_size: int = typer.Option(32, min=1, help="The server's and the offline batch size."),
     max_wait_ms: float = typer.Option(5.0, min=0.0, help="The server's batching wait."),
 ) -> None:
-    """The real server under load (openai async client) against the offline predictor at the
+    """The real server under load (an aiohttp client) against the offline predictor at the
     same batch size and the full model served the same way."""
     from superneurons.bench.serve import bench_serve as measure
     from superneurons.errors import ConfigError
@@ -810,7 +814,10 @@ def bench_serve(
         console.print(row)
     console.print({"six per image, without cache": six["without_cache"]})
     console.print({"six per image, with cache": six["with_cache"]})
-    console.print({"offline": result["offline"], **result["ratios"]})
+    console.print(
+        {"offline": result["offline"], "same batch": result["offline_at_served_batch_size"]}
+    )
+    console.print(result["ratios"])
     console.print(f"results: {out}")
 
 

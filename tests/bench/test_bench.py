@@ -182,10 +182,15 @@ def test_the_serve_bench_drives_a_real_server_beside_offline_and_the_full_model(
     assert result["ratios"]["image_cache"] == pytest.approx(
         six["with_cache"]["throughput"] / six["without_cache"]["throughput"], rel=0.01
     )
-    offline = result["offline"]
+    offline, same = result["offline"], result["offline_at_served_batch_size"]
     assert result["ratios"]["served_vs_offline"] == pytest.approx(
         served[-1]["throughput"] / offline["throughput"], rel=0.01
     )
+    assert offline["batch_size"] == 6 and same["batch_size"] == round(served[-1]["mean_batch_size"])
+    assert result["ratios"]["served_vs_offline_same_batch"] == pytest.approx(
+        served[-1]["throughput"] / same["throughput"], rel=0.01
+    )
+    assert all(row["client_cpu_ms_per_request"] > 0 for row in [*served, full])
 
 
 def test_the_image_reuse_bench_shares_one_images_work_across_its_questions(tmp_path):

@@ -1,7 +1,8 @@
 """The HTTP application: OpenAI Chat Completions, vLLM's ``/classify``, models, health, metrics.
 
-Request handlers parse and check on the event loop's worker threads; the model runs only on the
-batcher's one thread. Bad input is a 4xx in OpenAI's error shape, never a 500.
+Request handlers parse and check on the event loop's worker threads; the model runs in a process
+of its own (:mod:`superneurons.serve.worker`), fed by the batcher's one thread. Bad input is a
+4xx in OpenAI's error shape, never a 500.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import asyncio
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,10 +31,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from superneurons.errors import SuperneuronsError
-from superneurons.image_cache import ImageFeatureCache
-from superneurons.prefix_cache import PrefixKVCache
 from superneurons.serve.batcher import Batcher, QueueFull
-from superneurons.serve.engine import Engine
 from superneurons.serve.protocol import (
     Limits,
     RequestError,
@@ -44,6 +42,7 @@ from superneurons.serve.protocol import (
     parse_chat,
     parse_classify,
 )
+from superneurons.serve.worker import EngineProcess, ModelProcessGone
 
 
 @dataclass(frozen=True)
@@ -62,7 +61,7 @@ class Settings:
 class Metrics:
     """The Prometheus metrics of one server (its own registry)."""
 
-    def __init__(self, cache: ImageFeatureCache, prefixes: PrefixKVCache) -> None:
+    def __init__(self, cache_counts: Callable[[], dict[str, int]]) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter(
@@ -83,14 +82,15 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )  # fmt: skip
         gauges = (
-            (cache, "image", "hits", "Images answered from the image-feature cache"),
-            (cache, "image", "misses", "Images computed for the image-feature cache"),
-            (prefixes, "prefix", "hits", "Prompts that ran only their question (prefix cache)"),
-            (prefixes, "prefix", "misses", "Prompts that ran whole (prefix cache)"),
+            ("image_hits", "Images answered from the image-feature cache"),
+            ("image_misses", "Images computed for the image-feature cache"),
+            ("prefix_hits", "Prompts that ran only their question (prefix cache)"),
+            ("prefix_misses", "Prompts that ran whole (prefix cache)"),
         )
-        for source, kind, count, what in gauges:
+        for name, what in gauges:
+            kind, count = name.split("_")
             Gauge(f"superneurons_{kind}_cache_{count}", what, registry=r).set_function(
-                lambda source=source, count=count: getattr(source, count)
+                lambda name=name: cache_counts().get(name, 0)
             )
         self.fallbacks = Counter(
             "superneurons_fallbacks", "Answers by the full model (cascade)", registry=r
@@ -124,9 +124,9 @@ async def _json_body(request: Request, limit: int) -> object:
         raise RequestError(400, f"the body is not valid JSON ({error})") from None
 
 
-def create_app(engine: Engine, settings: Settings = Settings()) -> FastAPI:
+def create_app(engine: EngineProcess, settings: Settings = Settings()) -> FastAPI:
     """The application serving ``engine``'s classifiers (each a ``model`` name of the API)."""
-    metrics = Metrics(engine.image_cache, engine.prefix_cache)
+    metrics = Metrics(engine.cache_counts)
     batcher = Batcher(
         engine.answer,
         settings.max_batch_size,
@@ -152,7 +152,7 @@ def create_app(engine: Engine, settings: Settings = Settings()) -> FastAPI:
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, error: RequestError) -> JSONResponse:
-        kind = {503: "queue_full", 504: "timeout"}.get(error.status, error.kind)
+        kind = error.code if error.status >= 500 else error.kind
         metrics.errors.labels(kind).inc()
         return _refusal(error)
 
@@ -176,14 +176,19 @@ def create_app(engine: Engine, settings: Settings = Settings()) -> FastAPI:
             return await asyncio.wait_for(asyncio.gather(*waiting), settings.request_timeout_s)
         except QueueFull:
             raise RequestError(
-                503, "the server is at capacity: retry shortly", kind="server_error"
+                503, "the server is at capacity: retry shortly", None, "queue_full", "server_error"
             ) from None
         except TimeoutError:
             raise RequestError(
-                504, f"no answer within {settings.request_timeout_s:g} s", kind="server_error"
-            ) from None
+                504, f"no answer within {settings.request_timeout_s:g} s", None, "timeout",
+                "server_error",
+            ) from None  # fmt: skip
         except SuperneuronsError as error:  # a question the model cannot take (too long)
             raise RequestError(400, str(error)) from None
+        except ModelProcessGone as error:
+            raise RequestError(
+                503, f"{error}: restart the server", None, "model_process_exited", "server_error"
+            ) from None
         finally:
             metrics.queue_depth.dec(len(questions))
 
@@ -237,6 +242,8 @@ def create_app(engine: Engine, settings: Settings = Settings()) -> FastAPI:
     async def health() -> Response:
         if not app.state.ready:
             return JSONResponse({"status": "starting"}, status_code=503)
+        if not engine.alive:
+            return JSONResponse({"status": "the model process exited"}, status_code=503)
         return JSONResponse({"status": "ok", "models": models})
 
     @app.get("/metrics")

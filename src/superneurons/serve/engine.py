@@ -68,6 +68,14 @@ class Engine:
         """The names the API serves."""
         return sorted([*self.predictors, *([self.full_model] if self.full_model else [])])
 
+    def cache_counts(self) -> dict[str, int]:
+        """The image-feature and prefix caches' hits and misses so far."""
+        return {
+            f"{kind}_{count}": getattr(cache, count)
+            for kind, cache in (("image", self.image_cache), ("prefix", self.prefix_cache))
+            for count in ("hits", "misses")
+        }
+
     @classmethod
     def from_dirs(
         cls,
