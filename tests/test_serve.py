@@ -387,6 +387,7 @@ def test_the_model_process_ignores_sigterm_and_its_death_is_a_503(tiny_run, tiny
     ])  # fmt: skip
     try:
         model = _model_process(server)
+        blocks = set(Path("/dev/shm").glob("psm_*"))
         replies = []
         thread = threading.Thread(
             target=lambda: replies.append(server.post("/v1/chat/completions", GOOD))
@@ -406,6 +407,7 @@ def test_the_model_process_ignores_sigterm_and_its_death_is_a_503(tiny_run, tiny
         assert "restart the server" in reply["error"]["message"]
     finally:
         assert server.stop() == 0
+    assert set(Path("/dev/shm").glob("psm_*")) <= blocks  # the pixels' block is gone with it
 
 
 def test_the_cascade_and_the_full_model_served_beside_the_classifier(
@@ -489,3 +491,31 @@ def test_a_port_in_use_is_one_error_before_the_model_loads(tiny_run):
         port = taken.getsockname()[1]
         done = superneurons("serve", "--classifier", out / "classifier", "--port", str(port))
     assert done.returncode == 2 and "cannot listen" in done.stderr, done.stderr
+
+
+def test_a_batchs_images_cross_to_the_model_process_exactly_through_a_reused_block():
+    from superneurons.serve.protocol import Question
+    from superneurons.serve.worker import _pack, _unpack
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+              for h, w in ((5, 7), (64, 48), (1, 1), (600, 500))]  # fmt: skip
+    images.append(images[1].convert("L"))  # converted to RGB on the way
+    questions = [Question("sn", image, f"q{i}", ["a", "b"] if i else None, "c" if i else None)
+                 for i, image in enumerate(images)]  # fmt: skip
+    small, _ = _pack(questions[:1], None)
+    block, packed = _pack(questions, small)  # 1 MiB is too small for 600x500: a new block
+    assert block.name != small.name and not Path(f"/dev/shm/{small.name}").exists()
+    try:
+        assert _pack(questions[:2], block)[0] is block  # it fits: the block is reused
+        block, packed = _pack(questions, block)
+        back = _unpack(block, packed)
+    finally:
+        block.close()
+        block.unlink()
+    for sent, got in zip(questions, back, strict=True):
+        assert got.image.mode == "RGB" and got.image.size == sent.image.size
+        assert got.image.tobytes() == sent.image.convert("RGB").tobytes()
+        assert (got.model, got.question, got.choices, got.context) == (
+            sent.model, sent.question, sent.choices, sent.context,
+        )  # fmt: skip
