@@ -4,7 +4,7 @@ answers batches in a child process, over a pipe.
 Two interpreters, two GILs: the model's Python (the modules' calls, the tokenizer) no longer takes
 turns with the event loop's (HTTP parsing, JSON, image decoding); docs/serve.md, "Batching and
 the engine". A batch's decoded pixels go through a shared-memory block the server reuses (32
-images of 640x480 pickled through the pipe took 120 ms), its texts through the pipe, and the
+images of 640x480 pickled through the pipe took 120-150 ms), its texts through the pipe, and the
 answers and the caches' counters come back. The child ignores SIGINT and SIGTERM (the server
 drains first, then closes the pipe, and the child exits at its end); it exits too when the
 server dies.
