@@ -44,9 +44,10 @@ def write_bytes(
         raise
 
 
-def json_bytes(obj: Any, ensure_ascii: bool = True) -> bytes:
-    """``obj`` as indented JSON (no NaN: an undefined number must be null)."""
-    text = json.dumps(obj, indent=1, ensure_ascii=ensure_ascii, allow_nan=False)
+def json_bytes(obj: Any, ensure_ascii: bool = True, indent: int | None = 1) -> bytes:
+    """``obj`` as JSON, indented unless ``indent`` is None (no NaN: an undefined number must be
+    null). Unindented JSON is encoded by the json module's C encoder, ≈ 10× faster."""
+    text = json.dumps(obj, indent=indent, ensure_ascii=ensure_ascii, allow_nan=False)
     return (text + "\n").encode()
 
 
@@ -55,9 +56,10 @@ def write_json(
     obj: Any,
     tmp_dir: str | os.PathLike | None = None,
     ensure_ascii: bool = True,
+    indent: int | None = 1,
 ) -> None:
-    """``obj`` as indented JSON (no NaN), written atomically."""
-    write_bytes(path, json_bytes(obj, ensure_ascii), tmp_dir)
+    """``obj`` as JSON (see :func:`json_bytes`), written atomically."""
+    write_bytes(path, json_bytes(obj, ensure_ascii, indent), tmp_dir)
 
 
 _RENAME_EXCHANGE = 2

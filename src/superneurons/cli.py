@@ -878,6 +878,7 @@ def bench_extract(
     batch_size: int = typer.Option(16, min=1, help="Samples per batch (run's default)."),
     max_new_tokens: int = typer.Option(128, min=1, help="Greedy answer budget (run's default)."),
     seed: int = typer.Option(5, help="Picks the scenes."),
+    repeats: int = typer.Option(3, min=1, help="Interleaved rounds (median reported)."),
 ) -> None:
     """Extraction's samples/s on the embedded default, its time per phase (decode, preprocess,
     model, store) and plain generate on the same batches preprocessed."""
@@ -885,7 +886,7 @@ def bench_extract(
     from superneurons.outputs import check_output_file, write_output_json
 
     check_output_file(out)
-    result = run_extract_bench(n, batch_size, max_new_tokens, seed, log=console.print)
+    result = run_extract_bench(n, batch_size, max_new_tokens, seed, repeats, log=console.print)
     write_output_json(out, result)
     console.print(result["phase_shares"])
     console.print(

@@ -219,7 +219,10 @@ class ActivationWriter:
 
     def _commit(self, records: list[dict]) -> None:
         document = {**self._header(), "n_done": len(records), "records": records}
-        atomic.write_json(self.path / PROGRESS, document, self._claim.tmp, ensure_ascii=False)
+        # Rewritten whole at every commit, so unindented (the C encoder: a quarter of the cost).
+        atomic.write_json(
+            self.path / PROGRESS, document, self._claim.tmp, ensure_ascii=False, indent=None
+        )
 
     def _check_resumable(self, stored: dict) -> None:
         given = self._header()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 
@@ -143,7 +144,7 @@ def test_the_extract_bench_splits_extraction_into_phases_beside_plain_generate(t
     from command import superneurons
 
     args = ["bench", "extract", "--n", "8", "--batch-size", "4", "--max-new-tokens", "4"]
-    done = superneurons(*args, "--out", tmp_path / "e.json")
+    done = superneurons(*args, "--repeats", "3", "--out", tmp_path / "e.json")
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["format"] == "superneurons-bench-extract/1" and result["n"] == 8
@@ -153,6 +154,10 @@ def test_the_extract_bench_splits_extraction_into_phases_beside_plain_generate(t
     ratio = result["generate_s"] / result["extract_s"]
     assert result["extract_vs_generate"] == pytest.approx(ratio, rel=0.01)
     assert result["extract_samples_per_s"] == pytest.approx(8 / result["extract_s"], rel=0.01)
+    rounds = result["rounds_s"]
+    assert result["repeats"] == 3 and all(len(values) == 3 for values in rounds.values())
+    assert result["generate_s"] == pytest.approx(statistics.median(rounds["generate"]), abs=1e-4)
+    assert result["extract_s"] == pytest.approx(statistics.median(rounds["0"]), abs=1e-4)
 
 
 def test_the_serve_bench_drives_a_real_server_beside_offline_and_the_full_model(tmp_path, tiny_run):

@@ -1,18 +1,18 @@
 """``superneurons bench extract``: where extraction's time goes on the embedded default, against
 ``generate`` alone on the same batches already preprocessed, side by side in one process.
 
-Three measurements over the same scene questions (image files on disk, as a run reads them):
-``extract`` itself end to end (samples/s; with inputs prepared when needed, ``prefetch=0``,
-and two batches ahead on a thread, ``prefetch=2``; the headline figure is extract's default
-for the model's device: 0 on the CPU, 2 on an accelerator); the same loop timed phase by phase
-(decoding the images, the processor, the model with the capture hooks, the store's append and
-commit); and
-plain greedy ``generate`` (no hooks) on the preprocessed batches. The ratio of extraction's
-throughput to plain ``generate``'s is what the input pipeline overlapping the model raises.
-"""
+Over the same scene questions (image files on disk, as a run reads them): the extraction loop
+timed phase by phase once (decoding the images, the processor, the model with the capture
+hooks, the store's append and commit); then interleaved rounds of ``extract`` itself end to end
+(with inputs prepared when needed, ``prefetch=0``, and two batches ahead on a thread,
+``prefetch=2``) and plain greedy ``generate`` (no hooks) on the preprocessed batches, medians
+reported. The headline is extract's default for the model's device (prefetch 0 on the CPU, 2 on
+an accelerator); the ratio of its throughput to plain ``generate``'s is what the input pipeline
+overlapping the model raises."""
 
 from __future__ import annotations
 
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -23,8 +23,11 @@ FORMAT = "superneurons-bench-extract/1"
 PHASES = ("decode", "preprocess", "model", "store")
 
 
-def run_extract_bench(n: int, batch_size: int, max_new_tokens: int, seed: int, log=print) -> dict:
-    """Seconds and samples/s of extraction, its phases, and plain ``generate``."""
+def run_extract_bench(
+    n: int, batch_size: int, max_new_tokens: int, seed: int, repeats: int = 3, log=print
+) -> dict:
+    """Seconds and samples/s of extraction, its phases, and plain ``generate`` (medians of
+    ``repeats`` interleaved rounds)."""
     from superneurons.capture import capture_prepared, prepare_inputs, to_model
     from superneurons.data.loaders import select
     from superneurons.data.prompts import Prompter
@@ -46,17 +49,6 @@ def run_extract_bench(n: int, batch_size: int, max_new_tokens: int, seed: int, l
         with torch.inference_mode():  # first calls pay one-off costs: not timed
             model.generate(**to_model(warm, model), do_sample=False, max_new_tokens=2)
 
-        wholes = {}
-        for prefetch in (0, 2):  # each batch prepared when needed; two prepared ahead
-            started = time.perf_counter()
-            extract(loaded, records, Path(scratch) / f"whole-{prefetch}", batch_size=batch_size,
-                    max_new_tokens=max_new_tokens, description="bench",
-                    prefetch=prefetch)  # fmt: skip
-            wholes[prefetch] = time.perf_counter() - started
-            log(f"extract (prefetch {prefetch}): {wholes[prefetch]:.2f} s for {n} samples")
-        default = 0 if loaded.device.type == "cpu" else 2  # extract's own default
-        whole = wholes[default]
-
         phases = dict.fromkeys(PHASES, 0.0)
         prepared = []
         path = Path(scratch) / "phases"
@@ -77,13 +69,32 @@ def run_extract_bench(n: int, batch_size: int, max_new_tokens: int, seed: int, l
                 phases["store"] += time.perf_counter() - mark
             writer.finish()
 
-        started = time.perf_counter()
-        with torch.inference_mode():
-            for inputs in prepared:
-                model.generate(**to_model(inputs, model), do_sample=False, num_beams=1,
-                               max_new_tokens=max_new_tokens)  # fmt: skip
-        generate = time.perf_counter() - started
-        log(f"generate alone on preprocessed batches: {generate:.2f} s")
+        def plain_generate() -> None:
+            with torch.inference_mode():
+                for inputs in prepared:
+                    model.generate(**to_model(inputs, model), do_sample=False, num_beams=1,
+                                   max_new_tokens=max_new_tokens)  # fmt: skip
+
+        # Interleaved rounds: extract with each batch prepared when needed and two prepared
+        # ahead, then plain generate; the median of each is reported.
+        seconds: dict[str, list[float]] = {"0": [], "2": [], "generate": []}
+        for round_ in range(repeats):
+            for prefetch in (0, 2):
+                started = time.perf_counter()
+                extract(loaded, records, Path(scratch) / f"whole-{prefetch}-{round_}",
+                        batch_size=batch_size, max_new_tokens=max_new_tokens,
+                        description="bench", prefetch=prefetch, progress=False)  # fmt: skip
+                seconds[str(prefetch)].append(time.perf_counter() - started)
+            started = time.perf_counter()
+            plain_generate()
+            seconds["generate"].append(time.perf_counter() - started)
+            log(
+                f"round {round_ + 1}/{repeats}: extract {seconds['0'][-1]:.2f} s (prefetch 0), "
+                f"{seconds['2'][-1]:.2f} s (prefetch 2); generate {seconds['generate'][-1]:.2f} s"
+            )
+        medians = {name: statistics.median(values) for name, values in seconds.items()}
+        default = "0" if loaded.device.type == "cpu" else "2"  # extract's own default
+        whole, generate = medians[default], medians["generate"]
     total = sum(phases.values())
     return {
         "format": FORMAT,
@@ -91,10 +102,13 @@ def run_extract_bench(n: int, batch_size: int, max_new_tokens: int, seed: int, l
         "n": n,
         "batch_size": batch_size,
         "max_new_tokens": max_new_tokens,
-        "prefetch": default,
+        "repeats": repeats,
+        "statistic": "median",
+        "prefetch": int(default),
         "extract_s": round(whole, 4),
         "extract_samples_per_s": round(n / whole, 2),
-        "extract_s_by_prefetch": {str(depth): round(s, 4) for depth, s in wholes.items()},
+        "extract_s_by_prefetch": {depth: round(medians[depth], 4) for depth in ("0", "2")},
+        "rounds_s": {name: [round(v, 4) for v in values] for name, values in seconds.items()},
         "phases_s": {name: round(seconds, 4) for name, seconds in phases.items()},
         "phase_shares": {name: round(seconds / total, 4) for name, seconds in phases.items()},
         "generate_s": round(generate, 4),
