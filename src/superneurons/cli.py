@@ -51,6 +51,13 @@ def _device(value: str) -> str:
     return value
 
 
+def _chosen_device(value: str) -> str:
+    """The device ``--device`` names, "auto" resolved (a CUDA device when there is one)."""
+    from superneurons.models.loading import pick_device
+
+    return str(pick_device(value))
+
+
 def _site_list(value: str) -> str:
     from superneurons.models.adapters import SITES
 
@@ -740,6 +747,7 @@ def bench_early_exit(
     ),
     repeats: int = typer.Option(5, min=1, help="Timed rounds (median reported)."),
     warmup: int = typer.Option(1, min=0, help="Untimed rounds first."),
+    device: str = typer.Option("auto", callback=_device, help="cpu, cuda, cuda:N or auto."),
 ) -> None:
     """Time the full model against early exit at the classifier's layer and at k = 0, 1."""
     from superneurons.bench import rows_table, run_early_exit_bench
@@ -756,6 +764,7 @@ def bench_early_exit(
         [int(b) for b in _names(batch_sizes)],
         repeats,
         warmup,
+        _chosen_device(device),
         log=console.print,
     )
     Console().print(rows_table(result["rows"]))
@@ -796,6 +805,7 @@ def bench_serve(
     ),
     max_batch_size: int = typer.Option(32, min=1, help="The server's and the offline batch size."),
     max_wait_ms: float = typer.Option(5.0, min=0.0, help="The server's batching wait."),
+    device: str = typer.Option("auto", callback=_device, help="cpu, cuda, cuda:N or auto."),
 ) -> None:
     """The real server under load (an aiohttp client) against the offline predictor at the
     same batch size and the full model served the same way."""
@@ -807,7 +817,9 @@ def bench_serve(
         raise ConfigError(f"--classifier {classifier}: no such directory (run `superneurons run`)")
     check_output_file(out, [classifier])
     levels = tuple(int(c) for c in _names(concurrency))
-    result = measure(classifier, requests, levels, max_batch_size, max_wait_ms)
+    result = measure(
+        classifier, requests, levels, max_batch_size, max_wait_ms, device=_chosen_device(device)
+    )
     write_output_json(out, result, [classifier])
     six = result["six_per_image"]
     for row in [*result["served"], *result["full_model_served"]]:
@@ -879,6 +891,7 @@ def bench_extract(
     max_new_tokens: int = typer.Option(128, min=1, help="Greedy answer budget (run's default)."),
     seed: int = typer.Option(5, help="Picks the scenes."),
     repeats: int = typer.Option(3, min=1, help="Interleaved rounds (median reported)."),
+    device: str = typer.Option("auto", callback=_device, help="cpu, cuda, cuda:N or auto."),
 ) -> None:
     """Extraction's samples/s on the embedded default, its time per phase (decode, preprocess,
     model, store) and plain generate on the same batches preprocessed."""
@@ -886,7 +899,9 @@ def bench_extract(
     from superneurons.outputs import check_output_file, write_output_json
 
     check_output_file(out)
-    result = run_extract_bench(n, batch_size, max_new_tokens, seed, repeats, log=console.print)
+    result = run_extract_bench(
+        n, batch_size, max_new_tokens, seed, repeats, _chosen_device(device), log=console.print
+    )
     write_output_json(out, result)
     console.print(result["phase_shares"])
     console.print(
@@ -952,6 +967,7 @@ def bench_image_reuse(
     exit_layer: int = typer.Option(1, min=0, help="The early exit's layer k."),
     questions: int = typer.Option(6, min=2, help="Questions per image (POPE asks six)."),
     repeats: int = typer.Option(3, min=1, help="Timed rounds (median reported)."),
+    device: str = typer.Option("auto", callback=_device, help="cpu, cuda, cuda:N or auto."),
 ) -> None:
     """Many questions about one image at batch 1: plain early exit against the image-feature
     cache and the prefix KV cache, side by side in one process."""
@@ -966,7 +982,9 @@ def bench_image_reuse(
             f"(0..{DEPTHS[shape] - 1})"
         )
     check_output_file(out)
-    result = run_image_reuse_bench(shape, exit_layer, questions, repeats, log=console.print)
+    result = run_image_reuse_bench(
+        shape, exit_layer, questions, repeats, device=_chosen_device(device), log=console.print
+    )
     write_output_json(out, result)
     speedups = ", ".join(f"{r['variant']} {r['speedup_over_plain']:.2f}x" for r in result["rows"])
     console.print(f"results: {out} ({speedups})")

@@ -148,6 +148,7 @@ def test_the_extract_bench_splits_extraction_into_phases_beside_plain_generate(t
     assert done.returncode == 0, done.stderr
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["format"] == "superneurons-bench-extract/1" and result["n"] == 8
+    assert result["device"] == "cpu" and result["torch"].startswith("2.")
     assert set(result["phases_s"]) == {"decode", "preprocess", "model", "store"}
     assert all(seconds > 0 for seconds in result["phases_s"].values())
     assert sum(result["phase_shares"].values()) == pytest.approx(1.0, abs=1e-3)
@@ -219,3 +220,26 @@ def test_the_image_reuse_bench_shares_one_images_work_across_its_questions(tmp_p
         # bf16 values of the same early exit: equal up to bf16 rounding of values this large.
         assert row["max_abs_diff_from_plain"] <= 1e-2 * row["plain_max_abs_value"]
     assert rows["plain"]["speedup_over_plain"] == 1.0
+    assert result["device"] == "cpu" and result["device_name"] == "cpu"  # --device auto here
+
+
+@pytest.mark.parametrize("bench", ["early-exit", "extract", "image-reuse", "serve"])
+def test_every_device_bench_refuses_a_device_this_machine_lacks_before_any_work(tmp_path, bench):
+    from command import superneurons
+
+    done = superneurons("bench", bench, "--device", "cuda:99", "--out", tmp_path / "r.json")
+    assert done.returncode == 2
+    assert done.stderr.strip().count("\n") == 0, done.stderr
+    assert "--device" in done.stderr and "'cuda:99' is not available" in done.stderr
+    assert "Traceback" not in done.stderr and list(tmp_path.iterdir()) == []
+
+
+def test_timing_waits_for_the_device_and_returns_the_result():
+    import time
+
+    import torch
+
+    from superneurons.bench.clock import timed
+
+    result, seconds = timed(lambda: time.sleep(0.05) or "done", torch.device("cpu"))
+    assert result == "done" and 0.05 <= seconds < 1

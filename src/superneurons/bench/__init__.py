@@ -14,6 +14,20 @@ from superneurons.outputs import write_output_json
 EXIT_LAYERS = {"k=0": {"resid": [0]}, "k=1": {"resid": [1]}}
 
 
+def device_description(device: str) -> dict:
+    """What the numbers were measured on: the device, its name, torch's version and threads."""
+    import torch
+
+    chosen = torch.device(device)
+    name = torch.cuda.get_device_name(chosen) if chosen.type == "cuda" else "cpu"
+    return {
+        "device": str(chosen),
+        "device_name": name,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
 def scene_set(n: int, seed: int) -> tuple[list, list]:
     """(images, records): ``n`` balanced validation scene questions, chosen as every command
     chooses its records (``select``), generated in a temporary folder."""
@@ -24,7 +38,9 @@ def scene_set(n: int, seed: int) -> tuple[list, list]:
         return [r.load_image() for r in records], records
 
 
-def embedded_target(classifier_dir: Path | None, seed: int = 99, n: int = 16) -> BenchTarget:
+def embedded_target(
+    classifier_dir: Path | None, seed: int = 99, n: int = 16, device: str = "cpu"
+) -> BenchTarget:
     """The embedded default on held-out scenes, with its fitted classifier when one is given."""
     from superneurons.capture import prepare_inputs
     from superneurons.classifiers import LayerActivations
@@ -32,7 +48,7 @@ def embedded_target(classifier_dir: Path | None, seed: int = 99, n: int = 16) ->
     from superneurons.models.loading import load_model
     from superneurons.predictor import SuperNeuronPredictor
 
-    loaded = load_model(None, "fp32", "cpu")
+    loaded = load_model(None, "fp32", device)
     predictor = None
     if classifier_dir is not None:
         predictor = SuperNeuronPredictor.from_pretrained(classifier_dir, model=loaded)
@@ -59,11 +75,11 @@ def embedded_target(classifier_dir: Path | None, seed: int = 99, n: int = 16) ->
     return BenchTarget("embedded", loaded.model, make_batch, {"max_new_tokens": 128}, exits, finish)
 
 
-def shape_target(name: str) -> BenchTarget:
+def shape_target(name: str, device: str = "cpu") -> BenchTarget:
     """A real architecture's shapes with random weights; the full model answers in 2 tokens."""
     from superneurons.bench.shapes import SHAPES
 
-    shape = SHAPES[name]()
+    shape = SHAPES[name](device=device)
     make_batch = functools.lru_cache(maxsize=None)(shape.make_inputs)
     return BenchTarget(
         shape.name,
@@ -119,9 +135,11 @@ def run_early_exit_bench(
     batch_sizes: list[int],
     repeats: int,
     warmup: int,
+    device: str = "cpu",
     log=print,
 ) -> dict:
-    """Benchmark every model in ``models``, writing ``out`` after each (atomically)."""
+    """Benchmark every model in ``models`` on ``device``, writing ``out`` after each
+    (atomically)."""
     rows: list[dict] = []
     result = {
         "format": "superneurons-bench-early-exit/1",
@@ -129,9 +147,13 @@ def run_early_exit_bench(
         "repeats": repeats,
         "warmup": warmup,
         "statistic": "median",
+        **device_description(device),
     }
     for name in models:
-        target = embedded_target(classifier_dir) if name == "embedded" else shape_target(name)
+        if name == "embedded":
+            target = embedded_target(classifier_dir, device=device)
+        else:
+            target = shape_target(name, device)
         rows += bench_target(target, batch_sizes, repeats, warmup, log=log)
         del target
         if name == "embedded":
@@ -163,6 +185,7 @@ def rows_table(rows: list[dict]) -> Table:
 
 
 __all__ = [
+    "device_description",
     "embedded_target",
     "input_path_rows",
     "rows_table",

@@ -12,7 +12,6 @@ full model to the early exit; ``fraction_of_ceiling`` is how much of it the spee
 from __future__ import annotations
 
 import statistics
-import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from superneurons.bench.clock import timed
 from superneurons.capture import to_model
 from superneurons.early_exit import early_exit_activations
 
@@ -37,10 +37,11 @@ class BenchTarget:
 
 
 def _flops_and_median_times(
-    variants: dict[str, Callable[[], object]], repeats: int, warmup: int
+    variants: dict[str, Callable[[], object]], repeats: int, warmup: int, device: torch.device
 ) -> tuple[dict[str, int], dict[str, float]]:
     """FLOPs of each variant (counted in the first, untimed round) and median seconds of the
-    ``repeats`` rounds after the ``warmup`` rounds; one call of every variant per round."""
+    ``repeats`` rounds after the ``warmup`` rounds; one call of every variant per round, timed
+    until the device has finished it."""
     flops, times = {}, defaultdict(list)
     for round_ in range(max(1, warmup) + repeats):
         for name, run in variants.items():
@@ -49,10 +50,9 @@ def _flops_and_median_times(
                     run()
                 flops[name] = counter.get_total_flops()
                 continue
-            start = time.perf_counter()
-            run()
+            _, seconds = timed(run, device)
             if round_ >= warmup:
-                times[name].append(time.perf_counter() - start)
+                times[name].append(seconds)
     return flops, {name: statistics.median(values) for name, values in times.items()}
 
 
@@ -87,7 +87,7 @@ def bench_target(
             f"{target.name}, batch {batch_size}: timing {len(variants)} variants "
             f"({warmup} warm-up + {repeats} rounds)"
         )
-        flops, times = _flops_and_median_times(variants, repeats, warmup)
+        flops, times = _flops_and_median_times(variants, repeats, warmup, target.model.device)
         for name, needed in target.exits.items():
             speedup = times["full"] / times[name]
             ceiling = flops["full"] / flops[name]

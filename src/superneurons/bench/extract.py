@@ -19,12 +19,21 @@ from pathlib import Path
 
 import torch
 
+from superneurons.bench import device_description
+from superneurons.bench.clock import timed
+
 FORMAT = "superneurons-bench-extract/1"
 PHASES = ("decode", "preprocess", "model", "store")
 
 
 def run_extract_bench(
-    n: int, batch_size: int, max_new_tokens: int, seed: int, repeats: int = 3, log=print
+    n: int,
+    batch_size: int,
+    max_new_tokens: int,
+    seed: int,
+    repeats: int = 3,
+    device: str = "cpu",
+    log=print,
 ) -> dict:
     """Seconds and samples/s of extraction, its phases, and plain ``generate`` (medians of
     ``repeats`` interleaved rounds)."""
@@ -36,7 +45,7 @@ def run_extract_bench(
     from superneurons.models.loading import load_model
     from superneurons.store import ActivationWriter
 
-    loaded = load_model(None, "fp32", "cpu")
+    loaded = load_model(None, "fp32", device)
     model, processor = loaded.model, loaded.processor
     adapter = adapter_for(model)
     shapes = {s: (adapter.n_layers(model), adapter.site_width(model, s)) for s in SITES}
@@ -72,9 +81,7 @@ def run_extract_bench(
                         batch_size=batch_size, max_new_tokens=max_new_tokens,
                         description="bench", prefetch=prefetch, progress=False)  # fmt: skip
                 seconds[str(prefetch)].append(time.perf_counter() - started)
-            started = time.perf_counter()
-            plain_generate()
-            seconds["generate"].append(time.perf_counter() - started)
+            seconds["generate"].append(timed(plain_generate, loaded.device)[1])
             log(
                 f"round {round_ + 1}/{repeats}: extract {seconds['0'][-1]:.2f} s (prefetch 0), "
                 f"{seconds['2'][-1]:.2f} s (prefetch 2); generate {seconds['generate'][-1]:.2f} s"
@@ -105,6 +112,7 @@ def run_extract_bench(
     return {
         "format": FORMAT,
         "model": loaded.model_id,
+        **device_description(str(loaded.device)),
         "n": n,
         "batch_size": batch_size,
         "max_new_tokens": max_new_tokens,

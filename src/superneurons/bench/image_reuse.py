@@ -13,11 +13,13 @@ so its time is the full-depth model's, in a fraction of the memory.
 
 from __future__ import annotations
 
+import functools
 import statistics
-import time
 
 import torch
 
+from superneurons.bench import device_description
+from superneurons.bench.clock import timed
 from superneurons.bench.shapes import SHAPES, ShapeModel
 from superneurons.early_exit import early_exit_activations
 from superneurons.image_cache import ImageFeatureCache
@@ -68,6 +70,10 @@ def _answerer(model: torch.nn.Module, needed: dict, image: bool, prefix: bool):
     return answer, caches
 
 
+def _ask_all(answer, prompts: list[dict], exit_layer: int) -> list[torch.Tensor]:
+    return [answer(inputs)[("resid", exit_layer)] for inputs in prompts]
+
+
 def run_image_reuse_bench(
     shape_name: str,
     exit_layer: int,
@@ -75,12 +81,13 @@ def run_image_reuse_bench(
     repeats: int,
     dtype: torch.dtype = torch.bfloat16,
     seed: int = 0,
+    device: str = "cpu",
     log=print,
 ) -> dict:
     """Median seconds per round of ``questions`` questions for each variant, their speedups over
     plain early exit, and the largest difference of any variant's values from plain's."""
     torch.manual_seed(seed)
-    shape = SHAPES[shape_name](dtype=dtype, seed=seed, text_layers=exit_layer + 1)
+    shape = SHAPES[shape_name](dtype=dtype, seed=seed, text_layers=exit_layer + 1, device=device)
     needed = {"resid": [exit_layer]}
     prompts = question_inputs(shape, questions, seed)
     times: dict[str, list[float]] = {name: [] for name in VARIANTS}
@@ -89,9 +96,8 @@ def run_image_reuse_bench(
     for round_ in range(repeats + 1):  # round 0 warms up and keeps the values
         for name, (image, prefix) in VARIANTS.items():
             answer, caches = _answerer(shape.model, needed, image, prefix)
-            start = time.perf_counter()
-            answers = [answer(inputs)[("resid", exit_layer)] for inputs in prompts]
-            elapsed = time.perf_counter() - start
+            ask_all = functools.partial(_ask_all, answer, prompts, exit_layer)
+            answers, elapsed = timed(ask_all, shape.model.device)
             if round_ == 0:
                 values[name] = answers
                 hits[name] = {
@@ -122,6 +128,6 @@ def run_image_reuse_bench(
         "questions_per_image": questions,
         "dtype": str(dtype).removeprefix("torch."),
         "repeats": repeats,
-        "threads": torch.get_num_threads(),
+        **device_description(device),
         "rows": rows,
     }

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from superneurons.bench import device_description
+from superneurons.bench.clock import synchronize
 from superneurons.errors import ConfigError
 from superneurons.image_cache import ImageFeatureCache
 
@@ -175,6 +177,7 @@ def request_phases(predictor, png: bytes, question: str, repeats: int = 30) -> d
         inputs = prepare_inputs(loaded.processor, [image], [prompt])
         marks.append(time.perf_counter())
         values = early_exit_activations(loaded.model, inputs, predictor.needed)
+        synchronize(loaded.device)
         marks.append(time.perf_counter())
         arrays = {key: v.float().cpu().numpy() for key, v in values.items()}
         split = Split(LayerActivations(arrays, predictor.sites), [question])
@@ -200,6 +203,7 @@ def bench_serve(
     seed: int = 11,
     n_questions: int = 64,
     per_image: int = 6,
+    device: str = "cpu",
 ) -> dict:
     """Throughput and latency of the server at each concurrency (image cache off), of the full
     model served the same way at the highest, of the offline predictor batched at
@@ -243,7 +247,7 @@ def bench_serve(
         }
 
     predictor = SuperNeuronPredictor.from_pretrained(
-        classifier, device="cpu", batch_size=max_batch_size
+        classifier, device=device, batch_size=max_batch_size
     )
     offline = offline_at(predictor, max_batch_size)
     buffer = io.BytesIO()
@@ -261,7 +265,7 @@ def bench_serve(
 
     def start(cache_mb: float) -> ServerProcess:
         return ServerProcess([
-            "--classifier", f"sn={classifier}", "--full-model", FULL, "--device", "cpu",
+            "--classifier", f"sn={classifier}", "--full-model", FULL, "--device", device,
             "--max-batch-size", str(max_batch_size), "--max-wait-ms", str(max_wait_ms),
             "--max-queue", str(max(1024, 4 * n_requests)), "--image-cache-mb", str(cache_mb),
         ])  # fmt: skip
@@ -289,13 +293,13 @@ def bench_serve(
     top = served[-1]
     # Offline again, now at the batch size the server formed at the highest concurrency: a
     # closed loop of c requests keeps about c/2 in the model while the rest travel.
-    predictor = SuperNeuronPredictor.from_pretrained(classifier, device="cpu")
+    predictor = SuperNeuronPredictor.from_pretrained(classifier, device=device)
     same_batch = offline_at(predictor, max(1, round(top["mean_batch_size"] or 1)))
     del predictor
     return {
         "format": "superneurons-bench-serve/1",
         "classifier": str(classifier),
-        "device": "cpu",
+        **device_description(device),
         "max_batch_size": max_batch_size,
         "max_wait_ms": max_wait_ms,
         "served": served,

@@ -1,8 +1,8 @@
 """Real architectures' shapes with random weights, for speed benchmarks without the checkpoints.
 
 The configs are written out from the published ``config.json`` files (the weights cannot be
-downloaded here); weights are random bf16 (one seeded random block, tiled): only shapes matter
-for speed.
+downloaded here); weights are random bf16 (one seeded random block, tiled), built on the device
+they run on: only shapes matter for speed.
 Inputs are built as each model's processor would: the same number of image and text tokens.
 """
 
@@ -38,13 +38,16 @@ class ShapeModel:
     make_inputs: callable  # batch size -> model inputs (dict of tensors)
 
 
-def _random_model(cls, config, dtype: torch.dtype, seed: int) -> torch.nn.Module:
-    with no_init_weights():
+def _random_model(
+    cls, config, dtype: torch.dtype, seed: int, device: str | torch.device = "cpu"
+) -> torch.nn.Module:
+    """The model with tiled seeded random weights, built directly on ``device``."""
+    with torch.device(device), no_init_weights():
         model = cls._from_config(config, dtype=dtype)
     # Billions of independent draws take minutes on two cores; tiling one seeded block of
     # random values is as good for timing and takes seconds.
     block = torch.randn(1 << 20, generator=torch.Generator().manual_seed(seed)).mul_(0.02)
-    block = block.to(dtype)
+    block = block.to(device, dtype)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if "norm" in name and name.endswith("weight"):
@@ -65,7 +68,10 @@ def _image(width: int, height: int, seed: int) -> Image.Image:
 
 
 def llava_1_5_7b(
-    dtype: torch.dtype = torch.bfloat16, seed: int = 0, text_layers: int = DEPTHS["llava-1.5-7b"]
+    dtype: torch.dtype = torch.bfloat16,
+    seed: int = 0,
+    text_layers: int = DEPTHS["llava-1.5-7b"],
+    device: str | torch.device = "cpu",
 ) -> ShapeModel:
     """LLaVA-1.5-7b: CLIP ViT-L/14 at 336 px (576 image tokens) → Vicuna-7B (32 layers; fewer
     with ``text_layers``, which times an early exit at that depth alike with less memory)."""
@@ -97,7 +103,7 @@ def llava_1_5_7b(
         image_seq_length=576,
         pad_token_id=0,
     )
-    model = _random_model(LlavaForConditionalGeneration, config, dtype, seed)
+    model = _random_model(LlavaForConditionalGeneration, config, dtype, seed, device)
     processor = CLIPImageProcessorPil(size={"height": 336, "width": 336}, do_center_crop=False)
     pixels = processor(_image(640, 480, seed), return_tensors="pt")["pixel_values"]
 
@@ -116,7 +122,10 @@ def llava_1_5_7b(
 
 
 def qwen3_vl_4b(
-    dtype: torch.dtype = torch.bfloat16, seed: int = 0, text_layers: int = DEPTHS["qwen3-vl-4b"]
+    dtype: torch.dtype = torch.bfloat16,
+    seed: int = 0,
+    text_layers: int = DEPTHS["qwen3-vl-4b"],
+    device: str | torch.device = "cpu",
 ) -> ShapeModel:
     """Qwen3-VL-4B-Instruct: 24-layer ViT with DeepStack → 36-layer decoder (or ``text_layers``);
     a 640×480 image."""
@@ -156,7 +165,7 @@ def qwen3_vl_4b(
         vision_end_token_id=151653,
         tie_word_embeddings=True,
     )
-    model = _random_model(Qwen3VLForConditionalGeneration, config, dtype, seed)
+    model = _random_model(Qwen3VLForConditionalGeneration, config, dtype, seed, device)
     processor = Qwen2VLImageProcessorPil(patch_size=16, merge_size=2, temporal_patch_size=2)
     image = processor(_image(640, 480, seed), return_tensors="pt")
     n_image_tokens = int(image["image_grid_thw"].prod()) // 4
