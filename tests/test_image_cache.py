@@ -58,6 +58,17 @@ def test_the_cache_keeps_within_its_bytes_least_recently_used_first(llava):
     assert cache.hits == 3  # the two most recent were kept
 
 
+def test_each_cached_image_holds_only_its_own_features(llava):
+    # The model computes a batch's features as one tensor; a cached view of it would keep the
+    # whole batch alive (the cache counts what each entry keeps alive).
+    alone = ImageFeatureCache(max_bytes=2**20)
+    alone.inject(llava.model, _inputs(llava, tiny_images(1, llava.image_size, seed=7) * 3))
+    cache = ImageFeatureCache(max_bytes=2**20)
+    cache.inject(llava.model, _inputs(llava, tiny_images(3, llava.image_size, seed=7)))
+    assert len(alone) == 1 and len(cache) == 3
+    assert cache.bytes == 3 * alone.bytes
+
+
 @pytest.mark.parametrize("name", sorted(set(BUILDERS) - {"llava"}))
 def test_architectures_without_injection_are_left_as_they_are(name):
     tiny = BUILDERS[name]()

@@ -26,7 +26,8 @@ class ImageFeatureCache:
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes
-        self._entries = ByteLRU(max_bytes, lambda t: t.numel() * t.element_size())
+        # Counted by the memory a value keeps alive: its whole storage.
+        self._entries = ByteLRU(max_bytes, lambda t: t.untyped_storage().nbytes())
         self.hits = 0  # images answered from the cache
         self.misses = 0  # images whose features were computed
 
@@ -62,6 +63,9 @@ class ImageFeatureCache:
                     return_dict=True,
                 ).pooler_output
             for key, value in zip(missing, computed, strict=True):
+                # A copy: the model's per-image features are views of one batch-wide tensor,
+                # which a cached view would keep whole while the cache counted only the view.
+                value = value.clone()
                 features[key] = value
                 self._entries.put(key, value)
         injected = {k: v for k, v in inputs.items() if k != "pixel_values"}
