@@ -88,7 +88,7 @@ def served(tiny_run, tiny_llava_checkpoint):
         "--classifier", f"probe={out / 'baselines' / 'linear_probe'}",
         "--model", str(tiny_llava_checkpoint), "--device", "cpu",
         "--max-batch-size", "8", "--max-wait-ms", "100", "--max-queue", "12",
-        "--max-pixels", "1000000",
+        "--max-pixels", "1000000", "--max-request-pixels", "2000000",
     ])  # fmt: skip
     yield server
     server.stop()
@@ -257,6 +257,12 @@ def _big_png() -> bytes:
     return buffer.getvalue()
 
 
+def _bmp() -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="BMP")
+    return buffer.getvalue()
+
+
 RED = "is it red ?"
 GOOD = {"model": "sn", "messages": _messages("is there a cube ?", _data_url(_png(0)))}
 BAD_REQUESTS = [
@@ -279,6 +285,8 @@ BAD_REQUESTS = [
      "--allow-files"),
     ("too many pixels", {"model": "sn", "messages": _messages(RED, _data_url(_big_png()))},
      400, "pixels"),
+    ("not png, jpeg or webp", {"model": "sn", "messages": _messages(RED, _data_url(_bmp()))},
+     400, "no PNG, JPEG, WEBP image"),
     ("n = 2", {**GOOD, "n": 2}, 400, "n = 1"),
     ("system message", {**GOOD, "messages": [{"role": "system", "content": "be brief"},
                                              *GOOD["messages"]]}, 400, "one message"),
@@ -303,12 +311,61 @@ def test_a_bad_request_is_a_4xx_in_openais_error_shape(served, body, status, mes
     [
         (b"{not json", {"Content-Type": "application/json"}, 400, "not valid JSON"),
         (json.dumps(GOOD).encode(), {"Content-Type": "text/plain"}, 415, "application/json"),
+        (
+            b"[" * 200_000 + b"]" * 200_000,
+            {"Content-Type": "application/json"},
+            400,
+            "nested too deeply",
+        ),
+        (
+            json.dumps(GOOD).encode()[:-1] + b', "max_tokens": 1' + b"0" * 400 + b"}",
+            {"Content-Type": "application/json"},
+            400,
+            "'max_tokens' must be a finite number",
+        ),
     ],
-    ids=["invalid JSON", "wrong content type"],
+    ids=["invalid JSON", "wrong content type", "nested too deeply", "an integer beyond floats"],
 )
 def test_bodies_that_are_not_json_requests_are_refused(served, body, headers, status, message):
     got, _, reply = served.request("POST", "/v1/chat/completions", body, headers)
     assert got == status and message in reply["error"]["message"], reply
+    assert served.post("/v1/chat/completions", GOOD)[0] == 200
+
+
+def test_a_classify_request_too_large_for_the_queue_or_in_pixels_is_a_413(served):
+    many = [_messages(RED, _data_url(_png(0)))] * 13  # the server queues 12
+    status, reply = served.post("/classify", {"model": "sn", "input": many})
+    assert status == 413 and "--max-queue" in reply["error"]["message"], reply
+    buffer = io.BytesIO()
+    Image.new("1", (1000, 800)).save(buffer, format="PNG")  # 0.8 M pixels: three pass 2 M
+    large = [_messages(RED, _data_url(buffer.getvalue()))] * 3
+    status, reply = served.post("/classify", {"model": "sn", "input": large})
+    assert status == 413 and "--max-request-pixels" in reply["error"]["message"], reply
+    status, reply = served.post("/classify", {"model": "sn", "input": large[:2]})
+    assert status == 200 and len(reply["data"]) == 2, reply
+
+
+def test_a_model_is_retrieved_by_name_with_the_openai_client(served):
+    client = openai.OpenAI(base_url=served.url + "/v1", api_key="unused")
+    assert client.models.retrieve("sn").id == "sn"
+    with pytest.raises(openai.NotFoundError):
+        client.models.retrieve("gpt-4o")
+
+
+def test_a_file_url_with_a_nul_is_a_400(tmp_path):
+    from superneurons.serve.protocol import Limits, RequestError, image_from_url
+
+    with pytest.raises(RequestError, match="NUL") as refused:
+        image_from_url(f"file://{tmp_path}/a%00b.png", Limits(100, tmp_path), "messages")
+    assert refused.value.status == 400
+
+
+def test_a_probes_probability_of_a_score_far_from_zero_does_not_overflow(offline):
+    from superneurons.serve.engine import yes_probability
+
+    assert yes_probability(offline["probe"], -1000.0) == 0.0
+    assert yes_probability(offline["probe"], 1000.0) == 1.0
+    assert yes_probability(offline["probe"], 0.0) == 0.5
 
 
 def test_a_body_over_the_limit_is_refused_before_it_is_read(served):
@@ -494,6 +551,17 @@ def test_a_port_in_use_is_one_error_before_the_model_loads(tiny_run):
         port = taken.getsockname()[1]
         done = superneurons("serve", "--classifier", out / "classifier", "--port", str(port))
     assert done.returncode == 2 and "cannot listen" in done.stderr, done.stderr
+
+
+def test_a_block_beyond_the_free_shared_memory_is_refused_and_leaves_nothing():
+    import shutil
+
+    from superneurons.serve.worker import _new_block
+
+    before = set(os.listdir("/dev/shm"))
+    with pytest.raises(OSError):
+        _new_block(shutil.disk_usage("/dev/shm").free + 2**30)  # an error, not a later SIGBUS
+    assert set(os.listdir("/dev/shm")) == before
 
 
 def test_a_batchs_images_cross_to_the_model_process_exactly_through_a_reused_block():

@@ -591,6 +591,9 @@ def serve(
     ),
     max_body_mb: float = typer.Option(20.0, min=0.001, help="Largest request body (MiB)."),
     max_pixels: int = typer.Option(4096 * 4096, min=1, help="Largest image (pixels)."),
+    max_request_pixels: int = typer.Option(
+        2**27, min=1, help="Most pixels of all a request's images together (then 413)."
+    ),
     allow_files: Path = typer.Option(
         None, help="Accept file:// image URLs under this directory (default: data: URLs only)."
     ),
@@ -640,6 +643,7 @@ def serve(
         request_timeout_s=request_timeout,
         max_body_bytes=int(max_body_mb * 2**20),
         max_pixels=max_pixels,
+        max_request_pixels=max_request_pixels,
         allow_files=allow_files,
     )
     console.print(

@@ -20,7 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from superneurons.errors import DataError
 
@@ -84,11 +84,13 @@ def open_rgb(
     source: str | Path | bytes | Image.Image,
     where: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
+    formats: tuple[str, ...] | None = None,
 ) -> Image.Image:
     """Open, check and fully decode an image as 8-bit RGB.
 
     Errors are DataErrors naming ``where`` (default: the path): an unreadable or truncated file,
-    more than ``max_pixels`` pixels, or pixel values with no faithful 8-bit rendering.
+    more than ``max_pixels`` pixels, pixel values with no faithful 8-bit rendering, or a file in
+    none of ``formats`` (Pillow's names, e.g. "PNG"; default: any Pillow reads).
     """
     where = where or (str(source) if isinstance(source, str | Path) else "image")
     try:
@@ -96,9 +98,9 @@ def open_rgb(
             if isinstance(source, Image.Image):
                 image = source
             elif isinstance(source, bytes | bytearray):
-                image = Image.open(io.BytesIO(source))
+                image = Image.open(io.BytesIO(source), formats=formats)
             else:
-                image = Image.open(source)
+                image = Image.open(source, formats=formats)
             width, height = image.size
             if width * height > max_pixels:
                 raise DataError(
@@ -109,5 +111,8 @@ def open_rgb(
             return to_rgb(image, where)
     except DataError:
         raise
+    except UnidentifiedImageError as error:
+        kinds = f"no {', '.join(formats)} image" if formats else str(error)
+        raise DataError(f"{where}: cannot read the image ({kinds})") from None
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
         raise DataError(f"{where}: cannot read the image ({error})") from None

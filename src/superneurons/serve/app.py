@@ -37,12 +37,13 @@ from superneurons.serve.protocol import (
     RequestError,
     chat_chunks,
     chat_completion,
+    check_model,
     classify_reply,
     error_body,
     parse_chat,
     parse_classify,
 )
-from superneurons.serve.worker import EngineProcess, ModelProcessGone
+from superneurons.serve.worker import EngineProcess, ModelProcessGone, NoRoomForPixels
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Settings:
     request_timeout_s: float = 60.0
     max_body_bytes: int = 20 * 2**20
     max_pixels: int = 4096 * 4096
+    max_request_pixels: int = 2**27
     allow_files: Path | None = None
 
 
@@ -122,6 +124,8 @@ async def _json_body(request: Request, limit: int) -> object:
         return json.loads(body)
     except (UnicodeDecodeError, ValueError) as error:
         raise RequestError(400, f"the body is not valid JSON ({error})") from None
+    except RecursionError:
+        raise RequestError(400, "the body is not valid JSON (nested too deeply)") from None
 
 
 def create_app(engine: EngineProcess, settings: Settings = Settings()) -> FastAPI:
@@ -134,7 +138,9 @@ def create_app(engine: EngineProcess, settings: Settings = Settings()) -> FastAP
         settings.max_queue,
         metrics.batch_size.observe,
     )
-    limits = Limits(settings.max_pixels, settings.allow_files)
+    limits = Limits(
+        settings.max_pixels, settings.allow_files, settings.max_request_pixels, settings.max_queue
+    )
     models = engine.models
     started = int(time.time())
 
@@ -172,8 +178,8 @@ def create_app(engine: EngineProcess, settings: Settings = Settings()) -> FastAP
         """Each question through the batcher, bounded by the queue and the request timeout."""
         metrics.queue_depth.inc(len(questions))
         try:
-            waiting = [batcher.submit(q) for q in questions]
-            return await asyncio.wait_for(asyncio.gather(*waiting), settings.request_timeout_s)
+            waiting = batcher.submit(questions)
+            return await asyncio.wait_for(waiting, settings.request_timeout_s)
         except QueueFull:
             raise RequestError(
                 503, "the server is at capacity: retry shortly", None, "queue_full", "server_error"
@@ -185,6 +191,10 @@ def create_app(engine: EngineProcess, settings: Settings = Settings()) -> FastAP
             ) from None  # fmt: skip
         except SuperneuronsError as error:  # a question the model cannot take (too long)
             raise RequestError(400, str(error)) from None
+        except NoRoomForPixels as error:
+            raise RequestError(
+                503, f"{error}: retry shortly", None, "shared_memory_full", "server_error"
+            ) from None
         except ModelProcessGone as error:
             raise RequestError(
                 503, f"{error}: restart the server", None, "model_process_exited", "server_error"
@@ -227,16 +237,18 @@ def create_app(engine: EngineProcess, settings: Settings = Settings()) -> FastAP
         ident = f"classify-{uuid.uuid4().hex}"
         return JSONResponse(classify_reply(replies, questions[0].model, ident, int(time.time())))
 
+    def model_card(name: str) -> dict:
+        return {"id": name, "object": "model", "created": started, "owned_by": "superneurons"}
+
     @app.get("/v1/models")
     async def list_models() -> dict:
         metrics.requests.labels("models").inc()
-        return {
-            "object": "list",
-            "data": [
-                {"id": name, "object": "model", "created": started, "owned_by": "superneurons"}
-                for name in models
-            ],
-        }
+        return {"object": "list", "data": [model_card(name) for name in models]}
+
+    @app.get("/v1/models/{name:path}")
+    async def retrieve_model(name: str) -> dict:
+        metrics.requests.labels("models").inc()
+        return model_card(check_model({"model": name}, models))
 
     @app.get("/health")
     async def health() -> Response:

@@ -2,7 +2,8 @@
 
 The first request of a batch waits at most ``max_wait_s`` for others, up to ``max_batch_size``;
 the batch then runs on the one model thread while the next batch gathers. A full queue refuses
-at once (:class:`QueueFull`) rather than letting latency grow without bound.
+at once (:class:`QueueFull`) rather than letting latency grow without bound. A request's
+questions are queued as one unit: all of them or none.
 """
 
 from __future__ import annotations
@@ -54,17 +55,23 @@ class Batcher(Generic[Item, Result]):
                 task.cancel()
         self._model_thread.shutdown(wait=True)
 
-    async def submit(self, item: Item) -> Result:
-        """The item's result, once its batch has run; QueueFull when the queue is full."""
-        if self.pending >= self.max_queue:
+    async def submit(self, items: Sequence[Item]) -> list[Result]:
+        """The items' results, once their batches have run. The items are queued together or
+        not at all (QueueFull when the queue lacks room for all of them); when one fails, or
+        the caller stops waiting, those of the others still queued are dropped unrun."""
+        if self.pending + len(items) > self.max_queue:
             raise QueueFull
-        future = asyncio.get_running_loop().create_future()
-        self.pending += 1
-        self._queue.put_nowait((item, future))
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in items]
+        self.pending += len(items)
+        for item, future in zip(items, futures, strict=True):
+            self._queue.put_nowait((item, future))
         try:
-            return await future
+            return list(await asyncio.gather(*futures))
         finally:
-            self.pending -= 1
+            for future in futures:
+                future.cancel()  # nothing for a done one; a queued one is skipped when gathered
+            self.pending -= len(items)
 
     async def _gather(self) -> list[tuple[Item, asyncio.Future]]:
         loop = asyncio.get_running_loop()
@@ -99,6 +106,9 @@ class Batcher(Generic[Item, Result]):
 
     async def _answer(self, batch: list[tuple[Item, asyncio.Future]]) -> None:
         loop = asyncio.get_running_loop()
+        batch = [(item, future) for item, future in batch if not future.done()]  # dropped since
+        if not batch:
+            return
         self.observe(len(batch))
         items = [item for item, _ in batch]
         try:

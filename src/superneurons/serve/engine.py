@@ -8,11 +8,11 @@ classifier reads only its own layers. Runs on the batcher's one model thread.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
+import scipy.special
 
 from superneurons.classifiers.probes import LinearProbeClassifier, SparseProbeClassifier
 from superneurons.data.prompts import LETTERS
@@ -35,7 +35,7 @@ def yes_probability(predictor: SuperNeuronPredictor, score: float) -> float:
     """P(yes) of a score: a probe's log-odds through the logistic function; the share of votes
     for yes (super neurons, SAV heads) as it is."""
     if isinstance(predictor.classifier, LinearProbeClassifier | SparseProbeClassifier):
-        return 1.0 / (1.0 + math.exp(-score))
+        return float(scipy.special.expit(score))  # no overflow for scores far below 0
     return min(max(score, 0.0), 1.0)
 
 

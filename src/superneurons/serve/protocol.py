@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import io
 import math
 import re
 from collections.abc import Collection
@@ -24,6 +25,7 @@ from superneurons.errors import DataError
 
 # The image formats a data: URL may carry.
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
+INLINE_FORMATS = ("PNG", "JPEG", "WEBP")  # what a data: URL's bytes may be, whatever it says
 _DATA_URL = re.compile(
     r"data:(?P<type>[\w/+.-]+)?(?P<params>(;[\w=.-]+)*);base64,(?P<data>.*)", re.S
 )
@@ -56,10 +58,38 @@ def error_body(message: str, kind: str, param: str | None = None, code: str | No
 
 @dataclass(frozen=True)
 class Limits:
-    """What the server accepts: image pixels, and the folder ``file://`` images may come from."""
+    """What the server accepts: image pixels (of one image, of a request's together), questions
+    in one request, and the folder ``file://`` images may come from."""
 
     max_pixels: int
     allow_files: Path | None = None
+    max_request_pixels: int | None = None
+    max_questions: int | None = None  # in one /classify request (the server's queue)
+
+
+class _PixelBudget:
+    """The pixels a request's images may still hold, taken as each is read (from its header,
+    before it is decoded)."""
+
+    def __init__(self, limits: Limits) -> None:
+        self.total, self.left = limits.max_request_pixels, limits.max_request_pixels
+
+    def take(self, data: bytes, formats: tuple[str, ...] | None, param: str) -> None:
+        if self.left is None:
+            return
+        try:
+            with Image.open(io.BytesIO(data), formats=formats) as image:
+                width, height = image.size
+        except Exception:
+            return  # not an image: open_rgb says what is wrong
+        self.left -= width * height
+        if self.left < 0:
+            raise RequestError(
+                413,
+                f"the request's images hold over {self.total:,} pixels in all "
+                "(--max-request-pixels): send fewer in one request",
+                param,
+            )
 
 
 @dataclass
@@ -97,7 +127,9 @@ def check_model(body: dict, models: Collection[str]) -> str:
     return model
 
 
-def image_from_url(url: object, limits: Limits, param: str) -> Image.Image:
+def image_from_url(
+    url: object, limits: Limits, param: str, budget: _PixelBudget | None = None
+) -> Image.Image:
     """The image of an ``image_url``: a ``data:`` URL with base64 PNG, JPEG or WebP, or a
     ``file://`` URL under ``limits.allow_files``; the server fetches nothing over the network."""
     if not isinstance(url, str) or not url:
@@ -111,7 +143,7 @@ def image_from_url(url: object, limits: Limits, param: str) -> Image.Image:
             param,
         )
     if scheme == "file":
-        return _file_image(url, limits, param)
+        return _file_image(url, limits, param, budget)
     if scheme != "data":
         raise RequestError(
             400, "the image URL must be a data: URL (base64 PNG, JPEG or WebP)", param
@@ -127,34 +159,47 @@ def image_from_url(url: object, limits: Limits, param: str) -> Image.Image:
         data = base64.b64decode(match["data"], validate=True)
     except (binascii.Error, ValueError):
         raise RequestError(400, "the data: URL's base64 is malformed", param) from None
-    return _decoded(data, limits, param)
+    return _decoded(data, limits, param, INLINE_FORMATS, budget)
 
 
-def _file_image(url: str, limits: Limits, param: str) -> Image.Image:
+def _file_image(url: str, limits: Limits, param: str, budget: _PixelBudget | None) -> Image.Image:
     if limits.allow_files is None:
         raise RequestError(
             400, "file:// images are refused: the server was started without --allow-files", param
         )
-    path = Path(unquote(urlparse(url).path)).resolve()
+    name = unquote(urlparse(url).path)
+    if "\0" in name:
+        raise RequestError(400, "the file:// URL holds a NUL character", param)
+    path = Path(name).resolve()
     if not path.is_relative_to(limits.allow_files.resolve()):
         raise RequestError(400, f"file:// images must lie under {limits.allow_files}", param)
     try:
         data = path.read_bytes()
     except OSError as error:
         raise RequestError(400, f"{path}: cannot read ({error.strerror})", param) from None
-    return _decoded(data, limits, param)
+    return _decoded(data, limits, param, None, budget)
 
 
-def _decoded(data: bytes, limits: Limits, param: str) -> Image.Image:
+def _decoded(
+    data: bytes,
+    limits: Limits,
+    param: str,
+    formats: tuple[str, ...] | None,
+    budget: _PixelBudget | None,
+) -> Image.Image:
+    if budget is not None:
+        budget.take(data, formats, param)
     try:
-        return open_rgb(data, "the image", limits.max_pixels)
+        return open_rgb(data, "the image", limits.max_pixels, formats)
     except DataError as error:
         raise RequestError(
             400, str(error).replace("(raise it with --max-pixels)", ""), param
         ) from None
 
 
-def _messages_question(messages: object, model: str, limits: Limits, param: str) -> Question:
+def _messages_question(
+    messages: object, model: str, limits: Limits, param: str, budget: _PixelBudget
+) -> Question:
     """The one question of a conversation: one user message holding one image and one text."""
     if not isinstance(messages, list) or not messages:
         raise RequestError(400, "'messages' must be a non-empty list of messages", param)
@@ -189,7 +234,7 @@ def _messages_question(messages: object, model: str, limits: Limits, param: str)
         raise RequestError(400, "the question (the text part) is empty", f"{param}[0].content")
     image_url = images[0].get("image_url")
     url = image_url.get("url") if isinstance(image_url, dict) else image_url
-    image = image_from_url(url, limits, f"{param}[0].content")
+    image = image_from_url(url, limits, f"{param}[0].content", budget)
     return Question(model, image, question.strip())
 
 
@@ -212,6 +257,13 @@ def _extension(body: dict, question: Question) -> Question:
     return question
 
 
+def _finite(value: int | float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer beyond any float
+        return False
+
+
 def parse_chat(
     body: object, models: Collection[str], limits: Limits
 ) -> tuple[Question, ChatOptions]:
@@ -227,11 +279,9 @@ def parse_chat(
     for name in ("max_tokens", "max_completion_tokens", "temperature", "top_p"):
         value = body.get(name)
         if value is not None and (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
+            isinstance(value, bool) or not isinstance(value, int | float) or not _finite(value)
         ):
-            raise RequestError(400, f"'{name}' must be a number", name)
+            raise RequestError(400, f"'{name}' must be a finite number", name)
     stream, logprobs = body.get("stream", False), body.get("logprobs", False)
     for name, value in (("stream", stream), ("logprobs", logprobs)):
         if value is not None and not isinstance(value, bool):
@@ -239,7 +289,9 @@ def parse_chat(
     top = body.get("top_logprobs") or 0
     if isinstance(top, bool) or not isinstance(top, int) or not 0 <= top <= 20:
         raise RequestError(400, "'top_logprobs' must be an integer from 0 to 20", "top_logprobs")
-    question = _messages_question(body.get("messages"), model, limits, "messages")
+    question = _messages_question(
+        body.get("messages"), model, limits, "messages", _PixelBudget(limits)
+    )
     return _extension(body, question), ChatOptions(bool(stream), bool(logprobs), top)
 
 
@@ -248,15 +300,24 @@ def parse_classify(body: object, models: Collection[str], limits: Limits) -> lis
     if not isinstance(body, dict):
         raise RequestError(400, "the body must be a JSON object")
     model = check_model(body, models)
+    budget = _PixelBudget(limits)  # all the request's images together
     if ("messages" in body) == ("input" in body):
         raise RequestError(400, "give 'messages' (one conversation) or 'input' (a list of them)")
     if "messages" in body:
-        return [_extension(body, _messages_question(body["messages"], model, limits, "messages"))]
+        asked = _messages_question(body["messages"], model, limits, "messages", budget)
+        return [_extension(body, asked)]
     conversations = body["input"]
     if not isinstance(conversations, list) or not conversations:
         raise RequestError(400, "'input' must be a non-empty list of message lists", "input")
+    if limits.max_questions is not None and len(conversations) > limits.max_questions:
+        raise RequestError(
+            413,
+            f"'input' holds {len(conversations)} conversations; the server queues at most "
+            f"{limits.max_questions} (--max-queue): send them in smaller requests",
+            "input",
+        )
     return [
-        _extension(body, _messages_question(c, model, limits, f"input[{i}]"))
+        _extension(body, _messages_question(c, model, limits, f"input[{i}]", budget))
         for i, c in enumerate(conversations)
     ]
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing
 import multiprocessing.connection
+import os
 import pickle
 import signal
 import sys
@@ -47,16 +48,36 @@ def _pack(
     # As RGBX, Pillow's own layout of RGB: copied a row at a time, 4x faster than packed RGB.
     sizes = [4 * image.width * image.height for image in images]
     if block is None or block.size < sum(sizes):
+        larger = _new_block(-(-sum(sizes) // 2**20) * 2**20)  # the old one stays if this fails
         if block is not None:
             block.close()
             block.unlink()
-        block = SharedMemory(create=True, size=-(-sum(sizes) // 2**20) * 2**20)
+        block = larger
     packed, offset = [], 0
     for question, image, size in zip(questions, images, sizes, strict=True):
         block.buf[offset : offset + size] = image.tobytes("raw", "RGBX")
         packed.append(replace(question, image=_Pixels(offset, image.size)))
         offset += size
     return block, packed
+
+
+def _new_block(size: int) -> SharedMemory:
+    """A shared-memory block of ``size`` bytes, its pages allocated now: a full /dev/shm is then
+    an OSError here, not a SIGBUS on the first write past its end."""
+    block = SharedMemory(create=True, size=size)
+    try:
+        fd = os.open(f"/dev/shm/{block.name.lstrip('/')}", os.O_RDWR)
+        try:
+            os.posix_fallocate(fd, 0, size)
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        pass  # no /dev/shm on this system: the mapping stands as it is
+    except BaseException:
+        block.close()
+        block.unlink()
+        raise
+    return block
 
 
 def _unpack(block: SharedMemory, packed: Sequence[Question]) -> list[Question]:
@@ -69,6 +90,10 @@ def _unpack(block: SharedMemory, packed: Sequence[Question]) -> list[Question]:
         data.release()
         questions.append(replace(question, image=image))
     return questions
+
+
+class NoRoomForPixels(RuntimeError):
+    """Shared memory cannot hold a batch's pixels (a full /dev/shm); the block in use stays."""
 
 
 class ModelProcessGone(RuntimeError):
@@ -157,7 +182,12 @@ class EngineProcess:
 
     def answer(self, questions: Sequence[Question]) -> list[Answer]:
         """One answer per question, from the model's process."""
-        self._block, packed = _pack(questions, self._block)
+        try:
+            self._block, packed = _pack(questions, self._block)
+        except OSError as error:
+            raise NoRoomForPixels(
+                f"no room in shared memory for the batch's pixels ({error.strerror})"
+            ) from None
         try:
             self._conn.send((self._block.name, packed))
             kind, payload, self.counts = self._conn.recv()
