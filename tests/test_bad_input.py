@@ -717,3 +717,13 @@ def test_a_processor_missing_its_package_names_the_extra_to_install(tmp_path):
     assert "qwen2_vl processor needs a package that is not installed" in lines[0]
     assert "Torchvision" in lines[0] and "pip install 'superneurons[qwen]'" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_more_shards_than_records_is_refused_before_the_model_loads(tmp_path):
+    out = tmp_path / "o"
+    args = ["run", "--out", out, "--shard", "3/4", "--n-probe", "2", "--n-val", "2"]
+    done = superneurons(*args, "--device", "cpu")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "fewer than its 4 shards" in lines[0], done.stderr
+    assert not (out / "activations").exists()

@@ -150,7 +150,9 @@ def test_a_full_disk_is_one_clear_error_and_the_store_resumes(
 
     again = superneurons(*_extract_args(questions, out, tiny_llava_checkpoint))
     assert again.returncode == 0, again.stderr
-    assert ActivationStore.open(out).n == N
+    store = ActivationStore.open(out)
+    # The dtype the weights ran in is recorded: a resume in another one is refused.
+    assert store.n == N and store.meta["model_dtype"] == "float32"
 
 
 def test_prefetching_inputs_and_overlapping_the_store_leave_the_same_bytes(

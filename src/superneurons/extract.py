@@ -125,6 +125,8 @@ def extract(
         if not 0 <= index < count:
             raise ConfigError(f"shard {index}/{count}: the index must be in 0..{count - 1}")
         records = shard_records(records, index, count)
+        if not records:
+            raise ConfigError(f"{out_dir}: shard {index}/{count} holds no records")
     unknown = [s for s in sites if s not in SITES]
     if unknown:
         raise ConfigError(f"unknown site(s) {unknown}; known: {list(SITES)}")
@@ -143,6 +145,8 @@ def extract(
         "prompt": prompter.to_json(),
         "max_new_tokens": max_new_tokens,
         "batch_size": batch_size,
+        # The weights' fingerprint ignores their dtype: rows computed in another are refused.
+        "model_dtype": str(model.dtype).removeprefix("torch."),
     }
     if shard is not None:
         meta["shard"] = list(shard)

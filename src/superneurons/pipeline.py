@@ -385,6 +385,17 @@ class _Plan:
     layers: list[int]
 
 
+def _check_shards(plan: _Plan, count: int, how: str) -> _Plan:
+    """Refuse a split into more shards than some set has records: a shard would hold none."""
+    for part, (records, _) in plan.parts.items():
+        if len(records) < count:
+            raise ConfigError(
+                f"{how}: the {part} set has {len(records)} records, fewer than its {count} "
+                "shards, so a shard would hold none; split it into fewer or draw more"
+            )
+    return plan
+
+
 def _plan(config: RunConfig, out: Path, loaded: LoadedModel | None, check: bool = True) -> _Plan:
     """The run's records and exit layers. Everything is checked before any scene is rendered,
     dataset read or weight loaded; with ``check``, so is every input of a set still to extract
@@ -452,6 +463,8 @@ def _extract_parts(
 def _run(config: RunConfig, claim: Claim, log, loaded: LoadedModel | None) -> dict:
     started = time.time()
     plan = _plan(config, claim.path, loaded)
+    if config.shard is not None:
+        _check_shards(plan, config.shard[1], f"--shard {config.shard[0]}/{config.shard[1]}")
     loaded = loaded or _load(config, config.device, log)
     stores = _extract_parts(config, plan, loaded, claim.path, log, config.shard)
     if config.shard is not None:
@@ -473,7 +486,10 @@ def _run_ranks(
     rank 0 merges the shards and goes on as a single process would."""
     started = time.time()
     log = log if ranks.leader else _silent
-    plan = leader_first(ranks, lambda: _plan(config, out, loaded))
+    launched_as = f"{ranks.world_size} launched ranks"
+    plan = leader_first(
+        ranks, lambda: _check_shards(_plan(config, out, loaded), ranks.world_size, launched_as)
+    )
     if not ranks.leader:
         plan = _plan(config, out, loaded, check=False)  # reads what rank 0 generated
     shard = (ranks.rank, ranks.world_size)

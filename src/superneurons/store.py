@@ -283,10 +283,9 @@ class ActivationStore:
         if not is_complete(path):
             if (path / PROGRESS).is_file():
                 progress = _read_json(path / PROGRESS)
+                done = f"{progress.get('n_done', '?')}/{progress.get('n_samples', '?')} samples"
                 raise IncompleteStoreError(
-                    f"{path}: extraction did not finish: "
-                    f"{progress['n_done']}/{progress['n_samples']} samples; "
-                    "rerun the same command to resume"
+                    f"{path}: extraction did not finish: {done}; rerun the same command to resume"
                 )
             raise StoreError(f"no activation store at {path} (no {MANIFEST})")
         manifest = _read_json(path / MANIFEST)
