@@ -67,3 +67,17 @@ def test_once_one_question_fails_the_rest_of_its_request_is_dropped_unrun():
     # The bad batch, retried one item at a time, and at most the next batch already gathered.
     assert "bad" in ran and len([i for i in ran if i != "bad"]) <= 2 * 2
     assert batcher.pending == 0
+
+
+def test_a_failed_batch_is_retried_one_at_a_time_only_while_its_requests_wait():
+    ran: list = []
+    batcher = _batcher(ran, max_batch_size=3, max_wait_s=0.05)
+
+    async def body():
+        with pytest.raises(ValueError, match="a bad item"):
+            await batcher.submit(["bad", 1, 2])  # one batch: it fails, then each alone
+        await asyncio.sleep(0.05)
+
+    _run(batcher, body)
+    # Retried alone, the bad item fails its request; its other items are not all run again.
+    assert ran[:4] == ["bad", 1, 2, "bad"] and len(ran) < 6, ran

@@ -113,21 +113,28 @@ class Batcher(Generic[Item, Result]):
         items = [item for item, _ in batch]
         try:
             results = await loop.run_in_executor(self._model_thread, self.work, items)
-            outcomes = [
-                (future, result, None) for (_, future), result in zip(batch, results, strict=True)
-            ]
         except Exception as error:  # one bad item must not fail the others: each alone
-            outcomes = [(batch[0][1], None, error)] if len(batch) == 1 else []
-            for item, future in batch if len(batch) > 1 else []:
+            if len(batch) == 1:
+                _settle(batch[0][1], None, error)
+                return
+            for item, future in batch:
+                if future.done():  # its request has failed meanwhile, or stopped waiting
+                    continue
                 try:
                     result = await loop.run_in_executor(self._model_thread, self.work, [item])
-                    outcomes.append((future, result[0], None))
+                    _settle(future, result[0], None)
                 except Exception as error:
-                    outcomes.append((future, None, error))
-        for future, result, error in outcomes:
-            if future.done():
-                continue
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result(result)
+                    _settle(future, None, error)
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            _settle(future, result, None)
+
+
+def _settle(future: asyncio.Future, result: object, error: Exception | None) -> None:
+    """Resolve ``future`` unless it is done already (its request timed out or failed)."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
