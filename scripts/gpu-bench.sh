@@ -14,7 +14,12 @@ out=${1:-${OUT:-runs/gpu}}
 py=${PYTHON:-python3}
 mkdir -p "$out"
 log="$out/gpu-bench.log"
-: >"$log"
+header="# superneurons gpu-bench log"
+if [ -e "$log" ] && [ "$(head -n 1 "$log")" != "$header" ]; then
+    echo "error: $log exists and was not written by this script; give another OUT" >&2
+    exit 2
+fi
+echo "$header" >"$log"
 site=/tmp/superneurons-site
 if compgen -G ".whl/*.whl" >/dev/null; then
     $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
