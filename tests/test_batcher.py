@@ -10,14 +10,17 @@ import pytest
 from superneurons.serve.batcher import Batcher, QueueFull
 
 
-def _batcher(ran: list, **settings) -> Batcher:
+def _batcher(ran: list, sizes: list | None = None, **settings) -> Batcher:
     def work(items: list) -> list:
         ran.extend(items)
         if "bad" in items:
             raise ValueError("a bad item")
-        return [f"answer {item}" for item in items]
+        return [ValueError(f"refused {item}") if item == "refused" else f"answer {item}"
+                for item in items]  # fmt: skip
 
-    return Batcher(work, **{"max_batch_size": 2, "max_wait_s": 0.01, "max_queue": 64, **settings})
+    observe = sizes.append if sizes is not None else lambda n: None
+    return Batcher(work, **{"max_batch_size": 2, "max_wait_s": 0.01, "max_queue": 64,
+                            "observe": observe, **settings})  # fmt: skip
 
 
 def _run(batcher: Batcher, body) -> object:
@@ -81,3 +84,34 @@ def test_a_failed_batch_is_retried_one_at_a_time_only_while_its_requests_wait():
     _run(batcher, body)
     # Retried alone, the bad item fails its request; its other items are not all run again.
     assert ran[:4] == ["bad", 1, 2, "bad"] and len(ran) < 6, ran
+
+
+def test_an_exception_in_place_of_a_result_fails_its_item_alone_and_the_batch_runs_once():
+    ran, sizes = [], []
+    batcher = _batcher(ran, sizes, max_batch_size=3, max_wait_s=0.05)
+
+    async def body():
+        return await asyncio.gather(
+            batcher.submit(["refused"]), batcher.submit([1]), batcher.submit([2]),
+            return_exceptions=True,
+        )  # fmt: skip
+
+    refused, one, two = _run(batcher, body)
+    assert isinstance(refused, ValueError) and str(refused) == "refused refused"
+    assert (one, two) == (["answer 1"], ["answer 2"])
+    assert ran == ["refused", 1, 2] and sizes == [3]
+
+
+def test_retries_one_at_a_time_are_observed_as_batches_of_one():
+    ran, sizes = [], []
+    batcher = _batcher(ran, sizes, max_batch_size=3, max_wait_s=0.05)
+
+    async def body():
+        return await asyncio.gather(
+            batcher.submit(["bad"]), batcher.submit([1]), batcher.submit([2]),
+            return_exceptions=True,
+        )  # fmt: skip
+
+    bad, one, two = _run(batcher, body)
+    assert isinstance(bad, ValueError) and (one, two) == (["answer 1"], ["answer 2"])
+    assert ran == ["bad", 1, 2, "bad", 1, 2] and sizes == [3, 1, 1, 1]

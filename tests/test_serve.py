@@ -163,6 +163,32 @@ def test_concurrent_async_requests_are_batched_and_answered_alike(served, offlin
     assert after["sum"] - before["sum"] == len(cases)
 
 
+def test_a_question_beyond_the_context_fails_alone_and_its_batch_runs_once(served, offline):
+    cases = _cases(5)
+    expected = _expected(offline["sn"], cases)
+    before = _batch_metrics(served)
+
+    async def ask_all():
+        client = openai.AsyncOpenAI(base_url=served.url + "/v1", api_key="unused")
+        questions = [(q, _data_url(d)) for d, q in cases]
+        questions.insert(2, ("is " * 5000 + "it red ?", _data_url(_png(0))))
+        asks = [
+            client.chat.completions.create(model="sn", messages=_messages(q, url))
+            for q, url in questions
+        ]
+        return await asyncio.gather(*asks, return_exceptions=True)
+
+    replies = asyncio.run(ask_all())
+    overlong = replies.pop(2)
+    assert isinstance(overlong, openai.BadRequestError), overlong
+    assert "the question: the prompt is" in str(overlong) and "beyond the model's" in str(overlong)
+    assert [r.choices[0].message.content for r in replies] == [
+        e.label.capitalize() for e in expected
+    ]
+    # Every question went through one batch's forward, once: none was retried alone.
+    assert _batch_metrics(served)["sum"] - before["sum"] == len(cases) + 1
+
+
 def _batch_metrics(server: Server) -> dict[str, float]:
     _, text = server.get("/metrics")
 

@@ -63,13 +63,12 @@ def check_records(
     weights (:func:`~superneurons.models.loading.open_model`)."""
     if not records:
         return
-    check_images(records, max_pixels)
+    sizes = check_images(records, max_pixels)
     if prompts is None:
         prompter = Prompter.for_model(template, model.architecture)
         prompts = [build_prompt(model.processor, r, prompter) for r in records]
-    first = records[0].load_image(max_pixels)
     names = [r.id for r in records]
-    check_prompt_lengths(model.config, model.processor, prompts, names, first)
+    check_prompt_lengths(model.config, model.processor, prompts, names, sizes)
 
 
 def progress_bar(show: bool = True) -> Progress:

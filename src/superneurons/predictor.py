@@ -203,6 +203,12 @@ class SuperNeuronPredictor:
         )  # fmt: skip
 
 
+def binary_questions(question: str, choices: Sequence[str] | None) -> list[str]:
+    """The binary questions a question is answered as: one per choice (multiple choice), or
+    itself."""
+    return [binary_choice_question(question, c) for c in choices] if choices else [question]
+
+
 def predict_together(
     predictors: Sequence[SuperNeuronPredictor],
     images: Sequence[Image.Image | str | Path],
@@ -239,7 +245,7 @@ def predict_together(
     # Every multiple-choice question becomes one binary question per choice: the rows.
     owner, row_questions = [], []
     for i, (question, options) in enumerate(zip(questions, choices, strict=True)):
-        texts = [binary_choice_question(question, c) for c in options] if options else [question]
+        texts = binary_questions(question, options)
         owner.extend([i] * len(texts))
         row_questions.extend(texts)
     owner = np.array(owner)
@@ -251,7 +257,7 @@ def predict_together(
         for p, q, i in zip(row_predictors, row_questions, owner, strict=True)
     ]
     names = [f"question {i}" for i in owner]
-    check_prompt_lengths(loaded.config, processor, prompts, names, row_images[0])
+    check_prompt_lengths(loaded.config, processor, prompts, names, [i.size for i in row_images])
     answers, scores, tokens = _answer_rows(
         row_predictors,
         row_images,

@@ -306,15 +306,16 @@ def _without_video(cls: type) -> type:
     return ImagesOnly
 
 
-def _qwen_processor(cls: type, patch_size: int) -> Any:
+def _qwen_processor(cls: type, patch_size: int, max_image_tokens: int = 4) -> Any:
+    """Exactly 2×2 merged patches (4 image tokens) for any square input by default; with
+    ``max_image_tokens`` larger, as many as the image's size gives, from 4 up to it."""
     template = chatml_template("<|vision_start|><|image_pad|><|vision_end|>")
     pixels = (2 * 2 * patch_size) ** 2
     image_processor = Qwen2VLImageProcessorPil(
         patch_size=patch_size,
         merge_size=2,
         temporal_patch_size=2,
-        # Exactly 2×2 merged patches (4 image tokens) for any square input.
-        size={"shortest_edge": pixels, "longest_edge": pixels},
+        size={"shortest_edge": pixels, "longest_edge": pixels * max_image_tokens // 4},
     )
     return _without_video(cls)(
         image_processor=image_processor,
@@ -322,6 +323,11 @@ def _qwen_processor(cls: type, patch_size: int) -> Any:
         video_processor=None,
         chat_template=template,
     )
+
+
+def qwen2_vl_processor(max_image_tokens: int) -> Any:
+    """The tiny Qwen2-VL model's processor, its images' tokens growing with their size."""
+    return _qwen_processor(Qwen2VLProcessor, patch_size=4, max_image_tokens=max_image_tokens)
 
 
 def tiny_qwen2_vl() -> Tiny:

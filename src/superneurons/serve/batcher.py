@@ -22,8 +22,10 @@ class QueueFull(Exception):
 
 
 class Batcher(Generic[Item, Result]):
-    """Runs ``work(items) -> results`` (one result per item, in order) on batches of submitted
-    items, on a single thread. ``observe(batch_size)`` is told each batch's size."""
+    """Runs ``work(items) -> results`` (one result per item, in order; a result that is an
+    exception fails its item alone) on batches of submitted items, on a single thread.
+    ``observe(batch_size)`` is told the size of each batch the work runs on (a failed batch's
+    items retried one at a time are batches of 1)."""
 
     def __init__(
         self,
@@ -115,26 +117,28 @@ class Batcher(Generic[Item, Result]):
             results = await loop.run_in_executor(self._model_thread, self.work, items)
         except Exception as error:  # one bad item must not fail the others: each alone
             if len(batch) == 1:
-                _settle(batch[0][1], None, error)
+                _settle(batch[0][1], error)
                 return
             for item, future in batch:
                 if future.done():  # its request has failed meanwhile, or stopped waiting
                     continue
+                self.observe(1)
                 try:
-                    result = await loop.run_in_executor(self._model_thread, self.work, [item])
-                    _settle(future, result[0], None)
+                    (result,) = await loop.run_in_executor(self._model_thread, self.work, [item])
                 except Exception as error:
-                    _settle(future, None, error)
+                    result = error
+                _settle(future, result)
             return
         for (_, future), result in zip(batch, results, strict=True):
-            _settle(future, result, None)
+            _settle(future, result)
 
 
-def _settle(future: asyncio.Future, result: object, error: Exception | None) -> None:
-    """Resolve ``future`` unless it is done already (its request timed out or failed)."""
+def _settle(future: asyncio.Future, outcome: object) -> None:
+    """Resolve ``future`` with ``outcome`` (an exception fails it) unless it is done already
+    (its request timed out or failed)."""
     if future.done():
         return
-    if error is not None:
-        future.set_exception(error)
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
     else:
-        future.set_result(result)
+        future.set_result(outcome)

@@ -16,7 +16,7 @@ import scipy.special
 
 from superneurons.classifiers.probes import LinearProbeClassifier, SparseProbeClassifier
 from superneurons.data.prompts import LETTERS
-from superneurons.errors import ConfigError
+from superneurons.errors import ConfigError, DataError
 from superneurons.image_cache import ImageFeatureCache
 from superneurons.metrics import parse_choice, parse_yes_no
 from superneurons.models.adapters import adapter_for
@@ -24,10 +24,12 @@ from superneurons.models.loading import LoadedModel
 from superneurons.predictor import (
     Prediction,
     SuperNeuronPredictor,
+    binary_questions,
     generate_answers,
     predict_together,
 )
 from superneurons.prefix_cache import PrefixKVCache
+from superneurons.preflight import overlong_prompts
 from superneurons.serve.protocol import Answer, Question
 
 
@@ -108,24 +110,59 @@ class Engine:
             predictors[name], loaded = predictor, predictor.loaded
         return cls(loaded, predictors, full_model, image_cache_bytes, prefix_cache_bytes)
 
-    def answer(self, questions: Sequence[Question]) -> list[Answer]:
+    def answer(self, questions: Sequence[Question]) -> list[Answer | DataError]:
         """One answer per question: the classifiers' from one shared early-exit forward per
-        batch, the full model's from one ``generate``."""
-        full = [i for i, q in enumerate(questions) if q.model == self.full_model]
-        early = [i for i, q in enumerate(questions) if q.model != self.full_model]
-        answers: list[Answer | None] = [None] * len(questions)
+        batch, the full model's from one ``generate``. A question whose prompt is beyond the
+        model's context gets its DataError in place of an answer, and the others are answered:
+        it fails alone, not with its batch."""
+        refused = self._refusals(questions)
+        answers: list[Answer | DataError | None] = list(refused)
+        asked = [i for i, refusal in enumerate(refused) if refusal is None]
+        full = [i for i in asked if questions[i].model == self.full_model]
+        early = [i for i in asked if questions[i].model != self.full_model]
         for i, answer in zip(full, self._generated([questions[i] for i in full]), strict=True):
             answers[i] = answer
         for i, answer in zip(early, self._early([questions[i] for i in early]), strict=True):
             answers[i] = answer
         return answers
 
+    def _prompts(self, question: Question) -> list[str]:
+        """The chat prompts ``question`` is asked as: by the full model, or by its classifier
+        (one per choice for multiple choice)."""
+        processor = self.loaded.processor
+        if question.model == self.full_model:
+            prompter = next(iter(self.predictors.values())).prompter
+            return [prompter.chat(processor, question.question, question.choices, question.context)]
+        prompter = self.predictors[question.model].prompter
+        return [
+            prompter.chat(processor, text, context=question.context)
+            for text in binary_questions(question.question, question.choices)
+        ]
+
+    def _refusals(self, questions: Sequence[Question]) -> list[DataError | None]:
+        """Per question, the DataError of a prompt beyond the model's context, or None."""
+        owner, prompts = [], []
+        for i, question in enumerate(questions):
+            mine = self._prompts(question)
+            owner.extend([i] * len(mine))
+            prompts.extend(mine)
+        problems = overlong_prompts(
+            self.loaded.config,
+            self.loaded.processor,
+            prompts,
+            ["the question"] * len(prompts),
+            [questions[i].image.size for i in owner],
+        )
+        refused: list[DataError | None] = [None] * len(questions)
+        for i, problem in zip(owner, problems, strict=True):
+            if problem and refused[i] is None:
+                refused[i] = DataError(problem)
+        return refused
+
     def _generated(self, questions: Sequence[Question]) -> list[Answer]:
         if not questions:
             return []
-        prompter = next(iter(self.predictors.values())).prompter
-        processor = self.loaded.processor
-        prompts = [prompter.chat(processor, q.question, q.choices, q.context) for q in questions]
+        prompts = [self._prompts(q)[0] for q in questions]
         texts = generate_answers(self.loaded, [q.image for q in questions], prompts)
         last_layer = adapter_for(self.loaded.model).n_layers(self.loaded.model) - 1
         answers = []
