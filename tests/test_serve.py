@@ -496,6 +496,52 @@ def test_the_model_process_ignores_sigterm_and_its_death_is_a_503(tiny_run, tiny
     assert "leaked shared_memory" not in server.process.stderr.read().decode()
 
 
+def test_a_hung_model_process_is_stopped_at_the_batch_timeout_and_sigterm_exits_0(
+    tiny_run, tiny_llava_checkpoint
+):
+    out, _ = tiny_run
+    server = Server([
+        "--classifier", f"sn={out / 'classifier'}", "--model", str(tiny_llava_checkpoint),
+        "--device", "cpu", "--request-timeout", "1", "--batch-timeout", "4",
+    ])  # fmt: skip
+    try:
+        model = _model_process(server)
+        os.kill(model, signal.SIGSTOP)  # hung, as on a deadlocked device
+        status, reply = server.post("/v1/chat/completions", GOOD)
+        assert status == 504, reply
+        deadline = time.time() + 30
+        while server.get("/health")[0] == 200 and time.time() < deadline:
+            time.sleep(0.1)
+        assert server.get("/health") == (503, {"status": "the model process exited"})
+        status, reply = server.post("/v1/chat/completions", GOOD)
+        assert status == 503 and "within 4 s (--batch-timeout)" in reply["error"]["message"]
+        assert not Path(f"/proc/{model}").exists()  # killed and reaped
+    finally:
+        assert server.stop() == 0
+
+
+def test_sigterm_while_the_model_process_hangs_exits_0_at_the_batch_timeout(
+    tiny_run, tiny_llava_checkpoint
+):
+    out, _ = tiny_run
+    server = Server([
+        "--classifier", f"sn={out / 'classifier'}", "--model", str(tiny_llava_checkpoint),
+        "--device", "cpu", "--request-timeout", "30", "--batch-timeout", "3",
+    ])  # fmt: skip
+    os.kill(_model_process(server), signal.SIGSTOP)
+    replies = []
+    thread = threading.Thread(
+        target=lambda: replies.append(server.post("/v1/chat/completions", GOOD))
+    )
+    thread.start()
+    time.sleep(0.5)  # its batch is in the hung process when SIGTERM comes
+    started = time.time()
+    assert server.stop() == 0  # was: waited for the model thread forever, killed after 60 s
+    assert time.time() - started < 20
+    thread.join()
+    assert replies[0][0] == 503 and "--batch-timeout" in replies[0][1]["error"]["message"]
+
+
 def test_the_cascade_and_the_full_model_served_beside_the_classifier(
     tiny_run, tiny_llava_checkpoint, offline
 ):

@@ -586,6 +586,9 @@ def serve(
     ),
     max_queue: int = typer.Option(256, min=1, help="Questions waiting at most; then 503."),
     request_timeout: float = typer.Option(60.0, min=0.001, help="Seconds before a 504."),
+    batch_timeout: float = typer.Option(
+        300.0, min=0.001, help="Seconds a batch may take before the model is taken for hung."
+    ),
     fallback_margin: float = typer.Option(
         None, min=0.0, max=0.5, help="Cascade: the full model answers when |score - 0.5| < this."
     ),
@@ -631,7 +634,7 @@ def serve(
     from superneurons.serve.worker import EngineProcess
 
     engine = EngineProcess(
-        classifiers=named, model=model, dtype=dtype, device=device,
+        batch_timeout_s=batch_timeout, classifiers=named, model=model, dtype=dtype, device=device,
         fallback_margin=fallback_margin, max_batch_size=max_batch_size, full_model=full_model,
         image_cache_bytes=int(image_cache_mb * 2**20),
         prefix_cache_bytes=int(prefix_cache_mb * 2**20),

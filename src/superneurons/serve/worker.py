@@ -148,9 +148,13 @@ class EngineProcess:
     """:meth:`Engine.from_dirs` run in a child process (``engine_kwargs`` are its arguments),
     answering batches as :meth:`Engine.answer` would. ``answer`` is called from one thread at a
     time (the batcher's model thread). Construction waits until the model is loaded; a refused
-    classifier or model raises its error here."""
+    classifier or model raises its error here. A batch not answered within ``batch_timeout_s``
+    is taken for a hung model (a deadlocked device, say): the process is killed, and this and
+    every later batch raise :class:`ModelProcessGone`."""
 
-    def __init__(self, **engine_kwargs: Any) -> None:
+    def __init__(self, batch_timeout_s: float = 300.0, **engine_kwargs: Any) -> None:
+        self.batch_timeout_s = batch_timeout_s
+        self._stopped = ""  # why the model process was stopped, once it was
         context = multiprocessing.get_context("spawn")  # no copy of the server's threads
         self._conn, child = context.Pipe()
         self._process = context.Process(
@@ -176,6 +180,8 @@ class EngineProcess:
         return not multiprocessing.connection.wait([self._process.sentinel], 0)
 
     def _gone(self, when: str = "") -> ModelProcessGone:
+        if self._stopped:
+            return ModelProcessGone(self._stopped)
         code = self._process.exitcode
         status = f" (exit status {code})" if code is not None else ""
         return ModelProcessGone(f"the model process exited{when}{status}")
@@ -190,6 +196,14 @@ class EngineProcess:
             ) from None
         try:
             self._conn.send((self._block.name, packed))
+            if not self._conn.poll(self.batch_timeout_s):  # True at the child's exit too
+                self._process.kill()
+                self._process.join()
+                self._stopped = (
+                    f"the model process answered no batch within {self.batch_timeout_s:g} s "
+                    "(--batch-timeout) and was stopped"
+                )
+                raise self._gone()
             kind, payload, self.counts = self._conn.recv()
         except (EOFError, OSError):
             raise self._gone() from None
