@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -173,3 +174,21 @@ def test_a_planted_link_in_place_of_the_lock_is_refused(tmp_path):
     with pytest.raises(OutputError, match="cannot open the lock file"):
         Claim(tmp_path / "out", "run")
     assert target.read_text() == "keep me"
+
+
+def test_a_file_output_inside_a_run_another_process_works_in_is_refused(tiny_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run[0], run)
+    args = ["evaluate", "--classifier", run / "classifier", "--store", run / "activations" / "val"]
+    out = run / "evaluation.json"
+    with Claim(run, "run"):  # as a `run --out` resuming there would
+        done = superneurons(*args, "--out", out)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        f"error: --out {out}: {run.resolve()} is in use by process {os.getpid()}; "
+        "wait for it to finish"
+    )
+    assert not out.exists()
+    done = superneurons(*args, "--out", out)  # the run is idle: written, and no lock is left
+    assert done.returncode == 0, done.stderr
+    assert out.is_file() and not (run / STATE / "lock").exists()

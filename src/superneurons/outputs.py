@@ -13,7 +13,8 @@ Every command writes into outputs it *claims* first:
 - A directory holding nothing but superneurons outputs (a store's generated scenes, say) may be
   claimed as another kind; nothing in it is ever deleted.
 - An output file (``evaluate --out``, ``bench … --out``) replaces only a JSON file of
-  superneurons' own, never a directory or another file.
+  superneurons' own, never a directory or another file. One inside a claimed directory (a run's,
+  say) is written under that directory's lock: refused while another process works there.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ import fcntl
 import json
 import os
 import shutil
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 from superneurons import atomic
@@ -301,8 +303,34 @@ def _rmdir(folder: Path) -> bool:
     return True
 
 
+def _claimed_folder(path: Path) -> Path | None:
+    """The nearest folder above ``path`` that is a claimed output, if any."""
+    return next((f for f in path.resolve().parents if (f / STATE / "owner.json").is_file()), None)
+
+
+@contextmanager
+def _folder_lock(path: Path, what: str) -> Iterator[None]:
+    """Hold the lock of the claimed output ``path`` lies in while writing it (shared when this
+    process holds it already); refused at once while another process holds it."""
+    folder = _claimed_folder(path)
+    if folder is None or folder in _HELD:
+        yield
+        return
+    lock_path = folder / STATE / "lock"
+    try:
+        lock = _lock(lock_path)
+    except OutputError as error:
+        raise OutputError(f"{what} {path}: {error}") from None
+    try:
+        yield
+    finally:
+        lock_path.unlink(missing_ok=True)  # while held, as a claim's is: it leaves no trace
+        lock.close()
+
+
 def check_output_file(path: Path, inputs: Sequence[str | os.PathLike] = (), what="--out") -> None:
-    """Refuse an output file that is a directory, an input, or a file superneurons did not write."""
+    """Refuse an output file that is a directory, an input, a file superneurons did not write,
+    or one inside an output another process is working in."""
     check_disjoint(path, inputs, what)
     if path.is_dir():
         raise OutputError(f"{what} {path} is a directory; give a file name such as {path}/x.json")
@@ -311,10 +339,14 @@ def check_output_file(path: Path, inputs: Sequence[str | os.PathLike] = (), what
             f"{what} {path} exists and is not a JSON file written by superneurons; "
             "choose another name or remove it"
         )
+    with _folder_lock(path, what):
+        pass
 
 
 def write_output_json(path: str | os.PathLike, document: dict, inputs=(), what="--out") -> None:
-    """Write ``document`` (which names its ``format``) to an output file, atomically."""
+    """Write ``document`` (which names its ``format``) to an output file, atomically, under the
+    lock of the claimed output it lies in, if any."""
     path = Path(path)
     check_output_file(path, inputs, what)
-    atomic.write_json(path, document)
+    with _folder_lock(path, what):
+        atomic.write_json(path, document)
