@@ -206,3 +206,43 @@ def test_batch_composition_changes_no_answer_and_activations_only_by_rounding(
             x, y = (s.layer(site, layer).astype(np.float32) for s in (one, seven))
             ulp = np.spacing(np.maximum(np.abs(x), np.abs(y)).astype(np.float16))
             assert np.all(np.abs(x - y) <= 2 * ulp.astype(np.float32) + 1e-4), (site, layer)
+
+
+def test_complete_shards_merge_into_the_store_and_other_arguments_are_refused_first(
+    tmp_path, tiny_llava_checkpoint
+):
+    """A store's complete shards are merged into it by the unsharded extraction, as one process
+    would have written it; shards extracted with other arguments are refused before anything
+    is merged (before: merged, then refused)."""
+    from superneurons.data.records import Record
+    from superneurons.errors import StoreError
+    from superneurons.extract import extract
+    from superneurons.models.loading import load_model
+    from superneurons.store import is_complete, shard_path
+
+    lines = [json.loads(line) for line in _questions(tmp_path).read_text().splitlines()][:9]
+    records = [
+        Record(id=str(i), image=tmp_path / line["image"], question=line["question"],
+               label=line["label"])
+        for i, line in enumerate(lines)
+    ]  # fmt: skip
+    loaded = load_model(str(tiny_llava_checkpoint), "fp32", "cpu")
+    options = {"batch_size": 4, "check_inputs": False}
+    out = tmp_path / "store"
+    for k in range(2):
+        extract(loaded, records, shard_path(out, k, 2), shard=(k, 2), max_new_tokens=2, **options)
+    with pytest.raises(StoreError) as refused:
+        extract(loaded, records, out, max_new_tokens=3, **options)
+    assert str(refused.value) == (
+        f"{shard_path(out, 0, 2)}: the shards were extracted with a different meta "
+        "('max_new_tokens': stored 2, given 3); rerun with their arguments to merge them, or "
+        "write to another directory"
+    )
+    assert not out.exists()
+    merged = extract(loaded, records, out, max_new_tokens=2, **options)
+    whole = extract(loaded, records, tmp_path / "whole", max_new_tokens=2, **options)
+    assert is_complete(out) and merged.records == whole.records and merged.meta == whole.meta
+    for site, (n_layers, _) in whole.sites.items():
+        for layer in range(n_layers):
+            np.testing.assert_allclose(merged.layer(site, layer), whole.layer(site, layer),
+                                       atol=2e-3)  # fmt: skip

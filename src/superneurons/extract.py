@@ -26,7 +26,14 @@ from superneurons.models.adapters import SITES, adapter_for
 from superneurons.models.fingerprint import model_fingerprint
 from superneurons.models.loading import LoadedModel, ModelFiles
 from superneurons.preflight import check_images, check_prompt_lengths
-from superneurons.store import ActivationStore, ActivationWriter, is_complete, shard_records
+from superneurons.store import (
+    ActivationStore,
+    ActivationWriter,
+    complete_shards,
+    is_complete,
+    merge_shards,
+    shard_records,
+)
 
 
 def dataset_fingerprint(records: Sequence[Record]) -> str:
@@ -102,7 +109,9 @@ def extract(
     Resumable: rerunning with the same arguments continues after the last committed batch; a
     finished store is returned as is, and a store made with other arguments (model, weights,
     records, template, sites) is refused. ``shard=(i, n)`` extracts only samples ``i, i + n, …``
-    (for splitting the work across machines; ``store.merge_shards`` joins the parts).
+    (for splitting the work across machines). Without ``shard``, when every shard store of
+    ``out_dir`` is complete, they are merged into it (``store.merge_shards``), refused before
+    anything is written if they were extracted with other arguments.
     ``template`` is a built-in template's name or any :class:`TemplateSpec`.
 
     Before a store is started every image is decoded and every prompt measured against the
@@ -149,10 +158,12 @@ def extract(
     }
     if shard is not None:
         meta["shard"] = list(shard)
+    dtype = "bfloat16" if model.dtype == torch.bfloat16 else "float16"
+    if shard is None and not is_complete(out_dir) and (shards := complete_shards(out_dir)):
+        merge_shards(shards, out_dir, expect=(shapes, dtype, meta))  # refused unless the same
     prompts = [build_prompt(processor, r, prompter) for r in records]
     if check_inputs and not is_complete(out_dir):
         check_records(loaded, records, template, max_pixels, prompts)
-    dtype = "bfloat16" if model.dtype == torch.bfloat16 else "float16"
 
     if prefetch is None:
         prefetch = 0 if loaded.device.type == "cpu" else 2

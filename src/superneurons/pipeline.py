@@ -433,16 +433,16 @@ def _extract_parts(
     shard: tuple[int, int] | None = None,
     progress: bool = True,
 ) -> dict[str, ActivationStore]:
-    """Each set's store under ``out/activations``, extracted or resumed (a finished one is
-    returned as is); with ``shard``, only that shard's store of each set."""
+    """Each set's store under ``out/activations``, extracted, resumed or merged from its complete
+    shards (a finished one is returned as is); with ``shard``, only that shard's store of each
+    set."""
     stores = {}
     for part, (part_records, template) in plan.parts.items():
         path = out / "activations" / part
         if shard is not None:
             path = shard_path(path, *shard)
         elif not is_complete(path) and (shards := complete_shards(path)):
-            log(f"merging {len(shards)} shards into {path}")
-            merge_shards(shards, path)
+            log(f"merging {len(shards)} shards into {path}")  # by extract, once checked
         stores[part] = extract(
             loaded,
             part_records,
@@ -504,7 +504,7 @@ def _run_ranks(
     loaded = together(extract_shards)
     if not ranks.leader:
         return {"rank": ranks.rank, "shard": list(shard)}
-    for part in sorted(unmerged):
+    for part in sorted(unmerged):  # shards these ranks extracted with these arguments just now
         path = out / "activations" / part
         log(f"merging {ranks.world_size} shards into {path}")
         merge_shards([shard_path(path, k, ranks.world_size) for k in range(ranks.world_size)], path)

@@ -227,21 +227,12 @@ class ActivationWriter:
     def _check_resumable(self, stored: dict) -> None:
         given = self._header()
         for key in _RESUME_FIELDS:
-            if stored.get(key) == given[key]:
-                continue
-            old, new = stored.get(key), given[key]
-            if key == "meta" and isinstance(old, dict):
-                keys = sorted(k for k in old | new if old.get(k, ...) != new.get(k, ...))
-                detail = "; ".join(
-                    f"{k!r}: stored {old.get(k, '<absent>')!r}, given {new.get(k, '<absent>')!r}"
-                    for k in keys
+            if stored.get(key) != given[key]:
+                raise StoreError(
+                    f"{self.path} holds a store written with a different {key} "
+                    f"({_difference(stored.get(key), given[key])}); "
+                    "rerun with the original arguments to resume, or write to another directory"
                 )
-            else:
-                detail = f"stored {old!r}, given {new!r}"
-            raise StoreError(
-                f"{self.path} holds a store written with a different {key} ({detail}); "
-                "rerun with the original arguments to resume, or write to another directory"
-            )
 
     def _open_existing(self, site: str) -> np.memmap:
         file = self._file(site)
@@ -511,6 +502,17 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"object of type {type(obj).__name__} is not JSON serialisable")
 
 
+def _difference(old: Any, new: Any) -> str:
+    """What differs between a stored header field and the one given, in words."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        keys = sorted(k for k in old | new if old.get(k, ...) != new.get(k, ...))
+        return "; ".join(
+            f"{k!r}: stored {old.get(k, '<absent>')!r}, given {new.get(k, '<absent>')!r}"
+            for k in keys
+        )
+    return f"stored {old!r}, given {new!r}"
+
+
 def _jsonable(obj: Any, what: str) -> Any:
     """``obj`` as it will read back from JSON, so memory and disk agree byte for byte."""
     try:
@@ -594,12 +596,19 @@ def complete_shards(path: str | os.PathLike) -> list[Path]:
     return shards if all(is_complete(p) for p in shards) else []
 
 
-def merge_shards(shards: list[str | os.PathLike], out: str | os.PathLike, chunk: int = 256):
+def merge_shards(
+    shards: list[str | os.PathLike],
+    out: str | os.PathLike,
+    chunk: int = 256,
+    expect: tuple[dict[str, tuple[int, int]], str, dict] | None = None,
+):
     """Interleave complete shard stores back into one store in the original sample order.
 
     Shard ``k`` of ``n`` holds samples ``k, k + n, k + 2n, …`` (see ``extract(shard=...)``); every
-    shard must have the same sites, dtype and meta apart from ``meta["shard"]``. Memory stays
-    bounded by ``chunk`` samples. Returns the merged :class:`ActivationStore`.
+    shard must have the same sites, dtype and meta apart from ``meta["shard"]``, and with
+    ``expect=(sites, dtype, meta)`` those of the store to be made: refused before anything is
+    written otherwise. Memory stays bounded by ``chunk`` samples. Returns the merged
+    :class:`ActivationStore`.
     """
     stores = [ActivationStore.open(path) for path in shards]
     n_shards = len(stores)
@@ -609,6 +618,17 @@ def merge_shards(shards: list[str | os.PathLike], out: str | os.PathLike, chunk:
             raise StoreError(f"{path}: not a shard of the same extraction as {shards[0]}")
         if store.meta.get("shard", [None, n_shards])[1] != n_shards:
             raise StoreError(f"{path}: shard {store.meta.get('shard')} is not one of {n_shards}")
+    if expect is not None:
+        sites, dtype, meta = expect
+        stored = {"sites": stores[0].sites, "dtype": stores[0].dtype, "meta": metas[0]}
+        given = {"sites": _check_sites(sites), "dtype": dtype, "meta": _jsonable(meta, "meta")}
+        for key, value in given.items():
+            if stored[key] != value:
+                raise StoreError(
+                    f"{shards[0]}: the shards were extracted with a different {key} "
+                    f"({_difference(stored[key], value)}); rerun with their arguments to merge "
+                    "them, or write to another directory"
+                )
     order = sorted(range(n_shards), key=lambda i: stores[i].meta.get("shard", [i])[0])
     stores = [stores[i] for i in order]
     total = sum(s.n for s in stores)
