@@ -192,3 +192,53 @@ def test_a_file_output_inside_a_run_another_process_works_in_is_refused(tiny_run
     done = superneurons(*args, "--out", out)  # the run is idle: written, and no lock is left
     assert done.returncode == 0, done.stderr
     assert out.is_file() and not (run / STATE / "lock").exists()
+
+
+def test_a_file_output_never_replaces_a_file_of_a_claimed_output(tiny_run, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(tiny_run[0], other)
+    run = tiny_run[0]
+    args = ["evaluate", "--classifier", run / "classifier", "--store", run / "activations" / "val"]
+    for target, kind in ((other / "classifier" / "classifier.json", "classifier"),
+                         (other / "results.json", "run")):  # fmt: skip
+        before = target.read_bytes()
+        done = superneurons(*args, "--out", target)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip() == (
+            f"error: --out {target} is part of the superneurons {kind} {target.parent.resolve()} "
+            "and is not replaced; choose a new file name"
+        )
+        assert target.read_bytes() == before
+    assert superneurons(*args, "--out", tmp_path / "evaluation.json").returncode == 0
+    again = superneurons(*args, "--out", tmp_path / "evaluation.json")  # its own kind: replaced
+    assert again.returncode == 0, again.stderr
+
+
+def test_a_file_output_replaces_only_a_document_of_its_own_kind(tmp_path):
+    bench = tmp_path / "bench.json"
+    bench.write_text('{"format": "superneurons-bench-extract/1"}')
+    with pytest.raises(OutputError, match=r"holds a superneurons-bench-extract/1 document, not"):
+        check_output_file(bench, document_format="superneurons-results/2")
+    check_output_file(bench, document_format="superneurons-bench-extract/1")
+    check_output_file(bench)
+
+
+def test_an_output_file_that_cannot_be_written_is_refused_before_the_work(tiny_run, tmp_path):
+    run = tiny_run[0]
+    locked = tmp_path / "read-only"
+    locked.mkdir()
+    locked.chmod(0o555)
+    # As root, without the capability that writes anywhere, as a plain user would be.
+    drop = "-dac_override,-dac_read_search"
+    prefix = ["setpriv", "--bounding-set", drop, "--inh-caps", drop, "--"]
+    command = [
+        *(prefix if os.geteuid() == 0 else []), sys.executable, "-m", "superneurons", "evaluate",
+        "--classifier", str(run / "classifier"), "--store", str(run / "activations" / "val"),
+        "--out", str(locked / "x.json"),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip() == (
+        f"error: --out {locked / 'x.json'}: cannot write in {locked} (Permission denied)"
+    )
+    assert list(locked.iterdir()) == []

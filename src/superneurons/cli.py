@@ -322,13 +322,13 @@ def evaluate(
     on validation data."""
     from superneurons.classifiers import ModelAnswers
     from superneurons.classifiers.artifact import load_classifier, results_name
-    from superneurons.evaluate import build_results, check_same_model
+    from superneurons.evaluate import RESULTS_FORMAT, build_results, check_same_model
     from superneurons.outputs import check_output_file, write_output_json
     from superneurons.report import print_results
     from superneurons.store import ActivationStore
 
     if out is not None:
-        check_output_file(out, [classifier, store])
+        check_output_file(out, [classifier, store], document_format=RESULTS_FORMAT)
     fitted, document = load_classifier(classifier)
     val = ActivationStore.open(store)
     provenance = document["provenance"]

@@ -13,8 +13,10 @@ Every command writes into outputs it *claims* first:
 - A directory holding nothing but superneurons outputs (a store's generated scenes, say) may be
   claimed as another kind; nothing in it is ever deleted.
 - An output file (``evaluate --out``, ``bench … --out``) replaces only a JSON file of
-  superneurons' own, never a directory or another file. One inside a claimed directory (a run's,
-  say) is written under that directory's lock: refused while another process works there.
+  superneurons' own of the same kind, never a directory or another file, and is checked to be
+  writable before the work. One inside a claimed directory (a run's, say) may be a new file
+  there, never one of that output's files, and is written under that directory's lock: refused
+  while another process works there.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import fcntl
 import json
 import os
 import shutil
+import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -328,17 +331,55 @@ def _folder_lock(path: Path, what: str) -> Iterator[None]:
         lock.close()
 
 
-def check_output_file(path: Path, inputs: Sequence[str | os.PathLike] = (), what="--out") -> None:
-    """Refuse an output file that is a directory, an input, a file superneurons did not write,
-    or one inside an output another process is working in."""
+def _family(document_format: str) -> str:
+    """A format's name without its version: "superneurons-results/2" -> "superneurons-results"."""
+    return document_format.split("/", 1)[0]
+
+
+def _check_writable(path: Path, what: str) -> None:
+    """Refuse now an output file that could not be written after the work: a temporary file is
+    made (and removed) in the nearest folder that exists on its way."""
+    folder = next(p for p in path.absolute().parents if p.exists())
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".superneurons-probe-")
+    except OSError as error:
+        raise OutputError(f"{what} {path}: cannot write in {folder} ({error.strerror})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_output_file(
+    path: Path,
+    inputs: Sequence[str | os.PathLike] = (),
+    what: str = "--out",
+    document_format: str | None = None,
+) -> None:
+    """Refuse an output file that is a directory or an input; one that exists and is not a JSON
+    document superneurons wrote (of ``document_format``'s kind, when given); a file of a claimed
+    output (a run's results, a classifier); one inside an output another process is working
+    in; or one that cannot be written."""
     check_disjoint(path, inputs, what)
     if path.is_dir():
         raise OutputError(f"{what} {path} is a directory; give a file name such as {path}/x.json")
-    if path.exists() and not _is_json_format(path, FORMAT_PREFIX):
-        raise OutputError(
-            f"{what} {path} exists and is not a JSON file written by superneurons; "
-            "choose another name or remove it"
-        )
+    folder = _claimed_folder(path)
+    if path.exists():
+        if not _is_json_format(path, FORMAT_PREFIX):
+            raise OutputError(
+                f"{what} {path} exists and is not a JSON file written by superneurons; "
+                "choose another name or remove it"
+            )
+        if folder is not None:
+            raise OutputError(
+                f"{what} {path} is part of the superneurons {_NAMES.get(owner(folder), 'output')} "
+                f"{folder} and is not replaced; choose a new file name"
+            )
+        found = str(_json(path).get("format"))
+        if document_format is not None and _family(found) != _family(document_format):
+            raise OutputError(
+                f"{what} {path} holds a {found} document, not a {_family(document_format)} one; "
+                "choose another name"
+            )
+    _check_writable(path, what)
     with _folder_lock(path, what):
         pass
 
@@ -347,6 +388,6 @@ def write_output_json(path: str | os.PathLike, document: dict, inputs=(), what="
     """Write ``document`` (which names its ``format``) to an output file, atomically, under the
     lock of the claimed output it lies in, if any."""
     path = Path(path)
-    check_output_file(path, inputs, what)
+    check_output_file(path, inputs, what, document.get("format"))
     with _folder_lock(path, what):
         atomic.write_json(path, document)
