@@ -105,3 +105,19 @@ def test_report_refuses_what_is_not_a_finished_run(tmp_path):
     done = superneurons("report", tmp_path / "notes")
     assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
     assert [p.name for p in (tmp_path / "notes").iterdir()] == ["mine.txt"]
+
+
+def test_report_refuses_before_the_analyses_what_it_cannot_write(tiny_run, tmp_path):
+    out, _ = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run, ignore=shutil.ignore_patterns("analysis", "report"))
+    (run / "report").write_text("a user's notes")
+    done = superneurons("report", run)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert f"{run / 'report'} is a file" in done.stderr
+    assert (run / "report").read_text() == "a user's notes" and not (run / "analysis").exists()
+    (run / "report").unlink()
+    (run / "predictions.jsonl").unlink()  # as in a folder `evaluate` wrote results.json into
+    done = superneurons("report", run)
+    assert done.returncode == 2 and "no predictions.jsonl" in done.stderr, done.stderr
+    assert not (run / "analysis").exists() and not (run / "report").exists()

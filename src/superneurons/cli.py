@@ -682,9 +682,10 @@ def analyze(
     RUN_DIR/analysis/NAME.json (schemas in docs/analyses.md)."""
     from superneurons import atomic
     from superneurons.analysis import RunData, analyze
-    from superneurons.outputs import Claim
+    from superneurons.outputs import Claim, check_output_folder
 
     with Claim(run_dir, "run") as claim:
+        check_output_folder(run_dir / "analysis")
         results = analyze(RunData.open(run_dir), _names(what))
         for name, result in results.items():
             atomic.write_json(run_dir / "analysis" / f"{name}.json", result, claim.tmp)
@@ -707,10 +708,11 @@ def report(
     The analyses are computed (and written to RUN_DIR/analysis/) first."""
     from superneurons import atomic
     from superneurons.analysis import ANALYSES, RunData, analyze
-    from superneurons.html_report import build_report
+    from superneurons.html_report import build_report, check_reportable
     from superneurons.outputs import Claim
 
     with Claim(run_dir, "run") as claim:
+        check_reportable(run_dir)
         analyses = analyze(RunData.open(run_dir), list(ANALYSES))
         for name, result in analyses.items():
             atomic.write_json(run_dir / "analysis" / f"{name}.json", result, claim.tmp)

@@ -19,6 +19,8 @@ import numpy as np
 
 import superneurons
 from superneurons.analysis import ANALYSES, RunData, analyze
+from superneurons.errors import DataError, OutputError
+from superneurons.outputs import check_output_folder
 from superneurons.report import measured_text, p_text, pct
 
 TEMPLATE = "report.html.j2"
@@ -26,6 +28,17 @@ TOP_NEURONS = 6  # super neurons shown with their histograms and examples
 EXAMPLES = 3  # validation examples shown per neuron at each end
 THUMBNAIL = 112  # pixels, the longer side
 BENCH_FORMAT = "superneurons-bench-early-exit/1"
+
+
+def check_reportable(run_dir: Path) -> None:
+    """Refuse, before any analysis runs, a run the report cannot be written for."""
+    if not (run_dir / "predictions.jsonl").is_file():
+        raise DataError(f"{run_dir}: no predictions.jsonl; report a directory written by `run`")
+    for folder in ("analysis", "report"):
+        check_output_folder(run_dir / folder)
+    page = run_dir / "report" / "index.html"
+    if page.is_dir():
+        raise OutputError(f"{page} is a directory, where the report writes its page; move it away")
 
 
 def confusion_matrices(run: RunData) -> dict[str, dict[str, int]]:

@@ -348,6 +348,12 @@ def _check_writable(path: Path, what: str) -> None:
     os.unlink(probe)
 
 
+def check_output_folder(path: Path) -> None:
+    """Refuse a folder an output writes into that exists as something else."""
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path} is a file, where superneurons writes a folder; move it away")
+
+
 def check_output_file(
     path: Path,
     inputs: Sequence[str | os.PathLike] = (),

@@ -4,6 +4,7 @@ naive computation."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -117,6 +118,22 @@ def test_analyze_refuses_what_is_not_a_finished_run(tmp_path):
     assert list((tmp_path / "empty").iterdir()) == []
     done = superneurons("analyze", tmp_path / "empty", "--what", "layers,bogus")
     assert done.returncode == 2 and "'--what'" in done.stderr
+
+
+def test_analyze_refuses_the_results_of_a_baselines_evaluation(tiny_run, tmp_path):
+    """`evaluate` of a baseline writes results without super neurons: one line, nothing written."""
+    out, _ = tiny_run
+    run = tmp_path / "run"
+    shutil.copytree(out, run, ignore=shutil.ignore_patterns("analysis"))
+    evaluated = tmp_path / "savs.json"
+    done = superneurons("evaluate", "--classifier", run / "baselines" / "savs",
+                        "--store", run / "activations" / "val", "--out", evaluated)  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    evaluated.replace(run / "results.json")
+    done = superneurons("analyze", run)
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert "results.json: no super_neurons results" in done.stderr
+    assert not (run / "analysis").exists()
 
 
 def test_probe_size_refits_on_balanced_seeded_subsets(tmp_path):

@@ -15,6 +15,8 @@ from superneurons.errors import DataError
 from superneurons.evaluate import REFERENCE, RESULTS_FORMAT, SEEDS_FORMAT
 from superneurons.store import ActivationStore
 
+RUN_ESTIMATORS = ("super_neurons", "model")  # the analyses compare these two
+
 
 @dataclass
 class RunData:
@@ -41,6 +43,14 @@ class RunData:
             found = results.get("format") if isinstance(results, dict) else None
             hint = "analyze one of its seed-N folders" if found == SEEDS_FORMAT else "rerun it"
             raise DataError(f"{file}: format {found!r}, expected {RESULTS_FORMAT!r}; {hint}")
+        estimators = results.get("estimators")
+        estimators = estimators if isinstance(estimators, dict) else {}
+        missing = [name for name in RUN_ESTIMATORS if name not in estimators]
+        if missing:
+            raise DataError(
+                f"{file}: no {' or '.join(missing)} results (an `evaluate` of a baseline?); "
+                "analyze a directory written by `superneurons run`"
+            )
         probe = ActivationStore.open(path / "activations" / "probe")
         val = ActivationStore.open(path / "activations" / "val")
         classifier, _ = load_classifier(path / "classifier")
